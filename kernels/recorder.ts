@@ -1,0 +1,151 @@
+/**
+ * Records GPU work into one command encoder. Dispatches share a single compute
+ * pass (WebGPU orders storage writes between dispatches in a pass, and a pass per
+ * dispatch costs about twice as much on the CPU); copies and clears close it.
+ * With a {@link GpuTimer}, each dispatch gets its own timed pass instead.
+ *
+ * @module
+ */
+
+import type { Gpu } from "./device.ts";
+import { GpuError } from "./errors.ts";
+import type { Binding } from "./pipeline.ts";
+import type { Tensor } from "./tensor.ts";
+import type { GpuTimer } from "./timer.ts";
+
+/** Options of {@link Recorder}. */
+export interface RecorderOptions {
+  /** Times every dispatch with timestamp queries. */
+  timer?: GpuTimer;
+  /** Names the command buffer. */
+  label?: string;
+}
+
+/** A dispatch grid: x, or [x, y, z]. */
+export type Workgroups = number | readonly [number, number?, number?];
+
+/** Records dispatches and copies; submit once with {@link Recorder.submit}. */
+export class Recorder {
+  /** The device. */
+  readonly gpu: Gpu;
+  /** The encoder being recorded into. */
+  readonly encoder: GPUCommandEncoder;
+  /** Dispatches recorded so far. */
+  dispatches = 0;
+  #pass: GPUComputePassEncoder | null = null;
+  #timer: GpuTimer | undefined;
+
+  /**
+   * Opens a command encoder.
+   *
+   * @param gpu The device.
+   * @param options A timer and a label.
+   */
+  constructor(gpu: Gpu, options: RecorderOptions = {}) {
+    this.gpu = gpu;
+    this.encoder = gpu.device.createCommandEncoder({ label: options.label ?? "step" });
+    this.#timer = options.timer;
+  }
+
+  /**
+   * Records one dispatch of `pipeline` with `bindings` bound to group 0 in
+   * declaration order; the bind group is cached.
+   *
+   * @param pipeline From `gpu.pipelines.get`.
+   * @param bindings Tensors or buffer ranges, in `@binding` order.
+   * @param workgroups Grid size; each dimension at most the device limit (use {@link grid}).
+   */
+  dispatch(pipeline: GPUComputePipeline, bindings: readonly Binding[], workgroups: Workgroups): void {
+    const [x, y = 1, z = 1] = typeof workgroups === "number" ? [workgroups] : workgroups;
+    const limit = this.gpu.limits.maxComputeWorkgroupsPerDimension;
+    if (x > limit || y > limit || z > limit) {
+      throw new GpuError(
+        `Dispatch of "${pipeline.label}" asks for ${x}x${y}x${z} workgroups; at most ${limit} per dimension (use grid())`,
+      );
+    }
+    if (x === 0 || y === 0 || z === 0) return;
+    const group = this.gpu.bindGroups.get(pipeline, bindings);
+    const pass = this.#timer ? this.#timedPass(pipeline.label) : this.#sharedPass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(x, y, z);
+    if (this.#timer) pass.end();
+    this.dispatches++;
+    this.gpu.stats.dispatches++;
+  }
+
+  /**
+   * Copies all of `source` into `target` (same byte length).
+   *
+   * @param target Destination tensor.
+   * @param source Source tensor.
+   */
+  copy(target: Tensor, source: Tensor): void {
+    if (target.byteLength !== source.byteLength) {
+      throw new GpuError(`Cannot copy "${source.label}" into "${target.label}": sizes differ`);
+    }
+    this.#endPass();
+    const size = source.range().size;
+    this.encoder.copyBufferToBuffer(source.buffer, source.byteOffset, target.buffer, target.byteOffset, size);
+  }
+
+  /**
+   * Fills `tensor` with zero bytes.
+   *
+   * @param tensor The tensor to clear; its byte range must be 4-byte aligned.
+   */
+  clear(tensor: Tensor): void {
+    this.#endPass();
+    const { offset, size } = tensor.range();
+    this.encoder.clearBuffer(tensor.buffer, offset, size);
+  }
+
+  /** Ends recording. @returns The command buffer. */
+  finish(): GPUCommandBuffer {
+    this.#endPass();
+    this.#timer?.resolve(this.encoder);
+    return this.encoder.finish();
+  }
+
+  /** Ends recording and submits the work to the queue. */
+  submit(): void {
+    this.gpu.queue.submit([this.finish()]);
+    this.gpu.stats.submits++;
+  }
+
+  #sharedPass(): GPUComputePassEncoder {
+    return this.#pass ??= this.encoder.beginComputePass();
+  }
+
+  #timedPass(label: string): GPUComputePassEncoder {
+    this.#endPass();
+    return this.encoder.beginComputePass({ label, timestampWrites: this.#timer!.next(label) });
+  }
+
+  #endPass(): void {
+    this.#pass?.end();
+    this.#pass = null;
+  }
+}
+
+/**
+ * Splits `count` workgroups into a 2-D grid when it exceeds the per-dimension
+ * limit. A kernel dispatched this way recovers its linear workgroup index with
+ * {@link WGSL_LINEAR_WORKGROUP} and guards against the overhang.
+ *
+ * @param gpu The device (for its limit).
+ * @param count Workgroups wanted.
+ * @returns `[x, y]` with x·y ≥ count.
+ */
+export function grid(gpu: Gpu, count: number): [number, number] {
+  const limit = gpu.limits.maxComputeWorkgroupsPerDimension;
+  if (count <= limit) return [count, 1];
+  const y = Math.ceil(count / limit);
+  return [Math.ceil(count / y), y];
+}
+
+/**
+ * WGSL expression for the linear workgroup index of a {@link grid} dispatch;
+ * needs `@builtin(workgroup_id) wid: vec3u` and `@builtin(num_workgroups) nwg: vec3u`.
+ */
+export const WGSL_LINEAR_WORKGROUP = "(wid.x + wid.y * nwg.x)";

@@ -1,0 +1,104 @@
+/**
+ * What every CLI shares: strict flag parsing with `--key=value` or `--key value`,
+ * `--help`, and one-line errors instead of stack traces.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { GpuError } from "../kernels/errors.ts";
+
+/** A flag's type, default and help line. */
+export interface FlagSpec {
+  /** `"string"` flags take a value; `"boolean"` flags do not. */
+  type: "string" | "boolean";
+  /** Help text. */
+  help: string;
+  /** Default value, shown in the help. */
+  default?: string | boolean;
+  /** Repeatable flag (values collected in an array). */
+  multiple?: boolean;
+}
+
+/** A mistake in how a CLI was called; printed as one line, exit code 2. */
+export class UsageError extends Error {
+  /** @param message What was wrong and what to do. */
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/**
+ * Parses `args` against `flags`; unknown flags and stray arguments are refused.
+ *
+ * @param args `Deno.args`.
+ * @param command Name shown in help and errors, e.g. `deno task doctor`.
+ * @param flags The accepted flags.
+ * @returns Flag values by name (defaults filled in), or null when help was printed.
+ */
+export function parseFlags(
+  args: string[],
+  command: string,
+  flags: Record<string, FlagSpec>,
+): Record<string, string | boolean | string[] | undefined> | null {
+  const options: Record<
+    string,
+    { type: "string" | "boolean"; multiple?: boolean; default?: string | boolean }
+  > = { help: { type: "boolean" } };
+  for (const [name, spec] of Object.entries(flags)) {
+    options[name] = { type: spec.type, multiple: spec.multiple ?? false };
+    if (spec.default !== undefined) options[name].default = spec.default;
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({ args, options, strict: true, allowPositionals: false });
+  } catch (error) {
+    throw new UsageError(`${explainParseError((error as Error).message)}; see ${command} --help`);
+  }
+  if (parsed.values.help) {
+    console.log(helpText(command, flags));
+    return null;
+  }
+  return parsed.values as Record<string, string | boolean | string[] | undefined>;
+}
+
+function explainParseError(message: string): string {
+  const unknown = message.match(/Unknown option '(.+?)'/);
+  if (unknown) return `Unknown flag "${unknown[1]}"`;
+  const positional = message.match(/Unexpected argument '(.+?)'/);
+  if (positional) return `Unexpected argument "${positional[1]}" (flags look like --name=value)`;
+  return message.split("\n")[0].replace(/\. To specify.*$/, "");
+}
+
+function helpText(command: string, flags: Record<string, FlagSpec>): string {
+  const lines = [`Usage: ${command} [flags]`, "", "Flags:"];
+  for (const [name, spec] of Object.entries(flags)) {
+    const value = spec.type === "string" ? "=VALUE" : "";
+    const fallback = spec.default !== undefined && spec.default !== false
+      ? ` (default: ${spec.default})`
+      : "";
+    lines.push(`  --${name}${value}`.padEnd(28) + spec.help + fallback);
+  }
+  lines.push("  --help".padEnd(28) + "Show this help");
+  return lines.join("\n");
+}
+
+/**
+ * Runs a CLI's main function: a known failure prints `error: <one line>` (and
+ * any detail lines, such as the WGSL around a compile error) and exits non-zero.
+ *
+ * @param main The script's body.
+ */
+export async function runCli(main: () => Promise<number | void>): Promise<void> {
+  let code = 0;
+  try {
+    code = (await main()) ?? 0;
+  } catch (error) {
+    code = error instanceof UsageError ? 2 : 1;
+    const known = error instanceof Error;
+    console.error(`error: ${known ? error.message : String(error)}`);
+    if (error instanceof GpuError && error.detail) console.error(error.detail);
+  }
+  Deno.exit(code);
+}

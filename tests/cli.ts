@@ -1,0 +1,49 @@
+/**
+ * Runs a project CLI in a subprocess, as a user would through `deno task`, and
+ * captures its exit code and output.
+ *
+ * @module
+ */
+
+/** What a CLI run returned. */
+export interface CliResult {
+  /** Exit code. */
+  code: number;
+  /** Standard output. */
+  stdout: string;
+  /** Standard error. */
+  stderr: string;
+}
+
+/**
+ * Runs `deno task <task> ...args` from the project root.
+ *
+ * @param task A task name from deno.json.
+ * @param args Its arguments.
+ * @param env Extra environment variables.
+ */
+export async function runTask(
+  task: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+): Promise<CliResult> {
+  const root = new URL("..", import.meta.url).pathname;
+  const output = await new Deno.Command("deno", {
+    args: ["task", "-q", task, ...args],
+    cwd: root,
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
+}
+
+/** Environment that hides every Vulkan driver (wgpu then falls back to GL, without f16). */
+export const NO_VULKAN: Record<string, string> = { VK_DRIVER_FILES: "/nonexistent/icd.json" };
+
+/** Environment that hides every Vulkan and EGL driver: no adapter at all. */
+export const NO_ADAPTER: Record<string, string> = {
+  ...NO_VULKAN,
+  __EGL_VENDOR_LIBRARY_FILENAMES: "/nonexistent/egl.json",
+};

@@ -1,0 +1,25 @@
+import assert from "node:assert/strict";
+import { judge, runSelfTest } from "../kernels/selftest.ts";
+import { testGpu } from "./harness.ts";
+
+Deno.test("the f32 and f16 self-test kernels agree with the CPU", async () => {
+  const gpu = await testGpu();
+  const f32 = await runSelfTest(gpu, "f32");
+  assert.ok(f32.ok, f32.reason);
+  assert.ok(f32.maxError <= 1e-6);
+  const f16 = await runSelfTest(gpu, "f16");
+  assert.ok(f16.ok, f16.reason);
+  assert.ok(f16.maxError > 0, "f16 really rounds: its error is not zero");
+});
+
+Deno.test("all-zero f16 output is called out as the known runtime bug", () => {
+  const verdict = judge("f16", [0, 0, 0], [1, -2, 0.5]);
+  assert.equal(verdict.ok, false);
+  assert.match(verdict.reason, /only zeros/);
+});
+
+Deno.test("wrong or NaN output fails the self-test with the size of the error", () => {
+  assert.match(judge("f32", [1, 2, 3.1], [1, 2, 3]).reason, /differ from the CPU by 2\.50e-2/);
+  assert.equal(judge("f32", [1, NaN], [1, 2]).ok, false);
+  assert.equal(judge("f16", [1.0005, 2], [1, 2]).ok, true);
+});
