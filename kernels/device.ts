@@ -393,14 +393,14 @@ function firstLine(text: string): string {
  * ```
  */
 export async function requestGpu(options: GpuOptions = {}): Promise<Gpu> {
-  quietVulkanLoader();
+  const vulkanOnly = prepareEnvironment();
   if (typeof navigator === "undefined" || !navigator.gpu) {
     throw new GpuError("This runtime has no WebGPU (navigator.gpu); use Deno 2.9 or newer");
   }
   const adapter = await navigator.gpu.requestAdapter({
     powerPreference: options.powerPreference ?? "high-performance",
   });
-  if (!adapter) throw new NoAdapterError();
+  if (!adapter) throw new NoAdapterError(vulkanOnly);
   const info = summarizeAdapter(adapter);
 
   const wanted: [GPUFeatureName, FeatureWish][] = [
@@ -440,13 +440,24 @@ export async function requestGpu(options: GpuOptions = {}): Promise<Gpu> {
 }
 
 /**
- * wgpu's Vulkan loader complains on stderr when XDG_RUNTIME_DIR is unset, which
- * it is in containers and CI; point it at /tmp when we are allowed to.
+ * Settings wgpu reads once, when it first starts, so they are made here, before
+ * the first adapter request, where the env permission allows:
+ * - `XDG_RUNTIME_DIR`: the Vulkan loader complains on stderr when it is unset,
+ *   as it is in containers and CI; /tmp will do.
+ * - `DENO_WEBGPU_BACKEND`: on Linux wgpu would also start its OpenGL backend,
+ *   loading libEGL, whose exit-time destructor races with exiting threads and
+ *   now and then aborts the process ("double free or corruption", about 2% of
+ *   runs with Mesa). Vulkan is what we need (OpenGL offers no f16), so ask for
+ *   Vulkan alone unless the user chose a backend.
  */
-function quietVulkanLoader(): void {
-  const allowed = Deno.permissions.querySync({ name: "env", variable: "XDG_RUNTIME_DIR" });
-  if (allowed.state !== "granted") return;
-  if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+function prepareEnvironment(): boolean {
+  const allowed = (variable: string) =>
+    Deno.permissions.querySync({ name: "env", variable }).state === "granted";
+  if (allowed("XDG_RUNTIME_DIR") && !Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+  if (Deno.build.os !== "linux" || !allowed("DENO_WEBGPU_BACKEND")) return false;
+  if (Deno.env.get("DENO_WEBGPU_BACKEND")) return false;
+  Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
+  return true;
 }
 
 function summarizeAdapter(adapter: GPUAdapter): AdapterSummary {

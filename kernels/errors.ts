@@ -29,11 +29,17 @@ export class GpuError extends Error {
 
 /** No WebGPU adapter could be had at all. */
 export class NoAdapterError extends GpuError {
-  /** @example `throw new NoAdapterError();` */
-  constructor() {
+  /**
+   * Creates the error.
+   *
+   * @param vulkanOnly Only Vulkan was tried (the default on Linux); the message then says how to try OpenGL.
+   * @example `throw new NoAdapterError();`
+   */
+  constructor(vulkanOnly = false) {
     super(
       "No WebGPU adapter found; install a GPU driver with Vulkan support, " +
-        "or Mesa's software Vulkan driver to run on the CPU (apt-get install mesa-vulkan-drivers libvulkan1)",
+        "or Mesa's software Vulkan driver to run on the CPU (apt-get install mesa-vulkan-drivers libvulkan1)" +
+        (vulkanOnly ? "; or set DENO_WEBGPU_BACKEND=gl to try OpenGL, which has no f16" : ""),
     );
     this.name = "NoAdapterError";
   }

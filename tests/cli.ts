@@ -39,11 +39,8 @@ export async function runTask(
   return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
 }
 
-/** Environment that hides every Vulkan driver (wgpu then falls back to GL, without f16). */
-export const NO_VULKAN: Record<string, string> = { VK_DRIVER_FILES: "/nonexistent/icd.json" };
+/** Environment that hides every Vulkan driver: no adapter, since only Vulkan is tried by default. */
+export const NO_ADAPTER: Record<string, string> = { VK_DRIVER_FILES: "/nonexistent/icd.json" };
 
-/** Environment that hides every Vulkan and EGL driver: no adapter at all. */
-export const NO_ADAPTER: Record<string, string> = {
-  ...NO_VULKAN,
-  __EGL_VENDOR_LIBRARY_FILENAMES: "/nonexistent/egl.json",
-};
+/** Environment that leaves only wgpu's OpenGL backend: an adapter without f16. */
+export const GL_ONLY: Record<string, string> = { ...NO_ADAPTER, DENO_WEBGPU_BACKEND: "gl" };

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { NO_ADAPTER, NO_VULKAN, runTask } from "./cli.ts";
+import { GL_ONLY, NO_ADAPTER, runTask } from "./cli.ts";
 
 Deno.test("doctor prints the adapter, its features and limits, and passes its self-tests", async () => {
   const { code, stdout, stderr } = await runTask("doctor");
@@ -40,7 +40,7 @@ Deno.test("no adapter at all: one line saying what to install, exit code 1", asy
 });
 
 Deno.test("an adapter without a required feature: one line naming it, exit code 1", async () => {
-  const { code, stderr } = await runTask("doctor", ["--require", "shader-f16"], NO_VULKAN);
+  const { code, stderr } = await runTask("doctor", ["--require", "shader-f16"], GL_ONLY);
   assert.equal(code, 1);
   const lines = stderr.trim().split("\n").filter((line) => !line.startsWith("libEGL"));
   assert.equal(lines.length, 1, stderr);
@@ -48,7 +48,7 @@ Deno.test("an adapter without a required feature: one line naming it, exit code 
 });
 
 Deno.test("without f16 the doctor still passes, reporting f16 as absent", async () => {
-  const { code, stdout, stderr } = await runTask("doctor", [], NO_VULKAN);
+  const { code, stdout, stderr } = await runTask("doctor", [], GL_ONLY);
   assert.equal(code, 0, stderr);
   assert.match(stdout, /^shader-f16 +absent/m);
   assert.match(stdout, /^self-test f32 +ok/m);
