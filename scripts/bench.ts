@@ -1,0 +1,100 @@
+/**
+ * `deno task bench`: kernel timings against the adapter's measured peak and a
+ * naive kernel of the same op. `--json FILE` writes the same figures.
+ *
+ * @module
+ */
+
+import { requestGpu } from "../kernels/device.ts";
+import { type KernelBench, type KernelResult, runBench } from "./bench/harness.ts";
+import { measurePeak } from "./bench/peak.ts";
+import { elementwiseBenches } from "./bench/elementwise.ts";
+import { parseFlags, runCli, UsageError } from "./cli.ts";
+
+const PARTS = ["kernels"];
+
+await runCli(async () => {
+  const flags = parseFlags(Deno.args, "deno task bench", {
+    json: { type: "string", help: "Also write the results as JSON to this file" },
+    only: { type: "string", help: `Run one part: ${PARTS.join("|")}` },
+    filter: { type: "string", help: "Only cases whose name or variant contains this text" },
+    iterations: { type: "string", help: "Timed calls per case (median reported)", default: "5" },
+  });
+  if (!flags) return;
+  const only = flags.only as string | undefined;
+  if (only && !PARTS.includes(only)) {
+    throw new UsageError(`Unknown part "${only}" for --only; choose ${PARTS.join(", ")}`);
+  }
+  const iterations = Number(flags.iterations);
+  if (!Number.isInteger(iterations) || iterations < 1) {
+    throw new UsageError(`--iterations must be a positive integer, got "${flags.iterations}"`);
+  }
+
+  const gpu = await requestGpu();
+  console.log(`adapter: ${gpu.info.name} (${gpu.info.backend}${gpu.info.fallback ? ", software" : ""})`);
+  console.log(
+    `features: f16 ${gpu.features.f16 ? "on" : "off"}, timestamps ${gpu.features.timestamps ? "on" : "off"}`,
+  );
+  const peak = await measurePeak(gpu);
+  console.log(`peak: FMA ${peak.fma_gflops.toFixed(1)} GFLOP/s, copy ${peak.copy_gbs.toFixed(1)} GB/s\n`);
+
+  const filter = (flags.filter as string | undefined)?.toLowerCase();
+  const benches: KernelBench[] = [...elementwiseBenches(gpu)].filter((b) =>
+    !filter || `${b.name} ${b.variant}`.toLowerCase().includes(filter)
+  );
+  const kernels: KernelResult[] = [];
+  console.log(header());
+  for (const bench of benches) {
+    const result = await runBench(gpu, bench, peak, { iterations });
+    kernels.push(result);
+    console.log(row(result));
+  }
+  if (flags.json) {
+    const report = {
+      adapter: { ...gpu.info, limits: gpu.limits, enabled: gpu.features },
+      peak,
+      kernels,
+    };
+    await writeReport(flags.json as string, report);
+    console.log(`\nwrote ${flags.json}`);
+  }
+});
+
+function header(): string {
+  return [
+    "op".padEnd(14),
+    "variant".padEnd(30),
+    "shape".padEnd(18),
+    "dtype".padEnd(6),
+    "ms".padStart(10),
+    "GFLOP/s".padStart(9),
+    "GB/s".padStart(8),
+    "peak".padStart(7),
+    "vs naive".padStart(9),
+  ].join(" ");
+}
+
+function row(r: KernelResult): string {
+  return [
+    r.name.padEnd(14),
+    r.variant.slice(0, 30).padEnd(30),
+    r.shape.join("x").padEnd(18),
+    r.dtype.padEnd(6),
+    r.ms.toFixed(3).padStart(10),
+    (r.gflops === undefined ? "" : r.gflops.toFixed(2)).padStart(9),
+    (r.gbs === undefined ? "" : r.gbs.toFixed(2)).padStart(8),
+    `${(100 * r.peak_fraction).toFixed(1)}%`.padStart(7),
+    (r.naive_ratio === undefined ? "" : `${r.naive_ratio.toFixed(2)}x`).padStart(9),
+  ].join(" ");
+}
+
+async function writeReport(path: string, report: unknown): Promise<void> {
+  try {
+    await Deno.writeTextFile(path, JSON.stringify(report, null, 2) + "\n");
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+      throw new UsageError(`Cannot write "${path}": the bench task may write inside the project or /tmp`);
+    }
+    throw error;
+  }
+}

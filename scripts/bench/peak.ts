@@ -1,0 +1,88 @@
+/**
+ * The adapter's peak, measured rather than looked up: a register-only FMA
+ * kernel (independent chains, so latency hides behind throughput) and a vec4
+ * copy kernel. Kernel results are reported as a share of these.
+ *
+ * @module
+ */
+
+import type { Gpu } from "../../kernels/device.ts";
+import { grid, WGSL_LINEAR_WORKGROUP } from "../../kernels/recorder.ts";
+import type { Peak, PreparedOp } from "./harness.ts";
+import { timeOp } from "./harness.ts";
+
+const CHAINS = 8;
+const STEPS = 256;
+
+function fmaOp(gpu: Gpu, threads: number): { op: PreparedOp; flops: number } {
+  const out = gpu.tensor([threads], "f32", { label: "peak fma out" });
+  const chains = Array.from({ length: CHAINS }, (_, c) => `var a${c} = f32(i) * ${(c + 1) * 1e-7};`).join(
+    "\n  ",
+  );
+  const steps = Array.from({ length: CHAINS }, (_, c) => `a${c} = fma(a${c}, 0.9999, 0.0001);`).join(" ");
+  const sum = Array.from({ length: CHAINS }, (_, c) => `a${c}`).join(" + ");
+  const code = `@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WGSL_LINEAR_WORKGROUP} * 256u + lid.x;
+  ${chains}
+  for (var s = 0u; s < ${STEPS}u; s++) { ${steps} }
+  out[i] = ${sum};
+}`;
+  const pipeline = gpu.pipelines.get("peak fma", code);
+  return {
+    op: {
+      record: (rec) => rec.dispatch(pipeline, [out], grid(gpu, threads / 256)),
+      release: () => gpu.release(out),
+    },
+    flops: 2 * CHAINS * STEPS * threads,
+  };
+}
+
+function copyOp(gpu: Gpu, floats: number): { op: PreparedOp; bytes: number } {
+  const src = gpu.tensor([floats], "f32", { label: "peak copy src" });
+  const dst = gpu.tensor([floats], "f32", { label: "peak copy dst" });
+  const vectors = floats / 4;
+  const code = `@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WGSL_LINEAR_WORKGROUP} * 256u + lid.x;
+  if (i >= ${vectors}u) { return; }
+  dst[i] = src[i];
+}`;
+  const pipeline = gpu.pipelines.get("peak copy", code);
+  return {
+    op: {
+      record: (rec) => rec.dispatch(pipeline, [src, dst], grid(gpu, Math.ceil(vectors / 256))),
+      release: () => {
+        gpu.release(src);
+        gpu.release(dst);
+      },
+    },
+    bytes: 2 * 4 * floats,
+  };
+}
+
+/**
+ * Measures FMA throughput and copy bandwidth on `gpu`. Sizes are chosen to fill
+ * a large GPU yet finish in well under a second on a CPU fallback.
+ *
+ * @param gpu The device.
+ * @returns GFLOP/s and GB/s.
+ */
+export async function measurePeak(gpu: Gpu): Promise<Peak> {
+  const big = !gpu.info.fallback;
+  const fma = fmaOp(gpu, big ? 1 << 22 : 1 << 14);
+  const copy = copyOp(gpu, big ? 1 << 26 : 1 << 22);
+  try {
+    const fmaMs = await timeOp(gpu, fma.op, { iterations: 5 });
+    const copyMs = await timeOp(gpu, copy.op, { iterations: 5 });
+    return { fma_gflops: fma.flops / fmaMs / 1e6, copy_gbs: copy.bytes / copyMs / 1e6 };
+  } finally {
+    fma.op.release();
+    copy.op.release();
+  }
+}
