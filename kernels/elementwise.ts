@@ -18,20 +18,21 @@ const WORKGROUP = 256;
 
 /**
  * Records a one-thread-per-element kernel over `n` elements: `body` is WGSL that
- * reads and writes the declared bindings at index `i`.
+ * reads and writes the declared bindings at index `i`; `helpers` holds WGSL
+ * functions the body calls.
  *
  * @param rec The recorder.
  * @param options The kernel's label, bindings, element count and body.
  */
 export function recordElementwise(
   rec: Recorder,
-  options: { label: string; decls: readonly StorageDecl[]; n: number; body: string },
+  options: { label: string; decls: readonly StorageDecl[]; n: number; body: string; helpers?: string },
 ): void {
   const { label, decls, n, body } = options;
   expectF16Support(label, rec.gpu.features.f16, decls.map((d) => d.tensor));
   const { wgsl, bindings } = declare(decls);
   const code = `${wgsl}
-const N = ${n}u;
+const N = ${n}u;${options.helpers ?? ""}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
