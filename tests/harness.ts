@@ -79,3 +79,36 @@ export function assertClose(
     );
   }
 }
+
+/**
+ * Central finite differences of a scalar function, in float64:
+ * g[i] ≈ (f(x + h·e_i) - f(x - h·e_i)) / 2h.
+ *
+ * @param f The function (typically a float64 reference forward, reduced to a scalar).
+ * @param x The point; restored after each probe.
+ * @param h Step size.
+ * @returns The gradient estimate.
+ */
+export function finiteDifferences(f: (x: Float64Array) => number, x: Float64Array, h = 1e-5): Float64Array {
+  const grad = new Float64Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    const saved = x[i];
+    x[i] = saved + h;
+    const up = f(x);
+    x[i] = saved - h;
+    const down = f(x);
+    x[i] = saved;
+    grad[i] = (up - down) / (2 * h);
+  }
+  return grad;
+}
+
+/**
+ * Σ out[i]·weights[i]: reduces an op's output to a scalar loss whose gradient
+ * with respect to the output is `weights`, for gradient checks.
+ */
+export function weightedSum(out: ArrayLike<number>, weights: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < out.length; i++) s += out[i] * weights[i];
+  return s;
+}
