@@ -1,0 +1,359 @@
+import assert from "node:assert/strict";
+import { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "../kernels/rmsnorm.ts";
+import { add } from "../kernels/elementwise.ts";
+import type { Gpu } from "../kernels/device.ts";
+import type { Tensor } from "../kernels/tensor.ts";
+import { assertClose, randomArray, testGpu } from "./harness.ts";
+import { residualRmsnormRef, rmsnormBackwardRef, rmsnormRef } from "./reference/rmsnorm.ts";
+
+// Rows: 1, odd counts, and more than one 16-row backward block; channels: 1, odd
+// (scalar path), 64 (vec4 path, one vector per thread) and 768 (several per thread).
+const NS = [1, 7, 33, 130];
+const CS = [1, 5, 64, 65, 768];
+// Rows wider than 8 vectors per thread of a 32-thread row (128 threads per row
+// for vec4, 256 for scalars, one row per workgroup); more backward workgroups
+// than the 16 lanes that sum each column's partials; and N large enough that a
+// backward row group takes several consecutive rows on any adapter.
+const EXTRA = [[5, 2052], [9, 1030], [520, 65], [8200, 5], [16500, 4]];
+const SHAPES = [...NS.flatMap((n) => CS.map((c) => [n, c])), ...EXTRA];
+const EPS = 1e-5;
+// f32 sums of up to 768 squares or products, then a few roundings.
+const F32_OUT = { atol: 1e-5, rtol: 1e-5 };
+// dx = r·(g − x·r²·mean(g·x)) cancels where the two terms agree, so its error
+// scales with r·|g| (|g| < 2 here), not with |dx|: an absolute term carries it.
+const F32_DX = { atol: 1e-5, rtol: 1e-5 };
+// dweight sums up to 130 rows of products around 1 in f32.
+const F32_DW = { atol: 1e-5, rtol: 1e-5 };
+// One f16 rounding of the output (2^-11 ≈ 4.9e-4 relative) on top of f32 math.
+const F16 = { atol: 1e-3, rtol: 1e-3 };
+
+function data(n: number, c: number, seed: number) {
+  return {
+    x: randomArray(n * c, seed, 2),
+    weight: randomArray(c, seed + 1, 0.5).map((v) => v + 1),
+    dout: randomArray(n * c, seed + 2, 1),
+  };
+}
+
+async function floats(gpu: Gpu, t: Tensor): Promise<Float32Array> {
+  return await gpu.readFloats(t);
+}
+
+/** Central differences of the scalar function f at x, step h in every coordinate. */
+function centralDifferences(f: (x: Float64Array) => number, x: Float64Array, h: number): Float64Array {
+  return Float64Array.from(x, (v, i) => {
+    const plus = Float64Array.from(x);
+    const minus = Float64Array.from(x);
+    plus[i] = v + h;
+    minus[i] = v - h;
+    return (f(plus) - f(minus)) / (2 * h);
+  });
+}
+
+function dotRef(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
+  return s;
+}
+
+Deno.test("rmsnorm forward matches the float64 reference at every test shape", async () => {
+  const gpu = await testGpu();
+  for (const [N, C] of SHAPES) {
+    const { x, weight } = data(N, C, N * 1000 + C);
+    const tx = gpu.tensor([N, C], "f32", { data: x });
+    const tw = gpu.tensor([C], "f32", { data: weight });
+    const out = gpu.tensor([N, C], "f32");
+    const rstd = gpu.tensor([N], "f32");
+    const rec = gpu.recorder();
+    rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS });
+    rec.submit();
+    const want = rmsnormRef(x, weight, EPS);
+    assertClose(await floats(gpu, out), want.out, F32_OUT, `out N=${N} C=${C}`);
+    assertClose(await floats(gpu, rstd), want.rstd, F32_OUT, `rstd N=${N} C=${C}`);
+    for (const t of [tx, tw, out, rstd]) gpu.release(t);
+  }
+});
+
+Deno.test("rmsnorm backward matches the reference's analytic gradient; dx overwrites, dweight adds", async () => {
+  const gpu = await testGpu();
+  for (const [N, C] of SHAPES) {
+    const { x, weight, dout } = data(N, C, N * 1000 + C + 7);
+    const dw0 = randomArray(C, 99, 1);
+    const tx = gpu.tensor([N, C], "f32", { data: x });
+    const tw = gpu.tensor([C], "f32", { data: weight });
+    const tdout = gpu.tensor([N, C], "f32", { data: dout });
+    const dx = gpu.tensor([N, C], "f32", { data: randomArray(N * C, 5, 100) }); // garbage to overwrite
+    const dweight = gpu.tensor([C], "f32", { data: dw0 });
+    const out = gpu.tensor([N, C], "f32");
+    const rstd = gpu.tensor([N], "f32");
+    const rec = gpu.recorder();
+    rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS });
+    rmsnormBackward(rec, { dx, dweight, dout: tdout, x: tx, weight: tw, rstd });
+    rec.submit();
+    const want = rmsnormBackwardRef(dout, x, weight, EPS);
+    assertClose(await floats(gpu, dx), want.dx, F32_DX, `dx N=${N} C=${C}`);
+    const dwWant = want.dweight.map((v, i) => v + dw0[i]);
+    assertClose(await floats(gpu, dweight), dwWant, F32_DW, `dweight N=${N} C=${C}`);
+    for (const t of [tx, tw, tdout, dx, dweight, out, rstd]) gpu.release(t);
+  }
+});
+
+Deno.test("rmsnorm backward matches central finite differences of the float64 forward", async () => {
+  const gpu = await testGpu();
+  // C = 5 takes the scalar path, C = 8 the vec4 path.
+  for (const [N, C] of [[3, 5], [2, 8]]) {
+    const { x, weight } = data(N, C, 11 + C);
+    const probe = randomArray(N * C, 12 + C, 1); // L = Σ probe·out, so dL/dout = probe
+    const loss = (xv: Float64Array, wv: Float64Array) => dotRef(probe, rmsnormRef(xv, wv, EPS).out);
+    const h = 1e-6;
+    const fdX = centralDifferences((xv) => loss(xv, weight), x, h);
+    const fdW = centralDifferences((wv) => loss(x, wv), weight, h);
+    const analytic = rmsnormBackwardRef(probe, x, weight, EPS);
+    // Central differences in float64 with h = 1e-6: truncation ~h²·f''' and
+    // cancellation ~1e-16/h, both far below 1e-7 for values of order 1.
+    const FD = { atol: 1e-7, rtol: 1e-6 };
+    assertClose(analytic.dx, fdX, FD, `reference dx vs finite differences N=${N} C=${C}`);
+    assertClose(analytic.dweight, fdW, FD, `reference dweight vs finite differences N=${N} C=${C}`);
+
+    const tx = gpu.tensor([N, C], "f32", { data: x });
+    const tw = gpu.tensor([C], "f32", { data: weight });
+    const tdout = gpu.tensor([N, C], "f32", { data: probe });
+    const dx = gpu.tensor([N, C], "f32");
+    const dweight = gpu.tensor([C], "f32");
+    const out = gpu.tensor([N, C], "f32");
+    const rstd = gpu.tensor([N], "f32");
+    const rec = gpu.recorder();
+    rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS });
+    rmsnormBackward(rec, { dx, dweight, dout: tdout, x: tx, weight: tw, rstd });
+    rec.submit();
+    // The GPU computes in f32: a few roundings of values of order 1.
+    const GPU = { atol: 1e-5, rtol: 1e-5 };
+    assertClose(await floats(gpu, dx), fdX, GPU, `GPU dx vs finite differences N=${N} C=${C}`);
+    assertClose(await floats(gpu, dweight), fdW, GPU, `GPU dweight vs finite differences N=${N} C=${C}`);
+    for (const t of [tx, tw, tdout, dx, dweight, out, rstd]) gpu.release(t);
+  }
+});
+
+Deno.test("rmsnorm backward with accumulate adds dx into existing values; dweight accumulates over calls", async () => {
+  const gpu = await testGpu();
+  for (const [N, C] of [[7, 65], [33, 768]]) {
+    const { x, weight, dout } = data(N, C, 21);
+    const dx0 = randomArray(N * C, 22, 3);
+    const dw0 = randomArray(C, 23, 3);
+    const tx = gpu.tensor([N, C], "f32", { data: x });
+    const tw = gpu.tensor([C], "f32", { data: weight });
+    const tdout = gpu.tensor([N, C], "f32", { data: dout });
+    const dx = gpu.tensor([N, C], "f32", { data: dx0 });
+    const dweight = gpu.tensor([C], "f32", { data: dw0 });
+    const out = gpu.tensor([N, C], "f32");
+    const rstd = gpu.tensor([N], "f32");
+    const rec = gpu.recorder();
+    rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS });
+    for (let call = 0; call < 2; call++) {
+      rmsnormBackward(rec, { dx, dweight, dout: tdout, x: tx, weight: tw, rstd, accumulate: true });
+    }
+    rec.submit();
+    const want = rmsnormBackwardRef(dout, x, weight, EPS);
+    // Values up to |dx0| + 2|dx| ≈ 8: the f32 sums round at that magnitude.
+    const TOL = { atol: 2e-5, rtol: 1e-5 };
+    assertClose(await floats(gpu, dx), want.dx.map((v, i) => dx0[i] + 2 * v), TOL, `dx N=${N} C=${C}`);
+    assertClose(
+      await floats(gpu, dweight),
+      want.dweight.map((v, i) => dw0[i] + 2 * v),
+      TOL,
+      `dweight N=${N} C=${C}`,
+    );
+    for (const t of [tx, tw, tdout, dx, dweight, out, rstd]) gpu.release(t);
+  }
+});
+
+Deno.test("residual rmsnorm forward matches x + branch then rmsnorm, out of place and in place", async () => {
+  const gpu = await testGpu();
+  for (const [N, C] of [[1, 1], [7, 5], [33, 64], [130, 768]]) {
+    const { x, weight } = data(N, C, 31 + C);
+    const branch = randomArray(N * C, 32 + C, 1);
+    const want = residualRmsnormRef(x, branch, weight, EPS);
+    const tx = gpu.tensor([N, C], "f32", { data: x });
+    const tb = gpu.tensor([N, C], "f32", { data: branch });
+    const tw = gpu.tensor([C], "f32", { data: weight });
+    const res = gpu.tensor([N, C], "f32");
+    const out = gpu.tensor([N, C], "f32");
+    const rstd = gpu.tensor([N], "f32");
+    const out2 = gpu.tensor([N, C], "f32");
+    const rstd2 = gpu.tensor([N], "f32");
+    const rec = gpu.recorder();
+    residualRmsnormForward(rec, { residualOut: res, out, rstd, x: tx, branch: tb, weight: tw, eps: EPS });
+    residualRmsnormForward(rec, {
+      residualOut: tx,
+      out: out2,
+      rstd: rstd2,
+      x: tx,
+      branch: tb,
+      weight: tw,
+      eps: EPS,
+    });
+    rec.submit();
+    for (
+      const [what, r, o, s] of [["out of place", res, out, rstd], ["in place", tx, out2, rstd2]] as const
+    ) {
+      // The sum is one f32 rounding; the norm as in the plain forward.
+      assertClose(await floats(gpu, r), want.residualOut, F32_OUT, `residualOut ${what} N=${N} C=${C}`);
+      assertClose(await floats(gpu, o), want.out, F32_OUT, `out ${what} N=${N} C=${C}`);
+      assertClose(await floats(gpu, s), want.rstd, F32_OUT, `rstd ${what} N=${N} C=${C}`);
+    }
+    // Against the unfused pair on the GPU: the same f32 sum, the same row kernel math.
+    const sum = gpu.tensor([N, C], "f32");
+    const out3 = gpu.tensor([N, C], "f32");
+    const rstd3 = gpu.tensor([N], "f32");
+    const tx2 = gpu.tensor([N, C], "f32", { data: x });
+    const rec2 = gpu.recorder();
+    add(rec2, { out: sum, a: tx2, b: tb });
+    rmsnormForward(rec2, { out: out3, rstd: rstd3, x: sum, weight: tw, eps: EPS });
+    rec2.submit();
+    assertClose(
+      await floats(gpu, out3),
+      await floats(gpu, out),
+      { atol: 0, rtol: 0 },
+      "fused vs unfused out",
+    );
+    for (const t of [tx, tb, tw, res, out, rstd, out2, rstd2, sum, out3, rstd3, tx2]) gpu.release(t);
+  }
+});
+
+Deno.test("rmsnorm f16 activations (f32 math) match the reference within one f16 rounding", async (t) => {
+  const gpu = await testGpu();
+  if (!gpu.features.f16) {
+    await t.step({ name: "skipped: no usable shader-f16 on this adapter", ignore: true, fn: () => {} });
+    return;
+  }
+  for (const [N, C] of [[7, 65], [33, 768]]) {
+    for (const wdtype of ["f32", "f16"] as const) {
+      const raw = data(N, C, 41 + C);
+      const x = raw.x.map(Math.f16round);
+      const dout = raw.dout.map(Math.f16round);
+      const branch = randomArray(N * C, 42, 1).map(Math.f16round);
+      const weight = wdtype === "f16" ? raw.weight.map(Math.f16round) : raw.weight.map(Math.fround);
+      const tx = gpu.tensor([N, C], "f16", { data: x });
+      const tb = gpu.tensor([N, C], "f16", { data: branch });
+      const tw = gpu.tensor([C], wdtype, { data: weight });
+      const tdout = gpu.tensor([N, C], "f16", { data: dout });
+      const out = gpu.tensor([N, C], "f16");
+      const rstd = gpu.tensor([N], "f32");
+      const dx = gpu.tensor([N, C], "f16");
+      const dweight = gpu.tensor([C], "f32");
+      const res = gpu.tensor([N, C], "f16");
+      const rout = gpu.tensor([N, C], "f16");
+      const rrstd = gpu.tensor([N], "f32");
+      const rec = gpu.recorder();
+      rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS });
+      rmsnormBackward(rec, { dx, dweight, dout: tdout, x: tx, weight: tw, rstd });
+      residualRmsnormForward(rec, {
+        residualOut: res,
+        out: rout,
+        rstd: rrstd,
+        x: tx,
+        branch: tb,
+        weight: tw,
+        eps: EPS,
+      });
+      rec.submit();
+      const what = `N=${N} C=${C} weight ${wdtype}`;
+      const fwd = rmsnormRef(x, weight, EPS);
+      assertClose(await floats(gpu, out), fwd.out, F16, `f16 out ${what}`);
+      assertClose(await floats(gpu, rstd), fwd.rstd, F32_OUT, `f16 rstd ${what}`);
+      const bwd = rmsnormBackwardRef(dout, x, weight, EPS);
+      assertClose(await floats(gpu, dx), bwd.dx, F16, `f16 dx ${what}`);
+      // dweight stays f32 and the f16 inputs are exact in f32: f32 tolerance.
+      assertClose(await floats(gpu, dweight), bwd.dweight, F32_DW, `f16 dweight ${what}`);
+      // The fused kernel normalizes the residual as stored in f16.
+      const resWant = x.map((v, i) => v + branch[i]);
+      assertClose(await floats(gpu, res), resWant, F16, `f16 residualOut ${what}`);
+      const stored = await floats(gpu, res);
+      assertClose(await floats(gpu, rout), rmsnormRef(stored, weight, EPS).out, F16, `f16 fused out ${what}`);
+      for (const t of [tx, tb, tw, tdout, out, rstd, dx, dweight, res, rout, rrstd]) gpu.release(t);
+    }
+  }
+});
+
+Deno.test("rmsnorm forward and backward are bit-identical run to run", async () => {
+  const gpu = await testGpu();
+  const [N, C] = [130, 768];
+  const { x, weight, dout } = data(N, C, 51);
+  const tx = gpu.tensor([N, C], "f32", { data: x });
+  const tw = gpu.tensor([C], "f32", { data: weight });
+  const tdout = gpu.tensor([N, C], "f32", { data: dout });
+  const runs: Float32Array[][] = [];
+  for (let run = 0; run < 2; run++) {
+    const out = gpu.tensor([N, C], "f32");
+    const rstd = gpu.tensor([N], "f32");
+    const dx = gpu.tensor([N, C], "f32");
+    const dweight = gpu.tensor([C], "f32");
+    const rec = gpu.recorder();
+    rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS });
+    rmsnormBackward(rec, { dx, dweight, dout: tdout, x: tx, weight: tw, rstd });
+    rec.submit();
+    runs.push([
+      await floats(gpu, out),
+      await floats(gpu, rstd),
+      await floats(gpu, dx),
+      await floats(gpu, dweight),
+    ]);
+    for (const t of [out, rstd, dx, dweight]) gpu.release(t);
+  }
+  for (let i = 0; i < runs[0].length; i++) {
+    assert.deepEqual(new Uint32Array(runs[1][i].buffer), new Uint32Array(runs[0][i].buffer), `output ${i}`);
+  }
+  for (const t of [tx, tw, tdout]) gpu.release(t);
+});
+
+Deno.test("rmsnorm kernels refuse bad shapes, dtypes, eps and overlapping outputs with the argument named", async () => {
+  const gpu = await testGpu();
+  const x = gpu.tensor([4, 8], "f32", { label: "x" });
+  const w = gpu.tensor([8], "f32", { label: "w" });
+  const w7 = gpu.tensor([7], "f32", { label: "w7" });
+  const out = gpu.tensor([4, 8], "f32", { label: "out" });
+  const rstd = gpu.tensor([4], "f32", { label: "rstd" });
+  const rstd5 = gpu.tensor([5], "f32", { label: "rstd5" });
+  const u = gpu.tensor([4, 8], "u32", { label: "u" });
+  const dw16 = gpu.tensor([8], "f16", { label: "dw16" });
+  const rec = gpu.recorder();
+  assert.throws(
+    () => rmsnormForward(rec, { out, rstd, x, weight: w7, eps: EPS }),
+    /rmsnormForward: weight "w7" has shape \[7\], expected \[8\]/,
+  );
+  assert.throws(
+    () => rmsnormForward(rec, { out, rstd: rstd5, x, weight: w, eps: EPS }),
+    /rmsnormForward: rstd "rstd5" has 5 elements, expected 4/,
+  );
+  assert.throws(
+    () => rmsnormForward(rec, { out, rstd, x: u, weight: w, eps: EPS }),
+    /rmsnormForward: x "u" is u32/,
+  );
+  assert.throws(() => rmsnormForward(rec, { out, rstd, x, weight: w, eps: -1 }), /rmsnormForward: eps -1/);
+  assert.throws(
+    () => rmsnormForward(rec, { out: x, rstd, x, weight: w, eps: EPS }),
+    /rmsnormForward: out "x" overlaps x "x"/,
+  );
+  assert.throws(
+    () => rmsnormBackward(rec, { dx: out, dweight: dw16, dout: x, x, weight: w, rstd }),
+    /rmsnormBackward: dweight "dw16" is f16, expected f32/,
+  );
+  assert.throws(
+    () => rmsnormBackward(rec, { dx: x, dweight: w, dout: out, x, weight: w7, rstd }),
+    /rmsnormBackward: weight "w7"/,
+  );
+  assert.throws(
+    () =>
+      residualRmsnormForward(rec, {
+        residualOut: out.view(0, [3, 8]),
+        out,
+        rstd,
+        x,
+        branch: x,
+        weight: w,
+        eps: EPS,
+      }),
+    /residualRmsnormForward: residualOut ".*" has shape \[3, 8\], expected \[4, 8\]/,
+  );
+  for (const t of [x, w, w7, out, rstd, rstd5, u, dw16]) gpu.release(t);
+});
