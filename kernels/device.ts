@@ -23,7 +23,7 @@ import { BindGroupCache, PipelineCache } from "./pipeline.ts";
 import { type DType, Tensor, type TensorData } from "./tensor.ts";
 import { Recorder, type RecorderOptions } from "./recorder.ts";
 import { readBack, writeTensor } from "./transfer.ts";
-import { checkF16 } from "./selftest.ts";
+import { checkF16, measureLoopLimit } from "./selftest.ts";
 
 /** How to treat an optional WebGPU feature: use it if present, demand it, or leave it off. */
 export type FeatureWish = "auto" | "require" | "off";
@@ -128,6 +128,12 @@ export class Gpu {
   f16Problem = "";
   /** The limits granted to the device. */
   readonly limits: GpuLimits;
+  /**
+   * Loop iterations one invocation may run before the driver silently stops its
+   * loops (65535 on Mesa's llvmpipe; Infinity elsewhere). Measured on software
+   * adapters by `requestGpu`.
+   */
+  loopLimit = Infinity;
   /** Objects created so far. */
   readonly stats: GpuStats = { buffers: 0, pipelines: 0, bindGroups: 0, submits: 0, dispatches: 0 };
   /** Compiled pipelines, keyed by WGSL text. */
@@ -426,6 +432,7 @@ export async function requestGpu(options: GpuOptions = {}): Promise<Gpu> {
     throw new GpuError(`The adapter "${info.name}" refused a device: ${firstLine(String(error))}`);
   }
   const gpu = new Gpu(adapter, device, info);
+  if (info.fallback) gpu.loopLimit = await measureLoopLimit(gpu);
   if (gpu.features.f16) {
     const verdict = await checkF16(gpu);
     if (!verdict.ok) {

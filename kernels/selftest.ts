@@ -143,3 +143,34 @@ export function judge(dtype: "f32" | "f16", got: ArrayLike<number>, want: ArrayL
 function relative(got: number, want: number): number {
   return Number.isNaN(got) ? Infinity : Math.abs(got - want) / (1 + Math.abs(want));
 }
+
+const LOOP_PROBE = 1 << 20;
+
+/**
+ * Counts how many loop iterations one invocation may run. Mesa's llvmpipe stops
+ * every loop of an invocation, silently, once 65535 iterations have run in total
+ * (a guard against hung shaders), so a kernel that loops longer computes a wrong
+ * answer there without any error. Kernels keep their loops below this.
+ *
+ * @param gpu The device.
+ * @returns The cap, or Infinity when a 2^20-iteration loop ran to the end.
+ */
+export async function measureLoopLimit(gpu: Gpu): Promise<number> {
+  const count = gpu.tensor([1], "u32", { label: "loop limit probe" });
+  try {
+    const code = `@group(0) @binding(0) var<storage, read_write> count: array<u32>;
+@compute @workgroup_size(1)
+fn main() {
+  var c = 0u;
+  for (var i = 0u; i < ${LOOP_PROBE}u; i++) { c += 1u; }
+  count[0] = c;
+}`;
+    const rec = gpu.recorder({ label: "loop limit probe" });
+    rec.dispatch(gpu.pipelines.get("loop limit probe", code), [count], 1);
+    rec.submit();
+    const ran = (await gpu.read(count))[0];
+    return ran >= LOOP_PROBE ? Infinity : ran;
+  } finally {
+    gpu.release(count);
+  }
+}

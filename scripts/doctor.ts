@@ -50,6 +50,7 @@ await runCli(async () => {
       "subgroups": gpu.features.subgroups ? "on" : "absent",
     },
     limits: gpu.limits,
+    loopLimit: Number.isFinite(gpu.loopLimit) ? gpu.loopLimit : null,
     selfTest: { f32, f16 },
   };
   if (flags.json) {
@@ -68,6 +69,10 @@ await runCli(async () => {
       ["workgroup mem", formatBytes(limits.maxComputeWorkgroupStorageSize)],
       ["invocations", `${limits.maxComputeInvocationsPerWorkgroup} per workgroup`],
       ["workgroups", `${limits.maxComputeWorkgroupsPerDimension} per dimension`],
+      [
+        "loop limit",
+        Number.isFinite(gpu.loopLimit) ? `${gpu.loopLimit} iterations per invocation` : "none found",
+      ],
       ["self-test f32", describe(f32)],
       [
         "self-test f16",

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { judge, runSelfTest } from "../kernels/selftest.ts";
+import { judge, measureLoopLimit, runSelfTest } from "../kernels/selftest.ts";
 import { testGpu } from "./harness.ts";
 
 Deno.test("the f32 and f16 self-test kernels agree with the CPU", async () => {
@@ -22,4 +22,11 @@ Deno.test("wrong or NaN output fails the self-test with the size of the error", 
   assert.match(judge("f32", [1, 2, 3.1], [1, 2, 3]).reason, /differ from the CPU by 2\.50e-2/);
   assert.equal(judge("f32", [1, NaN], [1, 2]).ok, false);
   assert.equal(judge("f16", [1.0005, 2], [1, 2]).ok, true);
+});
+
+Deno.test("the loop limit probe finds llvmpipe's cap, or none on other adapters", async () => {
+  const gpu = await testGpu();
+  const limit = await measureLoopLimit(gpu);
+  assert.equal(limit, gpu.loopLimit);
+  if (/llvmpipe/.test(gpu.info.name)) assert.equal(limit, 65535);
 });
