@@ -10,6 +10,7 @@ import { type KernelBench, type KernelResult, runBench } from "./bench/harness.t
 import { measurePeak } from "./bench/peak.ts";
 import { elementwiseBenches } from "./bench/elementwise.ts";
 import { lossBenches } from "./bench/loss.ts";
+import { matmulBenches } from "./bench/matmul.ts";
 import { normBenches } from "./bench/norm.ts";
 import { optimizerBenches } from "./bench/optimizer.ts";
 import { parseFlags, runCli, UsageError } from "./cli.ts";
@@ -42,7 +43,7 @@ await runCli(async () => {
   console.log(`peak: FMA ${peak.fma_gflops.toFixed(1)} GFLOP/s, copy ${peak.copy_gbs.toFixed(1)} GB/s\n`);
 
   const filter = (flags.filter as string | undefined)?.toLowerCase();
-  const benches: KernelBench[] = [...elementwiseBenches(gpu), ...normBenches(gpu), ...lossBenches(gpu), ...optimizerBenches(gpu)].filter((b) =>
+  const benches: KernelBench[] = [...matmulBenches(gpu), ...elementwiseBenches(gpu), ...normBenches(gpu), ...lossBenches(gpu), ...optimizerBenches(gpu)].filter((b) =>
     !filter || `${b.name} ${b.variant}`.toLowerCase().includes(filter)
   );
   const kernels: KernelResult[] = [];

@@ -1,0 +1,551 @@
+/**
+ * Matrix multiplication, the bulk of a transformer's FLOPs:
+ * out = op(a)·op(b), or out += op(a)·op(b) with `accumulate`, where op is an
+ * optional transpose. Forward y = x·Wᵀ uses `transposeB` (W in Hugging Face
+ * `[out_features, in_features]` layout); backward dx = dy·W is the plain form
+ * and dW += dyᵀ·x is `transposeA` with `accumulate`. The kernels overwrite `out`
+ * unless `accumulate` is set, in which case they add into it (+=): parameter
+ * gradients pass `accumulate: true`, activation gradients usually do not.
+ *
+ * Each form has its own kernel (no explicit transposes): a workgroup computes a
+ * BM×BN tile of `out`, staging BK-deep slabs of both operands in workgroup
+ * memory in their global layout, so every load from storage is a contiguous
+ * vec4 when the contiguous dimension is a multiple of 4 (scalar loads assemble
+ * the same vec4 otherwise). Each thread keeps a TM×TN block of f32 accumulators
+ * in registers. The block is unrolled in the generated WGSL: accumulators are
+ * plain variables, and every workgroup-memory index is a per-thread base plus a
+ * constant or the counter of a loop with a constant trip count (4 k values per
+ * trip), so wgpu's bounds clamps fold away once the compiler unrolls it. Sizes are
+ * baked as constants; a bounds test is emitted only for a dimension that is not a
+ * multiple of its tile, once per loaded vec4 and per stored row or column.
+ * Workgroups walk the output in groups of 8 tile rows so that slabs are reused
+ * from cache. The blocking ({@link MATMUL_TILES}) depends on the adapter and size.
+ *
+ * f16 operands are loaded as f16 (vec4<f16> where aligned) and widened to f32 in
+ * workgroup memory; accumulation is always f32, `out` may be f32 or f16.
+ *
+ * Sizes: a is [M, K] ([K, M] with transposeA), b is [K, N] ([N, K] with
+ * transposeB), out is [M, N]; a batched call gives all three a leading BATCH
+ * dimension, and a or b may omit it to be shared across the batch.
+ *
+ * @module
+ */
+
+import type { Gpu } from "./device.ts";
+import { GpuError } from "./errors.ts";
+import type { Recorder } from "./recorder.ts";
+import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
+import { Tensor } from "./tensor.ts";
+import { declare, expectDType, expectF16Support, expectShape, type StorageDecl } from "./wgsl.ts";
+
+/** Arguments of {@link matmul} and {@link matmulNaive}. */
+export interface MatmulArgs {
+  /** [M, N] or [BATCH, M, N], f32 or f16; overwritten, or added into with `accumulate`. */
+  out: Tensor;
+  /** [M, K] ([K, M] with `transposeA`), optionally with a leading BATCH dimension; f32 or f16. */
+  a: Tensor;
+  /** [K, N] ([N, K] with `transposeB`), optionally with a leading BATCH dimension; f32 or f16. */
+  b: Tensor;
+  /** Multiply by aᵀ: a is stored [K, M]. */
+  transposeA?: boolean;
+  /** Multiply by bᵀ: b is stored [N, K] (a weight in `[out_features, in_features]` layout). */
+  transposeB?: boolean;
+  /** out += product instead of out = product. */
+  accumulate?: boolean;
+  /** Overrides the tile shape {@link matmul} picks (for benchmarks and tuning); ignored by the naive kernel. */
+  tile?: MatmulTile;
+}
+
+/**
+ * The blocking of the tiled kernel: a workgroup computes a `bm`×`bn` tile of the
+ * output in `bk`-deep steps, each of its (bm/tm)·(bn/tn) threads a `tm`×`tn` block.
+ */
+export interface MatmulTile {
+  /** Output rows per workgroup. */
+  bm: number;
+  /** Output columns per workgroup. */
+  bn: number;
+  /** Depth of one step along K (a multiple of 4). */
+  bk: number;
+  /** Output rows per thread (a multiple of 4). */
+  tm: number;
+  /** Output columns per thread (a multiple of 4). */
+  tn: number;
+}
+
+/**
+ * The blockings {@link matmul} chooses from (all within 16 KiB of workgroup memory
+ * and 256 threads):
+ * - `large`: 64×64 tiles, 16 deep, 8×8 outputs per thread (64 threads, 9 KiB):
+ *   16 workgroup-memory loads per 64 FMAs, registers a GPU thread can hold.
+ * - `small`: 32×32 tiles, 4×4 per thread, for outputs too small to give a GPU
+ *   enough 64×64 tiles; also the cheapest to compile.
+ * - `cpu`: 128×128 tiles, 8 deep, 16×16 per thread (64 threads, 10 KiB), for
+ *   software adapters: there every load from workgroup or storage memory costs
+ *   a loop over the SIMD lanes, so outputs per load is what counts, and spilled
+ *   accumulators are cheap. On a GPU this many accumulators would spill.
+ */
+export const MATMUL_TILES: Readonly<Record<"large" | "small" | "cpu", Readonly<MatmulTile>>> = Object.freeze({
+  large: Object.freeze({ bm: 64, bn: 64, bk: 16, tm: 8, tn: 8 }),
+  small: Object.freeze({ bm: 32, bn: 32, bk: 16, tm: 4, tn: 4 }),
+  cpu: Object.freeze({ bm: 128, bn: 128, bk: 8, tm: 16, tn: 16 }),
+});
+
+/**
+ * The blocking {@link matmul} uses for a product of `batch`×`m`×`n`×`k`. On a GPU:
+ * `large` once there are enough 64×64 tiles to occupy most multiprocessors, else
+ * `small`. On a software adapter: `cpu` when the product is big enough to repay its
+ * compile time (about 2 s) and gives more than one core a tile, else `large` or `small`.
+ *
+ * @param gpu The device (software adapters get other blockings).
+ * @param size The product: output rows `m`, columns `n`, inner size `k`, `batch` entries (default 1).
+ * @returns One of {@link MATMUL_TILES}.
+ * @example
+ * ```ts
+ * const tile = chooseMatmulTile(gpu, { m: 1024, n: 1152, k: 384 }); // MATMUL_TILES.large on a GPU
+ * ```
+ */
+export function chooseMatmulTile(
+  gpu: Gpu,
+  size: { m: number; n: number; k: number; batch?: number },
+): Readonly<MatmulTile> {
+  const { m, n, k, batch = 1 } = size;
+  const tiles = (t: MatmulTile) => batch * Math.ceil(m / t.bm) * Math.ceil(n / t.bn);
+  const { large, small, cpu } = MATMUL_TILES;
+  if (!gpu.info.fallback) return tiles(large) >= 128 ? large : small;
+  if (batch * m * n * k >= 1 << 24 && tiles(cpu) >= 2) return cpu;
+  return tiles(large) >= 4 ? large : small;
+}
+
+/** A validated call: sizes, layouts and dtypes, everything the WGSL bakes in. */
+interface Problem {
+  batch: number;
+  m: number;
+  n: number;
+  k: number;
+  transposeA: boolean;
+  transposeB: boolean;
+  accumulate: boolean;
+  /** Elements between consecutive batch entries of a (0 when shared). */
+  aStride: number;
+  /** Elements between consecutive batch entries of b (0 when shared). */
+  bStride: number;
+  a: Tensor;
+  b: Tensor;
+  out: Tensor;
+}
+
+/**
+ * out = op(a)·op(b) (or out += with `accumulate`) with the tiled kernel, f32
+ * accumulation, for any M, N, K and any mix of f32 and f16 tensors.
+ *
+ * @param rec The recorder.
+ * @param args `out`, `a`, `b`, the transposes and `accumulate` (see {@link MatmulArgs}).
+ * @throws {GpuError} On shapes that do not chain, dtypes other than f32/f16, f16 without
+ *   device support, or `out` overlapping an input.
+ * @example
+ * ```ts
+ * // y = x·Wᵀ: x [N, C], W [OUT, C] -> y [N, OUT]
+ * matmul(rec, { out: y, a: x, b: weight, transposeB: true });
+ * // backward: dx = dy·W, dW += dyᵀ·x
+ * matmul(rec, { out: dx, a: dy, b: weight });
+ * matmul(rec, { out: dweight, a: dy, b: x, transposeA: true, accumulate: true });
+ * ```
+ */
+export function matmul(rec: Recorder, args: MatmulArgs): void {
+  const p = validate("matmul", rec, args);
+  const tile = args.tile ?? chooseMatmulTile(rec.gpu, p);
+  checkTile(tile, rec);
+  const total = p.batch * Math.ceil(p.m / tile.bm) * Math.ceil(p.n / tile.bn);
+  if (total === 0) return;
+  const { wgsl, bindings } = declare(storage(p, tile));
+  const pipeline = rec.gpu.pipelines.get(label("matmul", p, tile), wgsl + tiledKernel(p, tile));
+  rec.dispatch(pipeline, bindings, grid(rec.gpu, total));
+}
+
+/**
+ * The same product with one thread per output and no workgroup memory: the
+ * baseline of the benchmark and an independent cross-check in tests.
+ *
+ * @param rec The recorder.
+ * @param args As for {@link matmul} (`tile` is ignored).
+ * @throws {GpuError} As {@link matmul}.
+ * @example
+ * ```ts
+ * matmulNaive(rec, { out, a, b, transposeB: true });
+ * ```
+ */
+export function matmulNaive(rec: Recorder, args: MatmulArgs): void {
+  const p = validate("matmulNaive", rec, args);
+  const total = p.batch * p.m * p.n;
+  if (total === 0) return;
+  const { wgsl, bindings } = declare(storage(p, null));
+  const pipeline = rec.gpu.pipelines.get(label("matmul naive", p, null), wgsl + naiveKernel(p));
+  rec.dispatch(pipeline, bindings, grid(rec.gpu, Math.ceil(total / NAIVE_WORKGROUP)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+function validate(kernel: string, rec: Recorder, args: MatmulArgs): Problem {
+  const { out, a, b } = args;
+  const transposeA = args.transposeA ?? false;
+  const transposeB = args.transposeB ?? false;
+  for (const [name, t] of [["out", out], ["a", a], ["b", b]] as const) {
+    expectDType(kernel, name, t, ["f32", "f16"]);
+    if (t.shape.length !== 2 && t.shape.length !== 3) {
+      throw new GpuError(
+        `${kernel}: ${name} "${t.label}" has shape [${t.shape.join(", ")}], expected 2 dimensions ` +
+          "(or 3 with a leading batch dimension)",
+      );
+    }
+  }
+  expectF16Support(kernel, rec.gpu.features.f16, [out, a, b]);
+  const batched = out.shape.length === 3;
+  const batch = batched ? out.shape[0] : 1;
+  const aBatched = a.shape.length === 3;
+  const bBatched = b.shape.length === 3;
+  if (!batched && (aBatched || bBatched)) {
+    throw new GpuError(
+      `${kernel}: out "${out.label}" has shape [${out.shape.join(", ")}] but ${aBatched ? "a" : "b"} ` +
+        "is batched; give out a leading batch dimension",
+    );
+  }
+  const [ar, ac] = a.shape.slice(-2);
+  const [m, k] = transposeA ? [ac, ar] : [ar, ac];
+  const n = transposeB ? b.shape.at(-2)! : b.shape.at(-1)!;
+  const lead = (on: boolean) => (on ? [batch] : []);
+  expectShape(kernel, "b", b, [...lead(bBatched), ...(transposeB ? [n, k] : [k, n])]);
+  if (aBatched) expectShape(kernel, "a", a, [batch, ...a.shape.slice(-2)]);
+  expectShape(kernel, "out", out, [...lead(batched), m, n]);
+  for (const [name, t] of [["a", a], ["b", b]] as const) {
+    const lo = Math.max(t.byteOffset, out.byteOffset);
+    const hi = Math.min(t.byteOffset + t.byteLength, out.byteOffset + out.byteLength);
+    if (t.buffer === out.buffer && lo < hi) {
+      throw new GpuError(
+        `${kernel}: out "${out.label}" overlaps ${name} "${t.label}"; write to another buffer`,
+      );
+    }
+  }
+  return {
+    batch,
+    m,
+    n,
+    k,
+    transposeA,
+    transposeB,
+    accumulate: args.accumulate ?? false,
+    aStride: aBatched ? m * k : 0,
+    bStride: bBatched ? k * n : 0,
+    a,
+    b,
+    out,
+  };
+}
+
+function checkTile(tile: MatmulTile, rec: Recorder): void {
+  const { bm, bn, bk, tm, tn } = tile;
+  const limits = rec.gpu.limits;
+  // Both slabs, plus one vec4 of padding per row of a transposed b.
+  const bytes = 4 * bk * (bm + bn) + 16 * bn;
+  const ok = [bm, bn, bk, tm, tn].every((v) => Number.isInteger(v) && v > 0) && tm % 4 === 0 &&
+    tn % 4 === 0 && bk % 4 === 0 && bm % tm === 0 && bn % tn === 0 &&
+    bn / tn <= limits.maxComputeWorkgroupSizeX && bm / tm <= limits.maxComputeWorkgroupSizeY &&
+    (bm / tm) * (bn / tn) <= limits.maxComputeInvocationsPerWorkgroup &&
+    bytes <= limits.maxComputeWorkgroupStorageSize;
+  if (!ok) {
+    throw new GpuError(
+      `matmul: tile ${JSON.stringify(tile)} is not usable; tm, tn and bk must be multiples of 4 dividing ` +
+        "bm, bn and the threads and workgroup memory must fit the device; pass one of MATMUL_TILES",
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WGSL generation
+
+const NAIVE_WORKGROUP = 256;
+const XYZW = ["x", "y", "z", "w"];
+
+/** Whether `t` can be read as vec4s along a contiguous dimension of `inner` elements. */
+function vectorizable(t: Tensor, inner: number): boolean {
+  const vecBytes = 4 * Tensor.bytesPerElement(t.dtype);
+  return inner % 4 === 0 && t.length > 0 && t.byteOffset % vecBytes === 0;
+}
+
+/**
+ * With `transposeB`, thread tx owns the strided columns j·TX + tx (j < tn) rather than
+ * 4 adjacent ones, so neighbouring threads read neighbouring rows of the [n][k] slab
+ * (conflict-free with one vec4 of padding); its stores then go out as scalars.
+ */
+function stridedColumns(p: Problem): boolean {
+  return p.transposeB;
+}
+
+/** How each operand and `out` are declared: vec4 arrays where every access is aligned. */
+function storage(p: Problem, tile: MatmulTile | null): StorageDecl[] {
+  const vec = (t: Tensor, inner: number) =>
+    tile !== null && vectorizable(t, inner) ? { element: `vec4<${t.dtype}>` } : {};
+  const outVec = tile !== null && !stridedColumns(p) ? vec(p.out, p.n) : {};
+  return [
+    { name: "a", tensor: p.a, ...vec(p.a, p.transposeA ? p.m : p.k) },
+    { name: "b", tensor: p.b, ...vec(p.b, p.transposeB ? p.k : p.n) },
+    { name: "out", tensor: p.out, write: true, ...outVec },
+  ];
+}
+
+function label(kernel: string, p: Problem, tile: MatmulTile | null): string {
+  const form = `${p.transposeA ? "Aᵀ" : "A"}·${p.transposeB ? "Bᵀ" : "B"}${p.accumulate ? " +=" : ""}`;
+  const blocking = tile ? ` ${tile.bm}x${tile.bn}x${tile.bk}/${tile.tm}x${tile.tn}` : "";
+  return `${kernel} ${form} ${p.a.dtype}·${p.b.dtype}->${p.out.dtype} ${p.batch}x${p.m}x${p.n}x${p.k}${blocking}`;
+}
+
+/**
+ * One operand's slab as it lies in memory: `tileRows` rows strided by `colExtent`
+ * elements, `tileCols` contiguous columns. Workgroup memory holds it in the same
+ * layout, as rows of vec4s.
+ */
+interface Slab {
+  name: "a" | "b";
+  shared: "As" | "Bs";
+  rowExtent: number;
+  tileRows: number;
+  colExtent: number;
+  tileCols: number;
+  /** WGSL expressions of the slab's first row and column. */
+  row0: string;
+  col0: string;
+  vector: boolean;
+  /** vec4s of padding per row of workgroup memory. */
+  pad: number;
+}
+
+function slabs(p: Problem, tile: MatmulTile): [Slab, Slab] {
+  const [aDecl, bDecl] = storage(p, tile);
+  const { bm, bn, bk } = tile;
+  // [extent, tile size, first-index expression] of the m, n and k dimensions.
+  const dims = { m: [p.m, bm, "m0"], n: [p.n, bn, "n0"], k: [p.k, bk, "k0"] } as const;
+  const slab = (
+    name: "a" | "b",
+    rows: keyof typeof dims,
+    cols: keyof typeof dims,
+    decl: StorageDecl,
+  ): Slab => ({
+    name,
+    shared: name === "a" ? "As" : "Bs",
+    rowExtent: dims[rows][0],
+    tileRows: dims[rows][1],
+    row0: dims[rows][2],
+    colExtent: dims[cols][0],
+    tileCols: dims[cols][1],
+    col0: dims[cols][2],
+    vector: decl.element !== undefined,
+    pad: name === "b" && p.transposeB ? 1 : 0,
+  });
+  // a is stored [M, K] or, transposed, [K, M]; b is [K, N] or [N, K].
+  return [
+    p.transposeA ? slab("a", "k", "m", aDecl) : slab("a", "m", "k", aDecl),
+    p.transposeB ? slab("b", "n", "k", bDecl) : slab("b", "k", "n", bDecl),
+  ];
+}
+
+/**
+ * WGSL that copies one slab from storage into workgroup memory: each thread moves
+ * whole vec4s (neighbouring threads, neighbouring vec4s), zero-filling past the
+ * matrix edge. Bounds tests appear only for a dimension that is not a multiple of
+ * its tile. The copy stays a loop: its indexes depend on the thread anyway, and
+ * unrolled copies of the guarded scalar loads mostly cost compile time.
+ */
+function loadSlab(s: Slab, threads: number): string {
+  const cols4 = s.tileCols / 4;
+  const units = s.tileRows * cols4;
+  const rowCheck = s.rowExtent % s.tileRows !== 0;
+  const colCheck = s.colExtent % s.tileCols !== 0;
+  let read: string;
+  if (s.vector) {
+    read = `x = vec4<f32>(${s.name}[${s.name}Base / 4u + gr * ${s.colExtent / 4}u + gc / 4u]);`;
+    const conditions = [rowCheck ? `gr < ${s.rowExtent}u` : "", colCheck ? `gc < ${s.colExtent}u` : ""];
+    const condition = conditions.filter((c) => c !== "").join(" && ");
+    if (condition) read = `if (${condition}) { ${read} }`;
+  } else {
+    const one = `x[j] = f32(${s.name}[i + j]);`;
+    read = `let i = ${s.name}Base + gr * ${s.colExtent}u + gc;
+        for (var j = 0u; j < 4u; j++) { ${colCheck ? `if (gc + j < ${s.colExtent}u) { ${one} }` : one} }`;
+    if (rowCheck) read = `if (gr < ${s.rowExtent}u) {\n        ${read}\n      }`;
+  }
+  return `for (var v = tid; v < ${units}u; v += ${threads}u) {
+      let gr = ${s.row0} + v / ${cols4}u;
+      let gc = ${s.col0} + (v % ${cols4}u) * 4u;
+      var x = vec4<f32>();
+      ${read}
+      ${s.shared}[v / ${cols4}u][v % ${cols4}u] = x;
+    }`;
+}
+
+/**
+ * WGSL for one group of 4 k values (k0 + 4g .. k0 + 4g + 3): read this thread's
+ * operand values from workgroup memory, then tm·tn FMAs into vec4 accumulators
+ * `acc{c}_{r}_{d}` (row (c, r), columns 4d..4d+3 of the thread's block).
+ */
+function computeGroup(p: Problem, tile: MatmulTile): string[] {
+  const tx = tile.bn / tile.tn;
+  const ty = tile.bm / tile.tm;
+  const tm4 = tile.tm / 4;
+  const tn4 = tile.tn / 4;
+  const lines: string[] = [];
+  // a(c, r, kk): A at row (c, r) and depth 4g + kk.
+  let a: (c: number, r: number, kk: number) => string;
+  if (p.transposeA) {
+    for (let kk = 0; kk < 4; kk++) {
+      for (let c = 0; c < tm4; c++) lines.push(`let a${kk}_${c} = As[g * 4u + ${kk}u][${c * ty}u + ty];`);
+    }
+    a = (c, r, kk) => `a${kk}_${c}.${XYZW[r]}`;
+  } else {
+    for (let c = 0; c < tm4; c++) {
+      for (let r = 0; r < 4; r++) lines.push(`let a${c}_${r} = As[row${c} + ${r}u][g];`);
+    }
+    a = (c, r, kk) => `a${c}_${r}.${XYZW[kk]}`;
+  }
+  // b{kk}_{d}: B at depth 4g + kk for the thread's column group d.
+  if (p.transposeB) {
+    for (let j = 0; j < tile.tn; j++) lines.push(`let bt${j} = Bs[col${j}][g];`);
+    for (let kk = 0; kk < 4; kk++) {
+      for (let d = 0; d < tn4; d++) {
+        const parts = [0, 1, 2, 3].map((s) => `bt${4 * d + s}.${XYZW[kk]}`);
+        lines.push(`let b${kk}_${d} = vec4<f32>(${parts.join(", ")});`);
+      }
+    }
+  } else {
+    for (let kk = 0; kk < 4; kk++) {
+      for (let d = 0; d < tn4; d++) lines.push(`let b${kk}_${d} = Bs[g * 4u + ${kk}u][${d * tx}u + tx];`);
+    }
+  }
+  for (let kk = 0; kk < 4; kk++) {
+    for (let c = 0; c < tm4; c++) {
+      for (let r = 0; r < 4; r++) {
+        for (let d = 0; d < tn4; d++) {
+          lines.push(`acc${c}_${r}_${d} = fma(vec4<f32>(${a(c, r, kk)}), b${kk}_${d}, acc${c}_${r}_${d});`);
+        }
+      }
+    }
+  }
+  return lines;
+}
+
+/** WGSL that writes (or adds) the accumulators to `out`, skipping rows and columns past its edge. */
+function storeBlock(p: Problem, tile: MatmulTile, vector: boolean): string[] {
+  const mCheck = p.m % tile.bm !== 0;
+  const nCheck = p.n % tile.bn !== 0;
+  const t = p.out.dtype;
+  const lines: string[] = [];
+  for (let c = 0; c < tile.tm / 4; c++) {
+    for (let r = 0; r < 4; r++) {
+      const row: string[] = [`let m = m0 + row${c} + ${r}u;`, `let o = outBase + m * ${p.n}u + n0;`];
+      for (let d = 0; d < tile.tn / 4; d++) {
+        const acc = `acc${c}_${r}_${d}`;
+        if (vector) {
+          const i = `(o + col${d}) / 4u`;
+          const value = p.accumulate ? `${acc} + vec4<f32>(out[${i}])` : acc;
+          const write = `out[${i}] = vec4<${t}>(${value});`;
+          row.push(nCheck ? `if (n0 + col${d} < ${p.n}u) { ${write} }` : write);
+          continue;
+        }
+        for (let s = 0; s < 4; s++) {
+          const col = stridedColumns(p) ? `col${4 * d + s}` : `col${d} + ${s}u`;
+          const value = p.accumulate ? `${acc}.${XYZW[s]} + f32(out[o + ${col}])` : `${acc}.${XYZW[s]}`;
+          const write = `out[o + ${col}] = ${t}(${value});`;
+          row.push(nCheck ? `if (n0 + ${col} < ${p.n}u) { ${write} }` : write);
+        }
+      }
+      const open = mCheck ? `if (m0 + row${c} + ${r}u < ${p.m}u) {` : "{";
+      lines.push(`${open}\n    ${row.join("\n    ")}\n  }`);
+    }
+  }
+  return lines;
+}
+
+function tiledKernel(p: Problem, tile: MatmulTile): string {
+  const { bm, bn, bk, tm, tn } = tile;
+  const tx = bn / tn;
+  const ty = bm / tm;
+  const tilesM = Math.ceil(p.m / bm);
+  const tilesN = Math.ceil(p.n / bn);
+  const [a, b] = slabs(p, tile);
+  const outVector = storage(p, tile)[2].element !== undefined;
+  const rows = Array.from({ length: tm / 4 }, (_, c) => `let row${c} = (${c * ty}u + ty) * 4u;`);
+  const cols = stridedColumns(p)
+    ? Array.from({ length: tn }, (_, j) => `let col${j} = ${j * tx}u + tx;`)
+    : Array.from({ length: tn / 4 }, (_, d) => `let col${d} = (${d * tx}u + tx) * 4u;`);
+  const accs: string[] = [];
+  for (let c = 0; c < tm / 4; c++) {
+    for (let r = 0; r < 4; r++) {
+      for (let d = 0; d < tn / 4; d++) accs.push(`var acc${c}_${r}_${d} = vec4<f32>();`);
+    }
+  }
+  const shared = (s: Slab) =>
+    `var<workgroup> ${s.shared}: array<array<vec4<f32>, ${s.tileCols / 4 + s.pad}>, ${s.tileRows}>;`;
+  // Tiles are visited GROUP_ROWS tile rows at a time, column by column, so workgroups
+  // that run together share slabs of both operands in cache.
+  const groupRows = Math.min(8, tilesM);
+  return `
+const TILES = ${tilesM * tilesN}u;
+const GROUP = ${groupRows * tilesN}u;
+${shared(a)}
+${shared(b)}
+
+@compute @workgroup_size(${tx}, ${ty})
+fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let linear = ${WGSL_LINEAR_WORKGROUP};
+  if (linear >= ${p.batch}u * TILES) { return; }
+  let batch = linear / TILES;
+  let tile = linear % TILES;
+  let first = (tile / GROUP) * ${groupRows}u;
+  let rows = min(${tilesM}u - first, ${groupRows}u);
+  let m0 = (first + (tile % GROUP) % rows) * ${bm}u;
+  let n0 = ((tile % GROUP) / rows) * ${bn}u;
+  let tx = lid.x;
+  let ty = lid.y;
+  let tid = ty * ${tx}u + tx;
+  let aBase = batch * ${p.aStride}u;
+  let bBase = batch * ${p.bStride}u;
+  let outBase = batch * ${p.m * p.n}u;
+  ${rows.join("\n  ")}
+  ${cols.join("\n  ")}
+  ${accs.join("\n  ")}
+  for (var k0 = 0u; k0 < ${p.k}u; k0 += ${bk}u) {
+    ${loadSlab(a, tx * ty)}
+    ${loadSlab(b, tx * ty)}
+    workgroupBarrier();
+    for (var g = 0u; g < ${bk / 4}u; g++) {
+      ${computeGroup(p, tile).join("\n      ")}
+    }
+    workgroupBarrier();
+  }
+  ${storeBlock(p, tile, outVector).join("\n  ")}
+}
+`;
+}
+
+function naiveKernel(p: Problem): string {
+  const aIndex = p.transposeA ? `aBase + k * ${p.m}u + m` : `aBase + m * ${p.k}u + k`;
+  const bIndex = p.transposeB ? `bBase + n * ${p.k}u + k` : `bBase + k * ${p.n}u + n`;
+  return `
+@compute @workgroup_size(${NAIVE_WORKGROUP})
+fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WGSL_LINEAR_WORKGROUP} * ${NAIVE_WORKGROUP}u + lid.x;
+  if (i >= ${p.batch * p.m * p.n}u) { return; }
+  let batch = i / ${p.m * p.n}u;
+  let m = (i / ${p.n}u) % ${p.m}u;
+  let n = i % ${p.n}u;
+  let aBase = batch * ${p.aStride}u;
+  let bBase = batch * ${p.bStride}u;
+  var acc = 0.0;
+  for (var k = 0u; k < ${p.k}u; k++) {
+    acc = fma(f32(a[${aIndex}]), f32(b[${bIndex}]), acc);
+  }
+  out[i] = ${p.out.dtype}(${p.accumulate ? "acc + f32(out[i])" : "acc"});
+}
+`;
+}

@@ -1,0 +1,103 @@
+/**
+ * Bench cases of the matmul kernels (compute-bound: reported in GFLOP/s against
+ * the measured FMA peak, with the naive one-thread-per-output kernel as baseline):
+ * square products in f32 and f16, and the three products of a linear layer.
+ *
+ * @module
+ */
+
+import type { Gpu } from "../../kernels/device.ts";
+import {
+  chooseMatmulTile,
+  matmul,
+  type MatmulArgs,
+  matmulNaive,
+  type MatmulTile,
+} from "../../kernels/matmul.ts";
+import type { Recorder } from "../../kernels/recorder.ts";
+import type { DType, Tensor } from "../../kernels/tensor.ts";
+import type { KernelBench, PreparedOp } from "./harness.ts";
+
+/** One product: out[M, N] (+)= op(a)·op(b) with inner size K. */
+interface Product {
+  m: number;
+  n: number;
+  k: number;
+  transposeA?: boolean;
+  transposeB?: boolean;
+  accumulate?: boolean;
+  dtype: "f32" | "f16";
+}
+
+function prepare(
+  gpu: Gpu,
+  p: Product,
+  kernel: (rec: Recorder, args: MatmulArgs) => void,
+): PreparedOp {
+  const dtype: DType = p.dtype;
+  const a = gpu.tensor(p.transposeA ? [p.k, p.m] : [p.m, p.k], dtype, { label: "bench a" });
+  const b = gpu.tensor(p.transposeB ? [p.n, p.k] : [p.k, p.n], dtype, { label: "bench b" });
+  const out = gpu.tensor([p.m, p.n], dtype, { label: "bench out" });
+  const args: MatmulArgs = {
+    out,
+    a,
+    b,
+    transposeA: p.transposeA,
+    transposeB: p.transposeB,
+    accumulate: p.accumulate,
+  };
+  return {
+    record: (rec) => kernel(rec, args),
+    release: () => [a, b, out].forEach((t: Tensor) => gpu.release(t)),
+  };
+}
+
+function blocking(t: MatmulTile): string {
+  return `${t.bm}x${t.bn}/${t.tm}x${t.tn}`;
+}
+
+function bench(gpu: Gpu, title: string, p: Product, naive: boolean): KernelBench {
+  return {
+    name: "matmul",
+    variant: `${title} ${blocking(chooseMatmulTile(gpu, p))}`,
+    shape: [p.m, p.n, p.k],
+    dtype: p.dtype,
+    flops: 2 * p.m * p.n * p.k,
+    bytes: (p.m * p.k + p.k * p.n + (p.accumulate ? 2 : 1) * p.m * p.n) * (p.dtype === "f16" ? 2 : 4),
+    prepare: (gpu) => prepare(gpu, p, matmul),
+    naive: naive ? (gpu) => prepare(gpu, p, matmulNaive) : undefined,
+  };
+}
+
+/**
+ * Square products A·B at 512³ and 1024³ in f32 and f16, and a linear layer y = x·Wᵀ
+ * (N rows, C inputs, OUT = 3·C outputs, as a fused QKV projection) with its
+ * backward products dx = dy·W and dW += dyᵀ·x. On a CPU fallback the layer has
+ * fewer rows and the naive kernel is skipped at 1024³ (about 10 s a call there),
+ * so the whole set stays near a minute.
+ *
+ * @param gpu The device.
+ * @returns The cases, each with the naive ratio where it is timed.
+ */
+export function matmulBenches(gpu: Gpu): KernelBench[] {
+  const cpu = gpu.info.fallback;
+  const cases: KernelBench[] = [];
+  for (const size of [512, 1024]) {
+    for (const dtype of ["f32", "f16"] as const) {
+      if (dtype === "f16" && !gpu.features.f16) continue;
+      cases.push(bench(gpu, "A·B", { m: size, n: size, k: size, dtype }, !cpu || size <= 512));
+    }
+  }
+  const [rows, c, out] = [cpu ? 128 : 1024, 384, 1152];
+  cases.push(
+    bench(gpu, "x·Wᵀ", { m: rows, n: out, k: c, transposeB: true, dtype: "f32" }, true),
+    bench(gpu, "dx=dy·W", { m: rows, n: c, k: out, dtype: "f32" }, true),
+    bench(
+      gpu,
+      "dW+=dyᵀ·x",
+      { m: out, n: c, k: rows, transposeA: true, accumulate: true, dtype: "f32" },
+      true,
+    ),
+  );
+  return cases;
+}

@@ -1,0 +1,306 @@
+import assert from "node:assert/strict";
+import type { Gpu } from "../kernels/device.ts";
+import { GpuError } from "../kernels/errors.ts";
+import { chooseMatmulTile, matmul, MATMUL_TILES, matmulNaive, type MatmulTile } from "../kernels/matmul.ts";
+import type { DType, Tensor } from "../kernels/tensor.ts";
+import { assertClose, randomArray, testGpu, type Tolerance } from "./harness.ts";
+import { matmulBackwardRef, type MatmulDims, matmulRef } from "./reference/matmul.ts";
+
+// [M, N, K]: degenerate, odd (scalar loads, every bounds test) and larger than a tile
+// in every dimension. Multiples of 4 that are not tile multiples (vec4 loads and
+// stores) come in the f16, accumulate, batched and blocking tests.
+const SHAPES: [number, number, number][] = [[1, 1, 1], [7, 13, 5], [33, 65, 17], [130, 67, 129]];
+const FORMS = [[false, false], [true, false], [false, true], [true, true]] as const;
+
+// f32: inputs are exact f32 values in [-1, 1), so the only error is the f32 rounding
+// of sums of up to 129 products (about √K·2^-24·Σ|a·b| ≈ 1e-6 here); the error does
+// not shrink with |ref| where terms cancel, hence the absolute part.
+const F32: Tolerance = { atol: 1e-5, rtol: 1e-5 };
+// f16 out: one f16 rounding of the f32 sum (2^-11 ≈ 4.9e-4 relative) on top of F32.
+const F16_OUT: Tolerance = { atol: 1e-3, rtol: 1e-3 };
+
+interface Case extends MatmulDims {
+  dtypes?: [DType, DType, DType];
+  accumulate?: boolean;
+  tile?: MatmulTile;
+  naive?: boolean;
+  seed?: number;
+}
+
+const round = (dtype: DType) => (v: number) => dtype === "f16" ? Math.f16round(v) : Math.fround(v);
+
+function formName(c: MatmulDims): string {
+  return `${c.transposeA ? "Aᵀ" : "A"}·${c.transposeB ? "Bᵀ" : "B"}`;
+}
+
+function describe(c: Case): string {
+  const kernel = c.naive ? "naive " : "";
+  const size = `${c.batch ? `${c.batch}x` : ""}${c.m}x${c.n}x${c.k}`;
+  const dtypes = (c.dtypes ?? ["f32", "f32", "f32"]).join("·");
+  return `${kernel}${formName(c)}${c.accumulate ? " +=" : ""} ${size} ${dtypes}`;
+}
+
+/** Runs one product on the GPU and returns it with the float64 reference. */
+async function runCase(gpu: Gpu, c: Case): Promise<{ got: Float32Array; want: Float64Array }> {
+  const { m, n, k } = c;
+  const [da, db, dout] = c.dtypes ?? ["f32", "f32", "f32"];
+  const batched = c.batch !== undefined;
+  const batch = c.batch ?? 1;
+  const aBatched = batched && (c.aBatched ?? true);
+  const bBatched = batched && (c.bBatched ?? true);
+  const seed = c.seed ?? 1;
+  const a = randomArray((aBatched ? batch : 1) * m * k, seed).map(round(da));
+  const b = randomArray((bBatched ? batch : 1) * k * n, seed + 1).map(round(db));
+  const init = randomArray(batch * m * n, seed + 2).map(round(dout));
+  const lead = (on: boolean) => (on ? [batch] : []);
+  const ta = gpu.tensor([...lead(aBatched), ...(c.transposeA ? [k, m] : [m, k])], da, {
+    label: "a",
+    data: a,
+  });
+  const tb = gpu.tensor([...lead(bBatched), ...(c.transposeB ? [n, k] : [k, n])], db, {
+    label: "b",
+    data: b,
+  });
+  const out = gpu.tensor([...lead(batched), m, n], dout, { label: "out", data: init });
+  const rec = gpu.recorder();
+  const args = {
+    out,
+    a: ta,
+    b: tb,
+    transposeA: c.transposeA,
+    transposeB: c.transposeB,
+    accumulate: c.accumulate,
+    tile: c.tile,
+  };
+  if (c.naive) matmulNaive(rec, args);
+  else matmul(rec, args);
+  rec.submit();
+  const got = await gpu.readFloats(out);
+  for (const t of [ta, tb, out]) gpu.release(t);
+  const want = matmulRef(a, b, { ...c, batch, aBatched, bBatched });
+  if (c.accumulate) want.forEach((v, i) => want[i] = v + init[i]);
+  return { got, want };
+}
+
+async function check(gpu: Gpu, c: Case, tolerance: Tolerance): Promise<void> {
+  const { got, want } = await runCase(gpu, c);
+  assertClose(got, want, tolerance, describe(c)); // |got - want| <= atol + rtol·|want|
+}
+
+Deno.test("matmul and the naive kernel match the reference in every form at every test shape", async () => {
+  const gpu = await testGpu();
+  for (const [m, n, k] of SHAPES) {
+    for (const [transposeA, transposeB] of FORMS) {
+      const c = { m, n, k, transposeA, transposeB };
+      const tiled = await runCase(gpu, c);
+      const naive = await runCase(gpu, { ...c, naive: true });
+      assertClose(tiled.got, tiled.want, F32, describe(c)); // |got - want| <= atol + rtol·|want|
+      // Both chain fma over k in the same order, so any blocking gives the same bits.
+      assertClose(tiled.got, naive.got, { atol: 0, rtol: 0 }, `${describe(c)} vs naive`);
+    }
+  }
+});
+
+Deno.test("the large and cpu blockings match the reference in every form, with and without edge tiles", async () => {
+  const gpu = await testGpu();
+  const { large, cpu } = MATMUL_TILES;
+  // Larger than the tile in every dimension and odd (scalar loads, partial tiles), in
+  // every form; then whole tiles with vec4 loads only, where no bounds test is emitted.
+  // The cpu blocking (16x16 per thread: slow to compile with edges) in two forms only.
+  const cases: [MatmulTile, number[], (readonly [boolean, boolean])[]][] = [
+    [large, [130, 67, 129], [...FORMS]],
+    [large, [128, 64, 48], [FORMS[0], FORMS[3]]],
+    [cpu, [131, 133, 9], [FORMS[2]]],
+    [cpu, [128, 256, 16], [FORMS[1]]],
+  ];
+  for (const [tile, [m, n, k], forms] of cases) {
+    for (const [transposeA, transposeB] of forms) {
+      await check(gpu, { m, n, k, transposeA, transposeB, tile }, F32);
+    }
+  }
+  assert.equal(chooseMatmulTile(gpu, { m: 33, n: 65, k: 17 }), MATMUL_TILES.small);
+  assert.equal(chooseMatmulTile(gpu, { m: 1024, n: 1024, k: 1024 }), gpu.info.fallback ? cpu : large);
+});
+
+Deno.test("matmul accumulates into out (+=) with f32 and f16 outputs", async () => {
+  const gpu = await testGpu();
+  await check(gpu, { m: 36, n: 68, k: 20, accumulate: true }, F32);
+  await check(gpu, { m: 33, n: 65, k: 17, transposeA: true, accumulate: true }, F32); // dW += dyᵀ·x
+  const f16 = ["f16", "f16", "f16"] as [DType, DType, DType];
+  await check(gpu, { m: 36, n: 68, k: 20, transposeB: true, accumulate: true, dtypes: f16 }, F16_OUT);
+});
+
+Deno.test("matmul reads f16 operands (vec4 and scalar loads) with f32 accumulation", async () => {
+  const gpu = await testGpu();
+  for (const [transposeA, transposeB] of FORMS) {
+    await check(gpu, { m: 36, n: 68, k: 20, transposeA, transposeB, dtypes: ["f16", "f16", "f16"] }, F16_OUT);
+  }
+  // f16 inputs are exact in f32, so an f32 output carries only f32 rounding.
+  await check(gpu, { m: 33, n: 65, k: 17, dtypes: ["f16", "f16", "f32"] }, F32);
+  await check(gpu, { m: 33, n: 65, k: 17, transposeB: true, dtypes: ["f32", "f16", "f32"] }, F32);
+  await check(gpu, { m: 7, n: 13, k: 5, transposeA: true, dtypes: ["f16", "f32", "f16"] }, F16_OUT);
+});
+
+Deno.test("batched matmul matches the reference, with per-batch and shared operands", async () => {
+  const gpu = await testGpu();
+  for (const [transposeA, transposeB] of FORMS) {
+    await check(gpu, { batch: 3, m: 33, n: 65, k: 17, transposeA, transposeB }, F32);
+  }
+  await check(gpu, { batch: 3, m: 36, n: 68, k: 20, transposeB: true, bBatched: false }, F32); // x·Wᵀ
+  await check(gpu, { batch: 2, m: 7, n: 13, k: 5, aBatched: false, naive: true }, F32);
+  await check(gpu, { batch: 2, m: 7, n: 13, k: 5, aBatched: false }, F32);
+  // More workgroups than one grid dimension holds: a 2-D grid with one spare workgroup.
+  const tile = { bm: 4, bn: 4, bk: 4, tm: 4, tn: 4 }; // one thread per workgroup keeps 70001 of them cheap
+  await check(gpu, { batch: 70_001, m: 1, n: 1, k: 3, bBatched: false, tile }, F32);
+});
+
+Deno.test("matmul works on views of one flat buffer, including out beside an input", async () => {
+  const gpu = await testGpu();
+  const [m, n, k] = [12, 8, 16];
+  // Each view starts at a multiple of the device's storage offset alignment, as bindings must.
+  const align = gpu.limits.minStorageBufferOffsetAlignment / 4;
+  const pad = (x: number) => Math.ceil(x / align) * align;
+  const flat = gpu.tensor([pad(m * k) + pad(k * n) + m * n], "f32", { label: "flat" });
+  const a = flat.view(0, [m, k], "a");
+  const b = flat.view(pad(m * k), [k, n], "b");
+  const out = flat.view(pad(m * k) + pad(k * n), [m, n], "out");
+  const av = randomArray(m * k, 7).map(Math.fround);
+  const bv = randomArray(k * n, 8).map(Math.fround);
+  gpu.write(a, av);
+  gpu.write(b, bv);
+  const rec = gpu.recorder();
+  matmul(rec, { out, a, b });
+  rec.submit();
+  assertClose(await gpu.readFloats(out), matmulRef(av, bv, { m, n, k }), F32, "views"); // atol + rtol·|ref|
+  gpu.release(flat);
+});
+
+/** L(a, b) = Σ w ⊙ (a·b) in float64, the scalar whose gradient the backward identities give. */
+function loss(a: Float64Array, b: Float64Array, w: Float64Array, dims: MatmulDims): number {
+  return matmulRef(a, b, dims).reduce((s, v, i) => s + v * w[i], 0);
+}
+
+function centralDifferences(f: (x: Float64Array) => number, x: Float64Array, h: number): Float64Array {
+  return Float64Array.from(x, (v, i) => {
+    const plus = Float64Array.from(x);
+    const minus = Float64Array.from(x);
+    plus[i] = v + h;
+    minus[i] = v - h;
+    return (f(plus) - f(minus)) / (2 * h);
+  });
+}
+
+async function product(
+  gpu: Gpu,
+  out: Tensor,
+  args: { a: Tensor; b: Tensor; transposeA?: boolean; transposeB?: boolean; accumulate?: boolean },
+): Promise<Float32Array> {
+  const rec = gpu.recorder();
+  matmul(rec, { out, ...args });
+  rec.submit();
+  return await gpu.readFloats(out);
+}
+
+Deno.test("matmul backward identities match the analytic gradient and finite differences", async () => {
+  const gpu = await testGpu();
+  // C = A·B with A [M, K], B [K, N]; L = Σ dC ⊙ C gives dA = dC·Bᵀ and dB = Aᵀ·dC.
+  const dims = { m: 5, n: 6, k: 7 };
+  const { m, n, k } = dims;
+  const a = randomArray(m * k, 11).map(Math.fround);
+  const b = randomArray(k * n, 12).map(Math.fround);
+  const dc = randomArray(m * n, 13).map(Math.fround);
+  const ta = gpu.tensor([m, k], "f32", { data: a });
+  const tb = gpu.tensor([k, n], "f32", { data: b });
+  const tdc = gpu.tensor([m, n], "f32", { data: dc });
+  const da = await product(gpu, gpu.tensor([m, k]), { a: tdc, b: tb, transposeB: true });
+  const db = await product(gpu, gpu.tensor([k, n]), { a: ta, b: tdc, transposeA: true });
+  const want = matmulBackwardRef(dc, a, b, dims);
+  assertClose(da, want.da, F32, "dA = dC·Bᵀ vs analytic"); // atol + rtol·|ref|
+  assertClose(db, want.db, F32, "dB = Aᵀ·dC vs analytic");
+  // Central differences of the float64 forward: truncation error is 0 for a bilinear
+  // loss, so only cancellation in (L(x+h) - L(x-h)) / 2h remains, ~1e-16·|L|/h.
+  const h = 1e-3;
+  const fdA = centralDifferences((x) => loss(x, b, dc, dims), a, h);
+  const fdB = centralDifferences((x) => loss(a, x, dc, dims), b, h);
+  const FD = { atol: 1e-5, rtol: 1e-5 };
+  assertClose(da, fdA, FD, "dA vs finite differences"); // atol + rtol·|fd|
+  assertClose(db, fdB, FD, "dB vs finite differences");
+});
+
+Deno.test("linear layer backward: dx = dy·W and dW += dyᵀ·x match the reference", async () => {
+  const gpu = await testGpu();
+  // y = x·Wᵀ with x [N, C], W [OUT, C] (Hugging Face layout): the model's forward.
+  const [rows, c, outF] = [9, 13, 6];
+  const dims = { m: rows, n: outF, k: c, transposeB: true };
+  const x = randomArray(rows * c, 21).map(Math.fround);
+  const w = randomArray(outF * c, 22).map(Math.fround);
+  const dy = randomArray(rows * outF, 23).map(Math.fround);
+  const dwInit = randomArray(outF * c, 24).map(Math.fround);
+  const tx = gpu.tensor([rows, c], "f32", { data: x });
+  const tw = gpu.tensor([outF, c], "f32", { data: w });
+  const tdy = gpu.tensor([rows, outF], "f32", { data: dy });
+  const dx = await product(gpu, gpu.tensor([rows, c]), { a: tdy, b: tw });
+  const dw = await product(gpu, gpu.tensor([outF, c], "f32", { data: dwInit }), {
+    a: tdy,
+    b: tx,
+    transposeA: true,
+    accumulate: true,
+  });
+  const want = matmulBackwardRef(dy, x, w, dims);
+  assertClose(dx, want.da, F32, "dx"); // atol + rtol·|ref|
+  assertClose(dw, want.db.map((v, i) => v + dwInit[i]), F32, "dW += dyᵀ·x");
+  const h = 1e-3;
+  const FD = { atol: 1e-5, rtol: 1e-5 };
+  assertClose(dx, centralDifferences((v) => loss(v, w, dy, dims), x, h), FD, "dx vs finite differences");
+  const fdW = centralDifferences((v) => loss(x, v, dy, dims), w, h);
+  assertClose(dw, fdW.map((v, i) => v + dwInit[i]), FD, "dW vs finite differences");
+});
+
+Deno.test("matmul refuses bad shapes, dtypes and overlapping outputs with the argument named", async () => {
+  const gpu = await testGpu();
+  const made: Tensor[] = [];
+  const t = (shape: number[], label: string, dtype: DType = "f32") => {
+    made.push(gpu.tensor(shape, dtype, { label }));
+    return made[made.length - 1];
+  };
+  const [x, w, w3, y] = [t([4, 3], "x"), t([5, 2], "w"), t([3, 2], "w3"), t([4, 2], "y")];
+  const flat = t([20], "flat");
+  const rec = gpu.recorder();
+  const refuses = (call: () => void, message: RegExp) =>
+    assert.throws(call, (e: unknown) => e instanceof GpuError && message.test(e.message));
+  refuses(() => matmul(rec, { out: y, a: x, b: w }), /^matmul: b "w" has shape \[5, 2\], expected \[3, 2\]$/);
+  refuses(
+    () => matmul(rec, { out: y, a: x, b: w, transposeB: true }),
+    /^matmul: b "w" has shape \[5, 2\], expected \[5, 3\]$/,
+  );
+  refuses(
+    () => matmul(rec, { out: y, a: x, b: t([3, 2], "idx", "u32") }),
+    /^matmul: b "idx" is u32, expected f32 or f16$/,
+  );
+  refuses(
+    () => matmul(rec, { out: t([4, 3], "y43"), a: x, b: w3 }),
+    /^matmul: out "y43" has shape \[4, 3\], expected \[4, 2\]$/,
+  );
+  refuses(
+    () => matmul(rec, { out: t([2, 4, 2], "yb"), a: t([3, 4, 3], "xb"), b: w3 }),
+    /^matmul: a "xb" has shape \[3, 4, 3\], expected \[2, 4, 3\]$/,
+  );
+  refuses(
+    () => matmulNaive(rec, { out: y, a: t([2, 4, 3], "xb2"), b: w3 }),
+    /^matmulNaive: out "y" has shape \[4, 2\] but a is batched; give out a leading batch dimension$/,
+  );
+  refuses(
+    () => matmul(rec, { out: y, a: t([3], "v"), b: w3 }),
+    /^matmul: a "v" has shape \[3\], expected 2 dim/,
+  );
+  refuses(
+    () => matmul(rec, { out: flat.view(0, [4, 2], "o"), a: flat.view(4, [4, 3], "i"), b: w3 }),
+    /^matmul: out "o" overlaps a "i"; write to another buffer$/,
+  );
+  refuses(
+    () => matmul(rec, { out: y, a: x, b: w3, tile: { bm: 64, bn: 64, bk: 16, tm: 6, tn: 8 } }),
+    /^matmul: tile .* is not usable/,
+  );
+  rec.finish();
+  for (const tensor of made) gpu.release(tensor);
+});
