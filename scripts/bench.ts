@@ -8,6 +8,7 @@
 import { requestGpu } from "../kernels/device.ts";
 import { type KernelBench, type KernelResult, runBench } from "./bench/harness.ts";
 import { measurePeak } from "./bench/peak.ts";
+import { attentionBenches } from "./bench/attention.ts";
 import { elementwiseBenches } from "./bench/elementwise.ts";
 import { lossBenches } from "./bench/loss.ts";
 import { matmulBenches } from "./bench/matmul.ts";
@@ -43,7 +44,7 @@ await runCli(async () => {
   console.log(`peak: FMA ${peak.fma_gflops.toFixed(1)} GFLOP/s, copy ${peak.copy_gbs.toFixed(1)} GB/s\n`);
 
   const filter = (flags.filter as string | undefined)?.toLowerCase();
-  const benches: KernelBench[] = [...matmulBenches(gpu), ...elementwiseBenches(gpu), ...normBenches(gpu), ...lossBenches(gpu), ...optimizerBenches(gpu)].filter((b) =>
+  const benches: KernelBench[] = [...matmulBenches(gpu), ...attentionBenches(gpu), ...elementwiseBenches(gpu), ...normBenches(gpu), ...lossBenches(gpu), ...optimizerBenches(gpu)].filter((b) =>
     !filter || `${b.name} ${b.variant}`.toLowerCase().includes(filter)
   );
   const kernels: KernelResult[] = [];

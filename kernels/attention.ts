@@ -1,0 +1,784 @@
+/**
+ * Causal grouped-query self-attention, flash style (FlashAttention-2): an
+ * online softmax over streamed keys, no T×T buffer anywhere, and no work on
+ * key blocks above the causal diagonal.
+ *
+ * Layout: qkv (B, T, (NH + 2·NKV)·HS) is the fused projection output: per token
+ * NH query heads, then NKV key heads, then NKV value heads. out (B, T, NH·HS)
+ * puts head h at h·HS, ready for the output projection. lse (B, NH, T) f32 is
+ * the natural log-sum-exp of each row's scaled scores, saved for the backward.
+ * Query head h reads kv head floor(h / (NH/NKV)).
+ *
+ * A workgroup owns a block of rows (queries, or keys in dK/dV) of one
+ * (b, head); each thread owns `rows` of them and keeps their vectors and
+ * accumulators in registers while it streams the other side's rows, a chunk of
+ * 1–4 at a time, from storage or from tiles staged in workgroup memory (see
+ * {@link AttentionPlan}). Streaming stops at the block's last row; rows mask
+ * what is past the diagonal. Scores are kept in log2 units (q or k prescaled by
+ * scale·log2 e) so every exponential is an exp2.
+ *
+ * - Forward: running max m, running sum l, accumulator rescaled by
+ *   exp2(m_old − m_new) per chunk; out = acc / l, lse = (m + log2 l)·ln 2.
+ * - Backward (overwrites dqkv, every element: it is an activation gradient),
+ *   two dispatches, no atomics, so results are bit-identical run to run:
+ *   1. dQ, per query block streaming K and V up to the diagonal:
+ *      P = exp(S − lse), dP = dO·Vᵀ, dS = P∘(dP − D), dQ = dS·K·scale, where
+ *      D = rowsum(dO∘O) is computed here and stored for pass 2 in a scratch
+ *      buffer (B·NH·T f32) this module keeps per device and size.
+ *   2. dK and dV, per key block of one kv head, streaming Q and dO of the
+ *      queries at or after the block, for each query head sharing the kv head
+ *      in a fixed order: dV += Pᵀ·dO, dK += dSᵀ·Q·scale.
+ *
+ * Head counts, HS, scale and the plan are baked into the WGSL; B comes from
+ * the grid and T from the length of lse, so one pipeline serves every batch
+ * size and sequence length (a software adapter takes seconds to compile one).
+ *
+ * f16 variants come from the dtypes: qkv, out, dout and dqkv may each be f16
+ * (storage only: arithmetic and accumulation are f32); lse is always f32.
+ *
+ * @module
+ */
+
+import type { Gpu } from "./device.ts";
+import { GpuError } from "./errors.ts";
+import type { Recorder } from "./recorder.ts";
+import { qkvSizes } from "./rope.ts";
+import type { Tensor } from "./tensor.ts";
+import { declare, expectDType, expectF16Support, expectShape, float } from "./wgsl.ts";
+
+/** Workgroup memory budget, bytes: what NVIDIA and others give without opting in. */
+const SHARED_BYTES = 16384;
+/** The largest head size: past it the registers a thread holds (4·HS floats per row in the backward) are absurd. */
+const MAX_HS = 256;
+/** A finite stand-in for −∞ (WGSL has no infinity literal); exp2 of it minus anything is 0. */
+const NEG_BIG = "-1e30";
+
+/**
+ * How the kernels map rows to threads. A workgroup owns `rows`·`threads`
+ * consecutive rows (queries in the forward and dQ, keys in dK/dV) of one
+ * (b, head); thread t owns rows t, t + threads, ... and keeps their vectors and
+ * accumulators in registers.
+ */
+export interface AttentionPlan {
+  /** Rows each thread owns: every streamed vec4 it loads feeds that many rows' FMAs. */
+  rows: number;
+  /** Threads per workgroup (at most 256). */
+  threads: number;
+  /**
+   * Streamed rows per step of the inner loop (1, 2 or 4): the online softmax
+   * rescales once per step, but the step's loads are unrolled in the code, and
+   * software adapters compile large loop bodies slowly.
+   */
+  chunk: number;
+  /**
+   * Stage the streamed rows in workgroup memory, a tile at a time, so each is
+   * read from storage once per workgroup (GPUs). Without it each thread reads
+   * the streamed rows from storage itself: no barriers, no copies (CPU).
+   */
+  shared: boolean;
+}
+
+/**
+ * The plans {@link chooseAttentionPlan} picks from:
+ * - `gpu`: one row per thread, 64 threads, K/V (or Q/dO) tiles in workgroup
+ *   memory: registers a GPU thread can hold (2·HS floats forward, 4·HS in dK/dV),
+ *   and every workgroup-memory read is a broadcast.
+ * - `cpu`: four rows per thread, 16 threads, no workgroup memory: on a software
+ *   adapter every load from workgroup or storage memory costs a loop over the
+ *   SIMD lanes, so FMAs per load is what counts, and registers that spill are
+ *   cheap; staging tiles would add a copy and barriers for no saving.
+ */
+export const ATTENTION_PLANS: Readonly<Record<"gpu" | "cpu", Readonly<AttentionPlan>>> = Object.freeze({
+  gpu: Object.freeze({ rows: 1, threads: 64, chunk: 4, shared: true }),
+  cpu: Object.freeze({ rows: 4, threads: 16, chunk: 1, shared: false }),
+});
+
+/**
+ * The plan the attention kernels use on `gpu` for heads of `headSize`: `gpu`,
+ * or on a software adapter `cpu`, with one row per thread past HS 64: LLVM's
+ * compile time grows steeply with a thread's vectors (4 rows × 4 vectors of HS
+ * in dK/dV take it ~20 s at HS 64), and the models we train use HS 32 or 64.
+ *
+ * @param gpu The device.
+ * @param headSize HS.
+ * @returns The plan.
+ */
+export function chooseAttentionPlan(gpu: Gpu, headSize: number): Readonly<AttentionPlan> {
+  if (!gpu.info.fallback) return ATTENTION_PLANS.gpu;
+  const { cpu } = ATTENTION_PLANS;
+  return headSize <= 64 ? cpu : { ...cpu, rows: 1, threads: cpu.rows * cpu.threads };
+}
+
+/** Arguments of {@link attentionForward}. */
+export interface AttentionForwardArgs {
+  /** Output (B, T, NH·HS), f32 or f16; overwritten. */
+  out: Tensor;
+  /** Saved log-sum-exp of the scaled scores (B, NH, T), f32; overwritten. */
+  lse: Tensor;
+  /** Fused projections (B, T, (NH + 2·NKV)·HS), f32 or f16. */
+  qkv: Tensor;
+  /** Query heads NH. */
+  nHead: number;
+  /** Key/value heads NKV (divides NH). */
+  nKvHead: number;
+  /** Score scale; default 1/√HS. */
+  scale?: number;
+  /** Overrides the plan {@link chooseAttentionPlan} picks (tests, benchmarks, tuning). */
+  plan?: AttentionPlan;
+}
+
+/** Arguments of {@link attentionBackward}. */
+export interface AttentionBackwardArgs {
+  /** Gradient with respect to qkv (B, T, (NH + 2·NKV)·HS), f32 or f16; overwritten. */
+  dqkv: Tensor;
+  /** Gradient with respect to out (B, T, NH·HS), f32 or f16. */
+  dout: Tensor;
+  /** The forward's output. */
+  out: Tensor;
+  /** The forward's lse (B, NH, T), f32. */
+  lse: Tensor;
+  /** The forward's input. */
+  qkv: Tensor;
+  /** Query heads NH. */
+  nHead: number;
+  /** Key/value heads NKV. */
+  nKvHead: number;
+  /** Score scale, as in the forward; default 1/√HS. */
+  scale?: number;
+  /** Overrides the plan {@link chooseAttentionPlan} picks. */
+  plan?: AttentionPlan;
+}
+
+interface Sizes {
+  B: number;
+  T: number;
+  NH: number;
+  NKV: number;
+  HS: number;
+  scale: number;
+}
+
+/**
+ * Records causal self-attention: out = softmax(scale·Q·Kᵀ + causal mask)·V per
+ * head, and lse for the backward.
+ *
+ * @param rec The recorder.
+ * @param args Outputs `out`, `lse`; input `qkv`; `nHead`, `nKvHead`, optional `scale`.
+ * @example
+ * ```ts
+ * const qkv = gpu.tensor([B, T, (NH + 2 * NKV) * HS]);
+ * const out = gpu.tensor([B, T, NH * HS]);
+ * const lse = gpu.tensor([B, NH, T]);
+ * const rec = gpu.recorder();
+ * attentionForward(rec, { out, lse, qkv, nHead: NH, nKvHead: NKV });
+ * rec.submit();
+ * ```
+ */
+export function attentionForward(rec: Recorder, args: AttentionForwardArgs): void {
+  const kernel = "attentionForward";
+  const { out, lse, qkv } = args;
+  const s = sizesOf(kernel, qkv, args.nHead, args.nKvHead, args.scale);
+  const { B, T, NH, HS } = s;
+  expectDType(kernel, "out", out, ["f32", "f16"]);
+  expectDType(kernel, "lse", lse, ["f32"]);
+  expectShape(kernel, "out", out, [B, T, NH * HS]);
+  expectShape(kernel, "lse", lse, [B, NH, T]);
+  expectF16Support(kernel, rec.gpu.features.f16, [out, qkv]);
+  expectDisjoint(kernel, [["out", out], ["lse", lse]], [["qkv", qkv]]);
+  const g = new Gen(s, planOf(kernel, rec, s.HS, args.plan));
+  const { wgsl, bindings } = declare([
+    { name: "qkv", tensor: qkv, element: `vec4<${qkv.dtype}>` },
+    { name: "out", tensor: out, write: true, element: `vec4<${out.dtype}>` },
+    { name: "lse", tensor: lse, write: true },
+  ]);
+  const label = `${kernel} ${qkv.dtype}->${out.dtype} HS${HS} ${g.name}`;
+  const pipeline = rec.gpu.pipelines.get(label, g.forward(wgsl, out.dtype));
+  rec.dispatch(pipeline, bindings, g.grid(NH, B));
+}
+
+/**
+ * Records the gradient of {@link attentionForward} with respect to qkv,
+ * overwriting `dqkv`; recomputes the probabilities chunk by chunk from `lse`.
+ * Two dispatches: dQ (which also stores D = rowsum(dO∘O) in a scratch buffer
+ * this module keeps per device and size), then dK and dV.
+ *
+ * @param rec The recorder.
+ * @param args Output `dqkv`; `dout`, the forward's `out`, `lse`, `qkv`; sizes and `scale`.
+ * @example
+ * ```ts
+ * attentionBackward(rec, { dqkv, dout, out, lse, qkv, nHead: NH, nKvHead: NKV });
+ * ```
+ */
+export function attentionBackward(rec: Recorder, args: AttentionBackwardArgs): void {
+  const kernel = "attentionBackward";
+  const { dqkv, dout, out, lse, qkv } = args;
+  const s = sizesOf(kernel, qkv, args.nHead, args.nKvHead, args.scale);
+  const { B, T, NH, NKV, HS } = s;
+  for (const [name, t] of [["dqkv", dqkv], ["dout", dout], ["out", out]] as const) {
+    expectDType(kernel, name, t, ["f32", "f16"]);
+  }
+  expectDType(kernel, "lse", lse, ["f32"]);
+  expectShape(kernel, "dqkv", dqkv, qkv.shape);
+  expectShape(kernel, "dout", dout, [B, T, NH * HS]);
+  expectShape(kernel, "out", out, [B, T, NH * HS]);
+  expectShape(kernel, "lse", lse, [B, NH, T]);
+  expectF16Support(kernel, rec.gpu.features.f16, [dqkv, dout, out, qkv]);
+  expectDisjoint(kernel, [["dqkv", dqkv]], [["qkv", qkv], ["out", out], ["dout", dout], ["lse", lse]]);
+  const g = new Gen(s, planOf(kernel, rec, s.HS, args.plan));
+  const delta = deltaScratch(rec.gpu, B * NH * T);
+  const types = `${qkv.dtype}/${dout.dtype}->${dqkv.dtype} HS${HS} ${g.name}`;
+  const q = declare([
+    { name: "qkv", tensor: qkv, element: `vec4<${qkv.dtype}>` },
+    { name: "out", tensor: out, element: `vec4<${out.dtype}>` },
+    { name: "dout", tensor: dout, element: `vec4<${dout.dtype}>` },
+    { name: "lse", tensor: lse },
+    { name: "dqkv", tensor: dqkv, write: true, element: `vec4<${dqkv.dtype}>` },
+    { name: "delta", tensor: delta, write: true },
+  ]);
+  const dq = rec.gpu.pipelines.get(`${kernel} dQ ${types}`, g.backwardQuery(q.wgsl, dqkv.dtype));
+  rec.dispatch(dq, q.bindings, g.grid(NH, B));
+  const kv = declare([
+    { name: "qkv", tensor: qkv, element: `vec4<${qkv.dtype}>` },
+    { name: "dout", tensor: dout, element: `vec4<${dout.dtype}>` },
+    { name: "lse", tensor: lse },
+    { name: "delta", tensor: delta },
+    { name: "dqkv", tensor: dqkv, write: true, element: `vec4<${dqkv.dtype}>` },
+  ]);
+  const dkv = rec.gpu.pipelines.get(`${kernel} dK/dV ${types}`, g.backwardKeyValue(kv.wgsl, dqkv.dtype));
+  rec.dispatch(dkv, kv.bindings, g.grid(NKV, B));
+}
+
+/** D = rowsum(dO∘O) scratch, (B, NH, T) f32, one per device and size, made on first use. */
+const deltas = new WeakMap<Gpu, Map<number, Tensor>>();
+
+function deltaScratch(gpu: Gpu, length: number): Tensor {
+  let bySize = deltas.get(gpu);
+  if (!bySize) deltas.set(gpu, bySize = new Map());
+  let t = bySize.get(length);
+  if (!t) bySize.set(length, t = gpu.tensor([length], "f32", { label: "attention D scratch" }));
+  return t;
+}
+
+/** Checks qkv and the head counts; returns the sizes with the scale resolved. */
+function sizesOf(kernel: string, qkv: Tensor, nHead: number, nKvHead: number, scale?: number): Sizes {
+  expectDType(kernel, "qkv", qkv, ["f32", "f16"]);
+  const [B, T, HS] = qkvSizes(kernel, "qkv", qkv, nHead, nKvHead);
+  if (HS % 4 !== 0 || HS > MAX_HS) {
+    throw new GpuError(
+      `${kernel}: head size ${HS} is not supported; use a multiple of 4 up to ${MAX_HS} (the kernels load vec4s)`,
+    );
+  }
+  const resolved = scale ?? 1 / Math.sqrt(HS);
+  if (!Number.isFinite(resolved)) throw new GpuError(`${kernel}: scale ${scale} must be finite`);
+  return { B, T, NH: nHead, NKV: nKvHead, HS, scale: resolved };
+}
+
+function planOf(kernel: string, rec: Recorder, headSize: number, plan?: AttentionPlan): AttentionPlan {
+  const p = plan ?? chooseAttentionPlan(rec.gpu, headSize);
+  const ok = [p.rows, p.threads].every((n) => Number.isInteger(n) && n >= 1) && p.threads <= 256 &&
+    p.rows <= 16 && [1, 2, 4].includes(p.chunk) && (p.rows * p.threads) % p.chunk === 0;
+  if (!ok) {
+    throw new GpuError(
+      `${kernel}: plan ${
+        JSON.stringify(p)
+      } is invalid; rows 1..16, threads 1..256, chunk 1, 2 or 4 dividing rows·threads`,
+    );
+  }
+  return p;
+}
+
+/** Refuses outputs that overlap inputs (the kernels read inputs while writing outputs). */
+function expectDisjoint(
+  kernel: string,
+  outputs: readonly (readonly [string, Tensor])[],
+  inputs: readonly (readonly [string, Tensor])[],
+): void {
+  for (const [oName, o] of outputs) {
+    for (const [iName, i] of inputs) {
+      const overlap = o.buffer === i.buffer && o.byteOffset < i.byteOffset + i.byteLength &&
+        i.byteOffset < o.byteOffset + o.byteLength;
+      if (overlap) {
+        throw new GpuError(
+          `${kernel}: ${oName} "${o.label}" overlaps ${iName} "${i.label}"; give it its own memory`,
+        );
+      }
+    }
+  }
+}
+
+/** `n` pieces `piece(i)` joined: the generated code is unrolled over rows, vec4s and chunk rows. */
+function each(n: number, piece: (i: number) => string, joiner = "\n  "): string {
+  return Array.from({ length: n }, (_, i) => piece(i)).join(joiner);
+}
+
+/** One streamed matrix: rows of one head in a (B, T, stride) tensor. */
+interface Stream {
+  /** The WGSL array. */
+  array: string;
+  /** WGSL expression: vec4 index of this head's row 0 of batch b. */
+  base: string;
+  /** Row stride in vec4s (a WGSL constant). */
+  stride: string;
+}
+
+/** What a loop body reads: vec4 d of chunk row c of stream A or B, and the rows' scalars. */
+interface Access {
+  a(c: number, d: number): string;
+  b(c: number, d: number): string;
+  /** vec4 of a per-row scalar (0: lse·log2 e, 1: D) of the chunk's rows. */
+  scalars(which: 0 | 1): string;
+}
+
+/** Generates the WGSL of one size and plan. Row ρ of a thread is `first + ρ·WG + lid`. */
+class Gen {
+  readonly H4: number;
+  readonly R: number;
+  readonly C: number;
+  readonly blocks: number;
+  readonly tile: number;
+  readonly name: string;
+
+  constructor(readonly s: Sizes, readonly plan: AttentionPlan) {
+    this.H4 = s.HS / 4;
+    this.R = plan.rows;
+    this.C = plan.chunk;
+    const block = plan.rows * plan.threads;
+    this.blocks = Math.ceil(s.T / block);
+    // Two tiles of HS floats per row, plus lse and D per row, within the budget.
+    const fit = Math.floor(SHARED_BYTES / (2 * s.HS * 4 + 8));
+    this.tile = Math.max(4, Math.min(64, Math.floor(fit / 4) * 4));
+    this.name = `${plan.rows}x${plan.threads}/${plan.chunk}${plan.shared ? ` tile${this.tile}` : " direct"}`;
+  }
+
+  /** The dispatch: (heads × row blocks, B). */
+  grid(heads: number, B: number): [number, number] {
+    const x = heads * this.blocks;
+    if (x > 65535 || B > 65535) {
+      throw new GpuError(
+        `attention: ${heads} heads × ${this.blocks} row blocks or batch ${B} exceeds 65535 workgroups per dimension; shorten the sequence or batch`,
+      );
+    }
+    return [x, B];
+  }
+
+  /** A value per chunk row from `part(c)`: f32 or vecC<f32>. */
+  vec(part: (c: number) => string): string {
+    return this.C === 1 ? part(0) : `vec${this.C}<f32>(${each(this.C, part, ", ")})`;
+  }
+
+  /** `x` splatted over the chunk rows, as f32 or u32. */
+  splat(x: string, type: "f32" | "u32"): string {
+    return this.C === 1 ? x : `vec${this.C}<${type}>(${x})`;
+  }
+
+  /** Row indices i0, i0 + 1, ... of the chunk (u32 or vecC<u32>). */
+  iota(i0: string): string {
+    return this.C === 1
+      ? i0
+      : `vec${this.C}<u32>(${i0}) + vec${this.C}<u32>(${each(this.C, (c) => `${c}u`, ", ")})`;
+  }
+
+  /** Chunk row c of a per-chunk value. */
+  comp(v: string, c: number): string {
+    return this.C === 1 ? v : `${v}.${"xyzw"[c]}`;
+  }
+
+  /** Maximum over the chunk rows. */
+  hmax(v: string): string {
+    if (this.C === 1) return v;
+    if (this.C === 2) return `max(${v}.x, ${v}.y)`;
+    return `max(max(${v}.x, ${v}.y), max(${v}.z, ${v}.w))`;
+  }
+
+  /** Sum over the chunk rows. */
+  hsum(v: string): string {
+    return this.C === 1 ? v : `dot(${v}, vec${this.C}<f32>(1.0))`;
+  }
+
+  /** Per-row code, ρ = 0..R-1. */
+  rows(piece: (r: number) => string, joiner = "\n  "): string {
+    return each(this.R, piece, joiner);
+  }
+
+  /** Per-row, per-vec4 code. */
+  rowVecs(piece: (r: number, d: number) => string, joiner = "\n  "): string {
+    return each(this.R, (r) => each(this.H4, (d) => piece(r, d), joiner), joiner);
+  }
+
+  header(decls: string): string {
+    const { s, plan, H4, tile } = this;
+    const shared = plan.shared
+      ? `var<workgroup> ta: array<vec4<f32>, ${tile * H4}>;
+var<workgroup> tb: array<vec4<f32>, ${tile * H4}>;
+var<workgroup> rs0: array<f32, ${tile}>;
+var<workgroup> rs1: array<f32, ${tile}>;`
+      : "";
+    return `${decls}
+const NH = ${s.NH}u;
+const NKV = ${s.NKV}u;
+const GROUP = ${s.NH / s.NKV}u;                  // query heads per kv head
+const H4 = ${H4}u;                               // vec4s per head
+const ROW4 = ${(s.NH + 2 * s.NKV) * H4}u;        // vec4s per token of qkv
+const OUT4 = ${s.NH * H4}u;                      // vec4s per token of out
+const WG = ${plan.threads}u;                     // threads per workgroup
+const BLOCK = ${plan.rows * plan.threads}u;      // rows per workgroup
+const TILE = ${tile}u;                           // streamed rows per workgroup-memory tile
+const QSCALE = ${float(s.scale * Math.LOG2E)};   // scale·log2(e): scores in log2 units
+const SCALE = ${float(s.scale)};
+const LOG2E = ${float(Math.LOG2E)};
+const LN2 = ${float(Math.LN2)};
+${shared}`;
+  }
+
+  /**
+   * B is the grid's height and T is read from the length of lse, so one
+   * pipeline serves every batch size and sequence length; the grid's width is
+   * `heads` × row blocks.
+   */
+  prologue(heads: "NH" | "NKV"): string {
+    return `let B = nwg.y;
+  let T = arrayLength(&lse) / (NH * B);
+  let NB = (T + BLOCK - 1u) / BLOCK;
+  if (wid.x >= ${heads} * NB) { return; }
+  let b = wid.y;`;
+  }
+
+  /** `let r{ρ}`: this thread's rows, clamped to T − 1 (rows past T compute a copy and skip the write). */
+  rowIndices(): string {
+    return this.rows((r) => `let r${r} = min(first + ${r * this.plan.threads}u + lid, T - 1u);`);
+  }
+
+  /** The WGSL condition that row ρ of this thread exists. */
+  valid(r: number): string {
+    return `first + ${r * this.plan.threads}u + lid < T`;
+  }
+
+  /**
+   * Loops over streamed rows [start, end) (bounds uniform over the workgroup;
+   * start a multiple of the chunk, and of TILE with workgroup memory) a chunk at
+   * a time; `i0` is the chunk's first row in the body. Rows at or past T read as
+   * row T − 1 (direct) or 0 (tiles); the body masks them.
+   */
+  stream(
+    start: string,
+    end: string,
+    a: Stream,
+    b: Stream,
+    scalars: ((i: string) => [string, string]) | null,
+    body: (x: Access) => string,
+  ): string {
+    const { H4, C } = this;
+    if (this.plan.shared) {
+      const fillScalars = scalars
+        ? `for (var e = lid; e < TILE; e += WG) {
+      let i = min(t0 + e, T - 1u);
+      rs0[e] = ${scalars("i")[0]};
+      rs1[e] = ${scalars("i")[1]};
+    }`
+        : "";
+      const access: Access = {
+        a: (c, d) => `ta[at + ${c * H4 + d}u]`,
+        b: (c, d) => `tb[at + ${c * H4 + d}u]`,
+        scalars: (k) => this.vec((c) => `rs${k}[c0 + ${c}u]`),
+      };
+      return `for (var t0 = ${start}; t0 < ${end}; t0 += TILE) {
+    workgroupBarrier();
+    for (var e = lid; e < TILE * H4; e += WG) {
+      let i = t0 + e / H4;
+      let ic = min(i, T - 1u);
+      ta[e] = select(vec4<f32>(0.0), vec4<f32>(${a.array}[${a.base} + ic * ${a.stride} + e % H4]), i < T);
+      tb[e] = select(vec4<f32>(0.0), vec4<f32>(${b.array}[${b.base} + ic * ${b.stride} + e % H4]), i < T);
+    }
+    ${fillScalars}
+    workgroupBarrier();
+    let cEnd = min(TILE, ${end} - t0);
+    for (var c0 = 0u; c0 < cEnd; c0 += ${C}u) {
+      let i0 = t0 + c0;
+      let at = c0 * H4;
+      ${body(access)}
+    }
+  }`;
+    }
+    const rowOf = (c: number) => `min(i0 + ${c}u, T - 1u)`;
+    const access: Access = {
+      a: (c, d) => `vec4<f32>(${a.array}[ia${c} + ${d}u])`,
+      b: (c, d) => `vec4<f32>(${b.array}[ib${c} + ${d}u])`,
+      scalars: (k) => this.vec((c) => scalars!(rowOf(c))[k]),
+    };
+    return `for (var i0 = ${start}; i0 < ${end}; i0 += ${C}u) {
+    ${each(C, (c) => `let ia${c} = ${a.base} + ${rowOf(c)} * ${a.stride};`, "\n    ")}
+    ${each(C, (c) => `let ib${c} = ${b.base} + ${rowOf(c)} * ${b.stride};`, "\n    ")}
+    ${body(access)}
+  }`;
+  }
+
+  /**
+   * `let ${out}{ρ}`: the dot products of row ρ's registers `${reg}{ρ}_d` with
+   * each streamed row of the chunk; each streamed vec4 is loaded once for all rows.
+   */
+  dots(reg: string, load: (c: number, d: number) => string, out: string): string {
+    const lines = [this.rows((r) => each(this.C, (c) => `var ${out}${r}_${c}: vec4<f32>;`, " "), "\n      ")];
+    for (let c = 0; c < this.C; c++) {
+      for (let d = 0; d < this.H4; d++) {
+        const op = d === 0 ? "=" : "+=";
+        lines.push(
+          `{ let x = ${load(c, d)}; ${this.rows((r) => `${out}${r}_${c} ${op} ${reg}${r}_${d} * x;`, " ")} }`,
+        );
+      }
+    }
+    lines.push(
+      this.rows(
+        (r) => `let ${out}${r} = ${this.vec((c) => `dot(${out}${r}_${c}, vec4<f32>(1.0))`)};`,
+        "\n      ",
+      ),
+    );
+    return lines.join("\n      ");
+  }
+
+  /** `${acc}{ρ}_d += Σ_c ${weight}{ρ}[c] · streamed[c][d]`, each streamed vec4 loaded once. */
+  accumulate(acc: string, weight: string, load: (c: number, d: number) => string): string {
+    const lines: string[] = [];
+    for (let c = 0; c < this.C; c++) {
+      for (let d = 0; d < this.H4; d++) {
+        lines.push(
+          `{ let x = ${load(c, d)}; ${
+            this.rows((r) => `${acc}${r}_${d} += ${this.comp(`${weight}${r}`, c)} * x;`, " ")
+          } }`,
+        );
+      }
+    }
+    return lines.join("\n      ");
+  }
+
+  forward(decls: string, outType: string): string {
+    const { H4 } = this;
+    const body = (x: Access) =>
+      `${this.dots("q", x.a, "s")}
+      let kk = ${this.iota("i0")};
+      ${
+        this.rows((r) =>
+          `let live${r} = kk <= ${this.splat(`r${r}`, "u32")};
+      let sm${r} = select(${this.splat(NEG_BIG, "f32")}, s${r}, live${r});
+      let mn${r} = max(m${r}, ${this.hmax(`sm${r}`)});
+      let al${r} = exp2(m${r} - mn${r});
+      let p${r} = select(${this.splat("0.0", "f32")}, exp2(sm${r} - mn${r}), live${r});
+      l${r} = l${r} * al${r} + ${this.hsum(`p${r}`)};
+      m${r} = mn${r};
+      ${each(H4, (d) => `o${r}_${d} *= al${r};`, " ")}`, "\n      ")
+      }
+      ${this.accumulate("o", "p", x.b)}`;
+    return `${this.header(decls)}
+
+@compute @workgroup_size(${this.plan.threads})
+fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  ${this.prologue("NH")}
+  // Last row blocks (the most keys to visit) first.
+  let h = wid.x % NH;
+  let first = (NB - 1u - wid.x / NH) * BLOCK;
+  let kvh = h / GROUP;
+  let lid = lidv.x;
+  ${this.rowIndices()}
+  ${
+      this.rowVecs((r, d) =>
+        `let q${r}_${d} = vec4<f32>(qkv[(b * T + r${r}) * ROW4 + h * H4 + ${d}u]) * QSCALE;`
+      )
+    }
+  ${this.rowVecs((r, d) => `var o${r}_${d} = vec4<f32>(0.0);`)}
+  ${this.rows((r) => `var m${r} = ${NEG_BIG};\n  var l${r} = 0.0;`)}
+  // Keys up to the block's last row; each row masks the keys after it.
+  ${
+      this.stream(
+        "0u",
+        "min(T, first + BLOCK)",
+        { array: "qkv", base: "b * T * ROW4 + (NH + kvh) * H4", stride: "ROW4" },
+        { array: "qkv", base: "b * T * ROW4 + (NH + NKV + kvh) * H4", stride: "ROW4" },
+        null,
+        body,
+      )
+    }
+  ${
+      this.rows((r) =>
+        `if (${this.valid(r)}) {
+    let inv = 1.0 / l${r};
+    ${
+          each(H4, (d) =>
+            `out[(b * T + r${r}) * OUT4 + h * H4 + ${d}u] = vec4<${outType}>(o${r}_${d} * inv);`, "\n    ")
+        }
+    lse[(b * NH + h) * T + r${r}] = (m${r} + log2(l${r})) * LN2;
+  }`
+      )
+    }
+}`;
+  }
+
+  backwardQuery(decls: string, gradType: string): string {
+    const { H4 } = this;
+    const body = (x: Access) =>
+      `${this.dots("q", x.a, "s")}
+      let kk = ${this.iota("i0")};
+      ${
+        this.rows((r) =>
+          `let p${r} = select(${this.splat("0.0", "f32")}, exp2(s${r} - ls${r}), kk <= ${
+            this.splat(`r${r}`, "u32")
+          });`, "\n      ")
+      }
+      ${this.dots("do", x.b, "dp")}
+      ${this.rows((r) => `let ds${r} = p${r} * (dp${r} - D${r});`, "\n      ")}
+      ${this.accumulate("dq", "ds", x.a)}`;
+    return `${this.header(decls)}
+
+// dQ = dS·K·scale for a block of query rows, and D = rowsum(dO∘O) for the dK/dV pass.
+@compute @workgroup_size(${this.plan.threads})
+fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  ${this.prologue("NH")}
+  let h = wid.x % NH;
+  let first = (NB - 1u - wid.x / NH) * BLOCK;
+  let kvh = h / GROUP;
+  let lid = lidv.x;
+  ${this.rowIndices()}
+  ${
+      this.rowVecs((r, d) =>
+        `let q${r}_${d} = vec4<f32>(qkv[(b * T + r${r}) * ROW4 + h * H4 + ${d}u]) * QSCALE;`
+      )
+    }
+  ${this.rowVecs((r, d) => `let do${r}_${d} = vec4<f32>(dout[(b * T + r${r}) * OUT4 + h * H4 + ${d}u]);`)}
+  ${
+      this.rows((r) =>
+        `let D${r} = dot(${
+          each(H4, (d) => `do${r}_${d} * vec4<f32>(out[(b * T + r${r}) * OUT4 + h * H4 + ${d}u])`, " + ")
+        }, vec4<f32>(1.0));`
+      )
+    }
+  ${this.rows((r) => `let ls${r} = lse[(b * NH + h) * T + r${r}] * LOG2E;`)}
+  ${this.rowVecs((r, d) => `var dq${r}_${d} = vec4<f32>(0.0);`)}
+  ${
+      this.stream(
+        "0u",
+        "min(T, first + BLOCK)",
+        { array: "qkv", base: "b * T * ROW4 + (NH + kvh) * H4", stride: "ROW4" },
+        { array: "qkv", base: "b * T * ROW4 + (NH + NKV + kvh) * H4", stride: "ROW4" },
+        null,
+        body,
+      )
+    }
+  ${
+      this.rows((r) =>
+        `if (${this.valid(r)}) {
+    ${
+          each(
+            H4,
+            (d) => `dqkv[(b * T + r${r}) * ROW4 + h * H4 + ${d}u] = vec4<${gradType}>(dq${r}_${d} * SCALE);`,
+            "\n    ",
+          )
+        }
+    delta[(b * NH + h) * T + r${r}] = D${r};
+  }`
+      )
+    }
+}`;
+  }
+
+  backwardKeyValue(decls: string, gradType: string): string {
+    const { H4 } = this;
+    const body = (x: Access) =>
+      `${this.dots("k", x.a, "s")}
+      let ls = ${x.scalars(0)};
+      let dd = ${x.scalars(1)};
+      let qi = ${this.iota("i0")};
+      let inT = qi < ${this.splat("T", "u32")};
+      ${
+        this.rows((r) =>
+          `let p${r} = select(${this.splat("0.0", "f32")}, exp2(s${r} - ls), qi >= ${
+            this.splat(`r${r}`, "u32")
+          } & inT);`, "\n      ")
+      }
+      ${this.rows((r) => each(this.C, (c) => `var dp${r}_${c} = vec4<f32>(0.0);`, " "), "\n      ")}
+      ${this.accumulateDvDp(x.b)}
+      ${
+        this.rows(
+          (r) => `let ds${r} = p${r} * (${this.vec((c) => `dot(dp${r}_${c}, vec4<f32>(1.0))`)} - dd);`,
+          "\n      ",
+        )
+      }
+      ${this.accumulate("dk", "ds", x.a)}`;
+    return `${this.header(decls)}
+
+// dK and dV for a block of key rows of one kv head, summed over its query heads in order.
+@compute @workgroup_size(${this.plan.threads})
+fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  ${this.prologue("NKV")}
+  // First key blocks (the most queries to visit) first.
+  let kvh = wid.x % NKV;
+  let first = (wid.x / NKV) * BLOCK;
+  let lid = lidv.x;
+  ${this.rowIndices()}
+  ${
+      this.rowVecs((r, d) =>
+        `let k${r}_${d} = vec4<f32>(qkv[(b * T + r${r}) * ROW4 + (NH + kvh) * H4 + ${d}u]) * QSCALE;`
+      )
+    }
+  ${
+      this.rowVecs((r, d) =>
+        `let v${r}_${d} = vec4<f32>(qkv[(b * T + r${r}) * ROW4 + (NH + NKV + kvh) * H4 + ${d}u]);`
+      )
+    }
+  ${this.rowVecs((r, d) => `var dk${r}_${d} = vec4<f32>(0.0);`)}
+  ${this.rowVecs((r, d) => `var dv${r}_${d} = vec4<f32>(0.0);`)}
+  for (var g = 0u; g < GROUP; g++) {
+    let h = kvh * GROUP + g;
+    let sb = (b * NH + h) * T; // row 0 of this head in lse and D
+    // Queries from the block's first key on; each key masks the queries before it.
+    ${
+      this.stream(
+        this.plan.shared ? "(first / TILE) * TILE" : "first",
+        "T",
+        { array: "qkv", base: "b * T * ROW4 + h * H4", stride: "ROW4" },
+        { array: "dout", base: "b * T * OUT4 + h * H4", stride: "OUT4" },
+        (i) => [`lse[sb + ${i}] * LOG2E`, `delta[sb + ${i}]`],
+        body,
+      )
+    }
+  }
+  ${
+      this.rows((r) =>
+        `if (${this.valid(r)}) {
+    ${
+          each(
+            H4,
+            (d) =>
+              `dqkv[(b * T + r${r}) * ROW4 + (NH + kvh) * H4 + ${d}u] = vec4<${gradType}>(dk${r}_${d} * SCALE);`,
+            "\n    ",
+          )
+        }
+    ${
+          each(
+            H4,
+            (d) =>
+              `dqkv[(b * T + r${r}) * ROW4 + (NH + NKV + kvh) * H4 + ${d}u] = vec4<${gradType}>(dv${r}_${d});`,
+            "\n    ",
+          )
+        }
+  }`
+      )
+    }
+}`;
+  }
+
+  /** dv{ρ}_d += p{ρ}[c]·dO[c][d] and dp{ρ}_c += v{ρ}_d·dO[c][d], sharing each dO load. */
+  accumulateDvDp(load: (c: number, d: number) => string): string {
+    const lines: string[] = [];
+    for (let c = 0; c < this.C; c++) {
+      for (let d = 0; d < this.H4; d++) {
+        const use = this.rows(
+          (r) => `dv${r}_${d} += ${this.comp(`p${r}`, c)} * x; dp${r}_${c} += v${r}_${d} * x;`,
+          " ",
+        );
+        lines.push(`{ let x = ${load(c, d)}; ${use} }`);
+      }
+    }
+    return lines.join("\n      ");
+  }
+}
