@@ -283,3 +283,35 @@ export function learningRate(
   const coefficient = 0.5 * (1 + Math.cos(Math.PI * ratio));
   return config.min_lr + coefficient * (config.learning_rate - config.min_lr);
 }
+
+/**
+ * Reads a JSON config file of training settings. Keys starting with `_` are
+ * comments and ignored; any other unknown key is refused.
+ *
+ * @param path The file, e.g. `config/baby.json`.
+ * @param base The settings to override.
+ * @returns The merged config.
+ * @throws {ConfigError} When the file is missing, not JSON, or has a bad key.
+ */
+export async function loadConfigFile(path: string, base: Readonly<TrainConfig>): Promise<TrainConfig> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) {
+      throw new ConfigError(`Config file "${path}" not found; the shipped ones are in config/`);
+    }
+    throw error;
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(`Config file "${path}" is not valid JSON: ${(error as Error).message}`);
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new ConfigError(`Config file "${path}" must hold a JSON object of settings`);
+  }
+  const settings = Object.fromEntries(Object.entries(json).filter(([key]) => !key.startsWith("_")));
+  return applyOverrides(base, settings, path);
+}

@@ -1,0 +1,67 @@
+/**
+ * The loss over a whole split: consecutive, non-overlapping windows of
+ * block_size tokens covering every token once, so the figure is deterministic
+ * and comparable between runs (unlike the random batches of training evals).
+ *
+ * @module
+ */
+
+import { IGNORE_INDEX } from "../kernels/cross_entropy.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { sequentialBatches } from "./batches.ts";
+import type { ModelConfig } from "./config.ts";
+import type { TokenArray } from "./meta.ts";
+import { Llama } from "./model.ts";
+
+/** A whole-split loss. */
+export interface SplitLoss {
+  /** Mean cross-entropy per predicted token (nats). */
+  loss: number;
+  /** Tokens predicted (the split's length minus one). */
+  tokens: number;
+}
+
+/**
+ * Computes the mean loss of a model over every token of `data`.
+ *
+ * @param gpu The device.
+ * @param model The architecture and flat parameters.
+ * @param data The split's tokens.
+ * @param options Sequences per forward pass (default 8).
+ * @returns The mean loss and the number of tokens predicted.
+ * @example
+ * ```ts
+ * const { loss } = await splitLoss(gpu, { config, params }, val);
+ * ```
+ */
+export async function splitLoss(
+  gpu: Gpu,
+  model: { config: ModelConfig; params: Float32Array },
+  data: TokenArray,
+  options: { batchSize?: number } = {},
+): Promise<SplitLoss> {
+  const batchSize = options.batchSize ?? 8;
+  const T = model.config.block_size;
+  const { batches, targets } = sequentialBatches(data, { batchSize, blockSize: T }, IGNORE_INDEX);
+  const llama = new Llama(gpu, model.config, { batchSize, training: false });
+  const tokens = gpu.tensor([batchSize, T], "u32", { label: "eval tokens" });
+  const targetTensor = gpu.tensor([batchSize, T], "u32", { label: "eval targets" });
+  const loss = gpu.tensor([1], "f32", { label: "eval loss" });
+  try {
+    llama.upload(model.params);
+    let sum = 0;
+    for (const batch of batches) {
+      gpu.write(tokens, batch.tokens);
+      gpu.write(targetTensor, batch.targets);
+      const rec = gpu.recorder({ label: "split loss" });
+      llama.forward(rec, { batch: { tokens, targets: targetTensor }, loss });
+      rec.submit();
+      const counted = batch.targets.reduce((n, t) => n + (t === IGNORE_INDEX ? 0 : 1), 0);
+      sum += (await gpu.readFloats(loss))[0] * counted;
+    }
+    return { loss: targets > 0 ? sum / targets : 0, tokens: targets };
+  } finally {
+    llama.release();
+    for (const t of [tokens, targetTensor, loss]) gpu.release(t);
+  }
+}

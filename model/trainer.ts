@@ -1,0 +1,308 @@
+/**
+ * nanoGPT's training loop on the GPU model: random batches, gradient
+ * accumulation, AdamW with warmup and cosine decay, global-norm clipping, and
+ * evaluation. A whole optimizer step — every micro-batch's forward and backward,
+ * the gradient norm and the update — is recorded into one command encoder and
+ * submitted once; the loss stays on the GPU until a caller asks for it.
+ *
+ * @module
+ */
+
+import { AdamW, buildDecayMask } from "../kernels/adamw.ts";
+import { IGNORE_INDEX } from "../kernels/cross_entropy.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { DropoutSeed } from "../kernels/dropout.ts";
+import { EmbeddingIndexBuffer } from "../kernels/embedding.ts";
+import { GradNorm } from "../kernels/reduce.ts";
+import type { Tensor } from "../kernels/tensor.ts";
+import { checkSplit, type HostBatch, randomBatch } from "./batches.ts";
+import type { Checkpoint } from "./checkpoint.ts";
+import type { ModelConfig } from "./config.ts";
+import type { DatasetMeta, TokenArray } from "./meta.ts";
+import { type Batch, Llama } from "./model.ts";
+import { initialParameters } from "./params.ts";
+import { Rng } from "./rng.ts";
+import { learningRate, type TrainConfig } from "./train_config.ts";
+
+/** The tokens a trainer reads. */
+export interface TrainingData {
+  /** train.bin. */
+  train: TokenArray;
+  /** val.bin. */
+  val: TokenArray;
+  /** meta.json (stored in checkpoints as the tokenizer). */
+  meta: DatasetMeta;
+}
+
+/** What a step reports when its loss is read back. */
+export interface StepResult {
+  /** Mean training loss over the step's micro-batches. */
+  loss: number;
+  /** Global gradient norm before clipping. */
+  gradNorm: number;
+  /** Learning rate used. */
+  lr: number;
+}
+
+/** Trains one model; create with {@link Trainer.create}. */
+export class Trainer {
+  /** The device. */
+  readonly gpu: Gpu;
+  /** The training settings. */
+  readonly config: TrainConfig;
+  /** The model being trained. */
+  readonly model: Llama;
+  /** The data. */
+  readonly data: TrainingData;
+  /** Optimizer steps taken. */
+  iteration = 0;
+  /** Best validation loss seen. */
+  bestValLoss = Infinity;
+  /** Draws the training batches; its state is checkpointed. */
+  rng: Rng;
+
+  #m: Tensor;
+  #v: Tensor;
+  #decayMask: Tensor;
+  #normSquared: Tensor;
+  #lossSum: Tensor;
+  #micro: Batch[];
+  #adamw: AdamW;
+  #gradNorm: GradNorm;
+  #dropoutSeed: DropoutSeed | null;
+
+  private constructor(gpu: Gpu, config: TrainConfig, modelConfig: ModelConfig, data: TrainingData) {
+    this.gpu = gpu;
+    this.config = config;
+    this.data = data;
+    checkSplit(data.train, "train.bin", modelConfig.block_size, modelConfig.vocab_size);
+    checkSplit(data.val, "val.bin", modelConfig.block_size, modelConfig.vocab_size);
+    this.model = new Llama(gpu, modelConfig, { batchSize: config.batch_size, training: true });
+    const { layout } = this.model;
+    const n = layout.total;
+    this.#m = gpu.tensor([n], "f32", { label: "adam m" });
+    this.#v = gpu.tensor([n], "f32", { label: "adam v" });
+    this.#decayMask = gpu.tensor([Math.ceil(n / 32)], "u32", {
+      label: "decay mask",
+      data: buildDecayMask(
+        n,
+        layout.tensors.map((t) => ({ offset: t.offset, length: t.length, decay: t.decay })),
+      ),
+    });
+    this.#normSquared = gpu.tensor([1], "f32", { label: "grad norm squared" });
+    this.#lossSum = gpu.tensor([1], "f32", { label: "loss sum" });
+    const B = config.batch_size;
+    const T = modelConfig.block_size;
+    this.#micro = Array.from({ length: config.gradient_accumulation_steps }, (_, i) => ({
+      tokens: gpu.tensor([B, T], "u32", { label: `micro ${i} tokens` }),
+      targets: gpu.tensor([B, T], "u32", { label: `micro ${i} targets` }),
+      index: new EmbeddingIndexBuffer(gpu, {
+        n: B * T,
+        vocabSize: modelConfig.vocab_size,
+        label: `micro ${i} index`,
+      }),
+    }));
+    this.#adamw = new AdamW(gpu, n);
+    this.#gradNorm = new GradNorm(gpu, n);
+    this.#dropoutSeed = modelConfig.dropout > 0 ? new DropoutSeed(gpu) : null;
+    this.rng = new Rng(config.seed);
+  }
+
+  /**
+   * Builds a trainer: a fresh model initialised from `config.seed`, or the
+   * weights, moments and progress of a checkpoint.
+   *
+   * @param gpu The device.
+   * @param config Training settings.
+   * @param modelConfig The architecture (must equal the checkpoint's when resuming).
+   * @param data Training and validation tokens.
+   * @param resume A checkpoint to continue from.
+   * @returns The trainer.
+   * @example
+   * ```ts
+   * const trainer = Trainer.create(gpu, config, modelConfig, { train, val, meta });
+   * for (let i = 0; i < 100; i++) await trainer.step();
+   * console.log(await trainer.evaluate());
+   * ```
+   */
+  static create(
+    gpu: Gpu,
+    config: TrainConfig,
+    modelConfig: ModelConfig,
+    data: TrainingData,
+    resume?: Checkpoint,
+  ): Trainer {
+    const trainer = new Trainer(gpu, config, modelConfig, data);
+    if (resume) {
+      trainer.model.upload(resume.params);
+      if (resume.moments) {
+        gpu.write(trainer.#m, resume.moments.m);
+        gpu.write(trainer.#v, resume.moments.v);
+      }
+      if (resume.training) {
+        trainer.iteration = resume.training.iteration;
+        trainer.bestValLoss = resume.training.bestValLoss;
+        trainer.rng = Rng.fromState(resume.training.rng);
+      }
+    } else {
+      trainer.model.upload(initialParameters(trainer.model.layout, modelConfig, new Rng(config.seed)));
+      const zeros = new Float32Array(trainer.model.layout.total);
+      gpu.write(trainer.#m, zeros);
+      gpu.write(trainer.#v, zeros);
+    }
+    return trainer;
+  }
+
+  /**
+   * The scheduled learning rate at an iteration.
+   *
+   * @param iteration The optimizer step (0-based).
+   * @returns The learning rate.
+   */
+  learningRate(iteration: number): number {
+    return learningRate(this.config, iteration);
+  }
+
+  /** Tokens consumed per optimizer step. */
+  get tokensPerStep(): number {
+    return this.config.batch_size * this.model.config.block_size * this.config.gradient_accumulation_steps;
+  }
+
+  /**
+   * Takes one optimizer step: one submit holding every micro-batch's forward and
+   * backward, the gradient norm and the AdamW update.
+   *
+   * @param options `read`: wait for the step and return its loss (costs a GPU round trip).
+   * @returns The loss, gradient norm and learning rate when read, else null.
+   */
+  async step(options: { read?: boolean } = {}): Promise<StepResult | null> {
+    const { config, model, gpu } = this;
+    const accumulation = config.gradient_accumulation_steps;
+    const lr = learningRate(config, this.iteration);
+    for (const micro of this.#micro) {
+      this.#upload(micro, randomBatch(this.data.train, this.#shape(), this.rng));
+    }
+    this.#dropoutSeed?.set(config.seed, this.iteration);
+
+    const rec = gpu.recorder({ label: `step ${this.iteration}` });
+    rec.clear(model.grads!);
+    this.#micro.forEach((batch, micro) => {
+      const dropout = this.#dropoutSeed ? { seed: this.#dropoutSeed, micro } : undefined;
+      model.forward(rec, { batch, loss: this.#lossSum, accumulateLoss: micro > 0, dropout });
+      model.backward(rec, { batch, dropout, scale: 1 / accumulation });
+    });
+    this.#gradNorm.record(rec, { out: this.#normSquared, grads: model.grads! });
+    this.#adamw.record(rec, {
+      params: model.params,
+      grads: model.grads!,
+      m: this.#m,
+      v: this.#v,
+      decayMask: this.#decayMask,
+      normSquared: this.#normSquared,
+      hyper: {
+        lr,
+        beta1: config.beta1,
+        beta2: config.beta2,
+        eps: 1e-8,
+        weightDecay: config.weight_decay,
+        maxGradNorm: config.grad_clip,
+        step: this.iteration + 1,
+      },
+    });
+    rec.submit();
+    this.iteration++;
+    if (!options.read) return null;
+    const lossSum = (await gpu.readFloats(this.#lossSum))[0];
+    const normSquared = (await gpu.readFloats(this.#normSquared))[0];
+    return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr };
+  }
+
+  /**
+   * nanoGPT's estimate_loss: the mean loss over `eval_iters` random batches of
+   * each split, without dropout. The batches are drawn from a generator seeded
+   * by the seed and the iteration, so an evaluation is the same whether or not
+   * the run was resumed.
+   *
+   * @returns Mean train and val loss.
+   */
+  async evaluate(): Promise<{ train: number; val: number }> {
+    const result = { train: 0, val: 0 };
+    for (const split of ["train", "val"] as const) {
+      const rng = new Rng(this.config.seed * 1000003 + this.iteration * 2 + (split === "val" ? 1 : 0));
+      for (let i = 0; i < this.config.eval_iters; i++) {
+        await this.forwardLoss(randomBatch(this.data[split], this.#shape(), rng), i > 0);
+      }
+      result[split] = (await this.gpu.readFloats(this.#lossSum))[0] / this.config.eval_iters;
+    }
+    return result;
+  }
+
+  /**
+   * Runs the forward of one host batch (no dropout) and adds its mean loss into
+   * the loss sum, or overwrites it; submits at once.
+   *
+   * @param batch Tokens and targets (batch_size × block_size; IGNORE targets allowed).
+   * @param accumulate Add to the running sum instead of starting a new one.
+   */
+  async forwardLoss(batch: HostBatch, accumulate: boolean): Promise<void> {
+    const micro = this.#micro[0];
+    this.#upload(micro, batch, false);
+    const rec = this.gpu.recorder({ label: "eval" });
+    this.model.forward(rec, { batch: micro, loss: this.#lossSum, accumulateLoss: accumulate });
+    rec.submit();
+    await Promise.resolve();
+  }
+
+  /** Reads the loss sum of the last {@link Trainer.forwardLoss} calls. @returns The sum of their mean losses. */
+  async lossSum(): Promise<number> {
+    return (await this.gpu.readFloats(this.#lossSum))[0];
+  }
+
+  /**
+   * Everything needed to resume: parameters, moments and progress (read from the GPU).
+   *
+   * @returns The checkpoint.
+   */
+  async checkpoint(): Promise<Checkpoint> {
+    return {
+      config: this.model.config,
+      tokenizer: this.data.meta,
+      params: await this.model.download(),
+      moments: { m: await this.gpu.readFloats(this.#m), v: await this.gpu.readFloats(this.#v) },
+      training: {
+        iteration: this.iteration,
+        bestValLoss: this.bestValLoss,
+        rng: this.rng.state(),
+        trainConfig: { ...this.config },
+      },
+    };
+  }
+
+  /** Frees the model and every buffer the trainer owns. */
+  release(): void {
+    this.model.release();
+    for (const t of [this.#m, this.#v, this.#decayMask, this.#normSquared, this.#lossSum]) {
+      this.gpu.release(t);
+    }
+    for (const micro of this.#micro) {
+      this.gpu.release(micro.tokens);
+      this.gpu.release(micro.targets);
+      micro.index!.release();
+    }
+    this.#adamw.release();
+    this.#gradNorm.release();
+    if (this.#dropoutSeed) this.gpu.release(this.#dropoutSeed.tensor);
+  }
+
+  #shape(): { batchSize: number; blockSize: number } {
+    return { batchSize: this.config.batch_size, blockSize: this.model.config.block_size };
+  }
+
+  #upload(micro: Batch, batch: HostBatch, withIndex = true): void {
+    this.gpu.write(micro.tokens, batch.tokens);
+    this.gpu.write(micro.targets, batch.targets);
+    if (withIndex) micro.index!.update(batch.tokens);
+  }
+}
+
+export { IGNORE_INDEX };

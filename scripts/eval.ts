@@ -1,0 +1,49 @@
+/**
+ * `deno task eval`: the loss of a checkpoint over a whole split, in consecutive
+ * windows of block_size tokens, printed as one JSON line.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { requestGpu } from "../kernels/device.ts";
+import { loadCheckpoint } from "../model/checkpoint.ts";
+import { ConfigError } from "../model/config.ts";
+import { splitLoss } from "../model/evaluate.ts";
+import { readTokens } from "../model/meta.ts";
+import { parseFlags, runCli, UsageError } from "./cli.ts";
+import { openDataset } from "./dataset.ts";
+
+await runCli(async () => {
+  const flags = parseFlags(Deno.args, "deno task eval", {
+    out_dir: { type: "string", help: "Folder of ckpt.safetensors", default: "out" },
+    ckpt: { type: "string", help: "A checkpoint file (instead of <out_dir>/ckpt.safetensors)" },
+    split: { type: "string", help: "train or val", default: "val" },
+    dataset: { type: "string", help: "Prepared dataset (default: the one the checkpoint was trained on)" },
+    batch_size: { type: "string", help: "Sequences per forward pass", default: "8" },
+  });
+  if (!flags) return;
+  const split = String(flags.split);
+  if (split !== "train" && split !== "val") {
+    throw new UsageError(`--split must be train or val, got "${split}"`);
+  }
+  const batchSize = Number(flags.batch_size);
+  if (!Number.isInteger(batchSize) || batchSize < 1) {
+    throw new UsageError(`--batch_size must be a positive integer, got "${flags.batch_size}"`);
+  }
+  const path = (flags.ckpt as string | undefined) ?? join(String(flags.out_dir), "ckpt.safetensors");
+  const checkpoint = await loadCheckpoint(path);
+  const datasetName = (flags.dataset as string | undefined) ??
+    String(checkpoint.training?.trainConfig.dataset ?? "shakespeare_char");
+  const dataset = await openDataset(datasetName);
+  if (dataset.meta.tokenizer !== checkpoint.tokenizer.tokenizer) {
+    throw new ConfigError(
+      `${path} was trained with the ${checkpoint.tokenizer.tokenizer} tokenizer but ${dataset.dir} uses ` +
+        `${dataset.meta.tokenizer}; pass the matching --dataset`,
+    );
+  }
+  const data = await readTokens(dataset.dir, split, dataset.meta);
+  const gpu = await requestGpu();
+  const result = await splitLoss(gpu, checkpoint, data, { batchSize });
+  console.log(JSON.stringify({ split, loss: result.loss, tokens: result.tokens }));
+});

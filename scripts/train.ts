@@ -1,0 +1,197 @@
+/**
+ * `deno task train`: nanoGPT's train.py on the WGSL kernels. Settings come from
+ * the defaults, then `--config FILE`, then `--key=value` flags; with no
+ * arguments it trains a small model on Tiny Shakespeare (preparing it first if
+ * needed) and leaves a checkpoint that `deno task sample` finds.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { requestGpu } from "../kernels/device.ts";
+import { loadCheckpoint } from "../model/checkpoint.ts";
+import { ConfigError, MODEL_KEYS, resolveModelConfig } from "../model/config.ts";
+import { flopsPerToken } from "../model/model.ts";
+import { parameterCounts, paramLayout } from "../model/params.ts";
+import { readTokens } from "../model/meta.ts";
+import { Trainer } from "../model/trainer.ts";
+import { runTraining } from "../model/train_loop.ts";
+import {
+  applyOverrides,
+  loadConfigFile,
+  modelFields,
+  TRAIN_DEFAULTS,
+  TRAIN_KEYS,
+  type TrainConfig,
+  validateTrainConfig,
+} from "../model/train_config.ts";
+import { measurePeak } from "./bench/peak.ts";
+import { runCli, UsageError } from "./cli.ts";
+import { openDataset } from "./dataset.ts";
+import { formatDuration, ProgressBar } from "./progress.ts";
+
+/** On a CPU adapter with no arguments: the baby model, cut short so the run takes minutes. */
+const FALLBACK_QUICK_RUN = { max_iters: 200, lr_decay_iters: 200, eval_interval: 100, warmup_iters: 20 };
+
+await runCli(async () => {
+  const args = parseTrainArgs(Deno.args);
+  if (args.help) {
+    console.log(usage());
+    return;
+  }
+  const gpu = await requestGpu();
+  let config: TrainConfig = { ...TRAIN_DEFAULTS };
+  if (args.configFile) config = await loadConfigFile(args.configFile, config);
+  if (Deno.args.length === 0 && gpu.info.fallback) {
+    config = applyOverrides(config, FALLBACK_QUICK_RUN, "the quick CPU run");
+    console.log(
+      `note: "${gpu.info.name}" is a software adapter (the CPU): training the baby model for ` +
+        `${config.max_iters} iterations only; pass --config config/baby.json for nanoGPT's full 2000`,
+    );
+  }
+  config = applyOverrides(config, args.overrides, "flags");
+  validateTrainConfig(config);
+  resolveModelConfig(modelFields(config, 1)); // refuse a bad shape before touching data or the GPU
+
+  const dataset = await openDataset(config.dataset);
+  const resume = config.init_from === "resume"
+    ? await loadCheckpoint(join(config.out_dir, "ckpt.safetensors"))
+    : undefined;
+  if (resume && resume.tokenizer.tokenizer !== dataset.meta.tokenizer) {
+    throw new ConfigError(
+      `The checkpoint in ${config.out_dir} was trained with the ${resume.tokenizer.tokenizer} tokenizer ` +
+        `but ${dataset.dir} uses ${dataset.meta.tokenizer}; pick the matching --dataset`,
+    );
+  }
+  const modelConfig = resume?.config ?? resolveModelConfig(modelFields(config, dataset.meta.vocab_size));
+  if (resume) {
+    for (const key of MODEL_KEYS) (config as unknown as Record<string, unknown>)[key] = modelConfig[key];
+  }
+  const train = await readTokens(dataset.dir, "train", dataset.meta);
+  const val = await readTokens(dataset.dir, "val", dataset.meta);
+
+  const counts = parameterCounts(paramLayout(modelConfig));
+  console.log(`adapter: ${gpu.info.name}${gpu.info.fallback ? " (software)" : ""}`);
+  console.log(`config: ${JSON.stringify(config)}`);
+  console.log(
+    `parameters: ${(counts.total / 1e6).toFixed(2)}M (${
+      (counts.nonEmbedding / 1e6).toFixed(2)
+    }M without embeddings)`,
+  );
+  const peakFlops = config.peak_flops > 0 ? config.peak_flops : (await measurePeak(gpu)).fma_gflops * 1e9;
+  const flopsPerIter = flopsPerToken(modelConfig, counts.nonEmbedding) * config.batch_size *
+    modelConfig.block_size * config.gradient_accumulation_steps;
+
+  const trainer = Trainer.create(gpu, config, modelConfig, { train, val, meta: dataset.meta }, resume);
+  if (resume) console.log(`resuming from iteration ${trainer.iteration} in ${config.out_dir}`);
+  await Deno.mkdir(config.out_dir, { recursive: true });
+  const metrics = await Deno.open(join(config.out_dir, "metrics.jsonl"), { append: true, create: true });
+  const record = (entry: Record<string, unknown>) =>
+    metrics.writeSync(new TextEncoder().encode(JSON.stringify(entry) + "\n"));
+
+  let stop = false;
+  const interrupt = () => {
+    stop = true;
+  };
+  Deno.addSignalListener("SIGINT", interrupt);
+  const bar = new ProgressBar(config.max_iters, trainer.iteration, Deno.stderr.isTerminal());
+  const started = performance.now();
+  try {
+    const outcome = await runTraining(trainer, {
+      shouldStop: () => stop,
+      onStep: (iteration) => bar.update(iteration),
+      onLog: (m) => {
+        const mfu = (flopsPerIter / (m.msPerIter / 1000)) / peakFlops;
+        bar.print(
+          `iter ${m.iteration}: loss ${m.loss.toFixed(4)}, lr ${m.lr.toExponential(2)}, ` +
+            `${m.msPerIter.toFixed(1)} ms/iter, ${Math.round(m.tokensPerSecond)} tok/s, mfu ${
+              (100 * mfu).toFixed(2)
+            }%`,
+        );
+        record({
+          type: "train",
+          iter: m.iteration,
+          loss: m.loss,
+          lr: m.lr,
+          grad_norm: m.gradNorm,
+          ms_per_iter: m.msPerIter,
+          tokens_per_s: m.tokensPerSecond,
+          mfu,
+          tokens: (m.iteration + 1) * trainer.tokensPerStep,
+        });
+      },
+      onEval: (m) => {
+        bar.print(
+          `step ${m.iteration}: train loss ${m.trainLoss.toFixed(4)}, val loss ${m.valLoss.toFixed(4)}` +
+            (m.saved ? ` (saved to ${config.out_dir})` : ""),
+        );
+        record({
+          type: "eval",
+          iter: m.iteration,
+          train_loss: m.trainLoss,
+          val_loss: m.valLoss,
+          lr: m.lr,
+          tokens: m.iteration * trainer.tokensPerStep,
+        });
+      },
+    });
+    bar.clear();
+    const took = formatDuration((performance.now() - started) / 1000);
+    if (outcome.reason === "stopped") {
+      console.log(`interrupted at iteration ${outcome.iteration}; checkpoint saved to ${outcome.checkpoint}`);
+    } else if (outcome.checkpoint) {
+      console.log(
+        `done: ${outcome.iteration} iterations in ${took}; checkpoint saved to ${outcome.checkpoint}`,
+      );
+    }
+  } finally {
+    Deno.removeSignalListener("SIGINT", interrupt);
+    metrics.close();
+  }
+});
+
+/** Splits the command line into a config file, `--key=value` overrides and --help. */
+function parseTrainArgs(
+  argv: string[],
+): { configFile?: string; overrides: Record<string, string>; help: boolean } {
+  const overrides: Record<string, string> = {};
+  let configFile: string | undefined;
+  let help = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const match = arg.match(/^--([A-Za-z0-9_]+)(?:=(.*))?$/s);
+    if (!match) throw new UsageError(`Unexpected argument "${arg}"; settings look like --key=value`);
+    const [, key, inline] = match;
+    if (key === "help") {
+      help = true;
+      continue;
+    }
+    const isBoolean = typeof TRAIN_DEFAULTS[key as keyof TrainConfig] === "boolean";
+    let value = inline;
+    if (value === undefined) {
+      const next = argv[i + 1];
+      if (isBoolean && (next === undefined || next.startsWith("--"))) value = "true";
+      else if (next === undefined) throw new UsageError(`--${key} needs a value; write --${key}=VALUE`);
+      else value = argv[++i];
+    }
+    if (key === "config") configFile = value;
+    else if (!(key in TRAIN_DEFAULTS)) {
+      throw new UsageError(`Unknown setting "--${key}"; known settings: config, ${TRAIN_KEYS.join(", ")}`);
+    } else overrides[key] = value;
+  }
+  return { configFile, overrides, help };
+}
+
+function usage(): string {
+  const lines = [
+    "Usage: deno task train [--config FILE] [--key=value ...]",
+    "",
+    "Trains a LLaMA-style model. Settings (defaults shown) follow nanoGPT's names:",
+  ];
+  for (const key of TRAIN_KEYS) lines.push(`  --${key}=${JSON.stringify(TRAIN_DEFAULTS[key])}`);
+  lines.push(
+    "",
+    "Config files: config/baby.json, config/shakespeare_char.json, config/shakespeare.json, config/sanguo.json",
+  );
+  return lines.join("\n");
+}
