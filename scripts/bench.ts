@@ -44,9 +44,14 @@ await runCli(async () => {
   console.log(`peak: FMA ${peak.fma_gflops.toFixed(1)} GFLOP/s, copy ${peak.copy_gbs.toFixed(1)} GB/s\n`);
 
   const filter = (flags.filter as string | undefined)?.toLowerCase();
-  const benches: KernelBench[] = [...matmulBenches(gpu), ...attentionBenches(gpu), ...elementwiseBenches(gpu), ...normBenches(gpu), ...lossBenches(gpu), ...optimizerBenches(gpu)].filter((b) =>
-    !filter || `${b.name} ${b.variant}`.toLowerCase().includes(filter)
-  );
+  const benches: KernelBench[] = [
+    ...matmulBenches(gpu),
+    ...attentionBenches(gpu),
+    ...elementwiseBenches(gpu),
+    ...normBenches(gpu),
+    ...lossBenches(gpu),
+    ...optimizerBenches(gpu),
+  ].filter((b) => !filter || `${b.name} ${b.variant}`.toLowerCase().includes(filter));
   const kernels: KernelResult[] = [];
   console.log(header());
   for (const bench of benches) {

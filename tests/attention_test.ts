@@ -7,7 +7,7 @@ import {
 } from "../kernels/attention.ts";
 import type { Gpu } from "../kernels/device.ts";
 import type { DType, Tensor } from "../kernels/tensor.ts";
-import { assertClose, randomArray, testGpu } from "./harness.ts";
+import { assertClose, finiteDifferences, randomArray, testGpu } from "./harness.ts";
 import { attentionBackwardRef, attentionRef, type QkvSizes } from "./reference/attention.ts";
 
 // Head configurations, each run at several sequence lengths (the pipelines do
@@ -160,7 +160,7 @@ Deno.test("attention backward matches finite differences of the float64 forward"
   const w = randomArray(s.B * s.T * s.NH * s.HS, 301); // loss = Σ w·out, so dout = w
   const scale = 1 / Math.sqrt(s.HS);
   const loss = (x: Float64Array) => attentionRef(x, s, scale).out.reduce((sum, o, i) => sum + o * w[i], 0);
-  const numeric = centralDifferences(loss, qkv, 1e-5);
+  const numeric = finiteDifferences(loss, qkv, 1e-5);
   // Central differences of a smooth float64 function: truncation error ~h² = 1e-10.
   assertClose(attentionBackwardRef(w, qkv, s, scale), numeric, { atol: 1e-8, rtol: 1e-7 }, "reference vs FD");
   const got = await run(gpu, s, qkv, w);
@@ -244,18 +244,3 @@ Deno.test("attention refuses bad shapes, dtypes, head sizes and aliasing, naming
   );
   for (const x of made) gpu.release(x);
 });
-
-/** Central differences (f(x + h·e_i) − f(x − h·e_i)) / 2h of a float64 scalar function. */
-function centralDifferences(f: (x: Float64Array) => number, x: Float64Array, h: number): Float64Array {
-  const grad = new Float64Array(x.length);
-  const probe = Float64Array.from(x);
-  for (let i = 0; i < x.length; i++) {
-    probe[i] = x[i] + h;
-    const up = f(probe);
-    probe[i] = x[i] - h;
-    const down = f(probe);
-    probe[i] = x[i];
-    grad[i] = (up - down) / (2 * h);
-  }
-  return grad;
-}

@@ -7,7 +7,7 @@ import {
   lossMean,
 } from "../kernels/cross_entropy.ts";
 import type { Tensor } from "../kernels/tensor.ts";
-import { assertClose, randomArray, testGpu } from "./harness.ts";
+import { assertClose, finiteDifferences, randomArray, testGpu } from "./harness.ts";
 import {
   crossEntropyBackwardRef,
   crossEntropyRef,
@@ -307,18 +307,3 @@ Deno.test("cross-entropy kernels refuse bad arguments with the kernel and argume
   );
   for (const t of [logits, targets, floats, short, one]) gpu.release(t);
 });
-
-/** Central differences of `f` at `x`, one coordinate at a time. */
-function finiteDifferences(f: (x: Float64Array) => number, x: Float64Array, h: number): Float64Array {
-  const grad = new Float64Array(x.length);
-  const probe = Float64Array.from(x);
-  for (let i = 0; i < x.length; i++) {
-    probe[i] = x[i] + h;
-    const up = f(probe);
-    probe[i] = x[i] - h;
-    const down = f(probe);
-    probe[i] = x[i];
-    grad[i] = (up - down) / (2 * h);
-  }
-  return grad;
-}

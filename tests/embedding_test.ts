@@ -6,7 +6,7 @@ import {
   embeddingForward,
   EmbeddingIndexBuffer,
 } from "../kernels/embedding.ts";
-import { assertClose, randomArray, testGpu } from "./harness.ts";
+import { assertClose, finiteDifferences, randomArray, testGpu } from "./harness.ts";
 import { embeddingBackwardRef, embeddingRef } from "./reference/embedding.ts";
 
 /** N tokens below `vocab`, drawn unevenly so some ids repeat often and some never occur. */
@@ -239,18 +239,3 @@ Deno.test("embedding kernels refuse bad arguments with the kernel and argument n
   index.release();
   for (const t of [weight, wrongVocab, out, shortOut, floatTokens, tokens]) gpu.release(t);
 });
-
-/** Central differences of `f` at `x`, one coordinate at a time. */
-function finiteDifferences(f: (x: Float64Array) => number, x: Float64Array, h: number): Float64Array {
-  const grad = new Float64Array(x.length);
-  const probe = Float64Array.from(x);
-  for (let i = 0; i < x.length; i++) {
-    probe[i] = x[i] + h;
-    const up = f(probe);
-    probe[i] = x[i] - h;
-    const down = f(probe);
-    probe[i] = x[i];
-    grad[i] = (up - down) / (2 * h);
-  }
-  return grad;
-}

@@ -85,19 +85,19 @@ export function assertClose(
  * g[i] ≈ (f(x + h·e_i) - f(x - h·e_i)) / 2h.
  *
  * @param f The function (typically a float64 reference forward, reduced to a scalar).
- * @param x The point; restored after each probe.
+ * @param x The point (left unchanged).
  * @param h Step size.
  * @returns The gradient estimate.
  */
 export function finiteDifferences(f: (x: Float64Array) => number, x: Float64Array, h = 1e-5): Float64Array {
   const grad = new Float64Array(x.length);
+  const probe = Float64Array.from(x); // x itself is never modified
   for (let i = 0; i < x.length; i++) {
-    const saved = x[i];
-    x[i] = saved + h;
-    const up = f(x);
-    x[i] = saved - h;
-    const down = f(x);
-    x[i] = saved;
+    probe[i] = x[i] + h;
+    const up = f(probe);
+    probe[i] = x[i] - h;
+    const down = f(probe);
+    probe[i] = x[i];
     grad[i] = (up - down) / (2 * h);
   }
   return grad;

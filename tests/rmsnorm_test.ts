@@ -3,7 +3,7 @@ import { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "../kern
 import { add } from "../kernels/elementwise.ts";
 import type { Gpu } from "../kernels/device.ts";
 import type { Tensor } from "../kernels/tensor.ts";
-import { assertClose, randomArray, testGpu } from "./harness.ts";
+import { assertClose, finiteDifferences, randomArray, testGpu, weightedSum } from "./harness.ts";
 import { residualRmsnormRef, rmsnormBackwardRef, rmsnormRef } from "./reference/rmsnorm.ts";
 
 // Rows: 1, odd counts, and more than one 16-row backward block; channels: 1, odd
@@ -37,23 +37,6 @@ function data(n: number, c: number, seed: number) {
 
 async function floats(gpu: Gpu, t: Tensor): Promise<Float32Array> {
   return await gpu.readFloats(t);
-}
-
-/** Central differences of the scalar function f at x, step h in every coordinate. */
-function centralDifferences(f: (x: Float64Array) => number, x: Float64Array, h: number): Float64Array {
-  return Float64Array.from(x, (v, i) => {
-    const plus = Float64Array.from(x);
-    const minus = Float64Array.from(x);
-    plus[i] = v + h;
-    minus[i] = v - h;
-    return (f(plus) - f(minus)) / (2 * h);
-  });
-}
-
-function dotRef(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
 }
 
 Deno.test("rmsnorm forward matches the float64 reference at every test shape", async () => {
@@ -104,10 +87,10 @@ Deno.test("rmsnorm backward matches central finite differences of the float64 fo
   for (const [N, C] of [[3, 5], [2, 8]]) {
     const { x, weight } = data(N, C, 11 + C);
     const probe = randomArray(N * C, 12 + C, 1); // L = Σ probe·out, so dL/dout = probe
-    const loss = (xv: Float64Array, wv: Float64Array) => dotRef(probe, rmsnormRef(xv, wv, EPS).out);
+    const loss = (xv: Float64Array, wv: Float64Array) => weightedSum(probe, rmsnormRef(xv, wv, EPS).out);
     const h = 1e-6;
-    const fdX = centralDifferences((xv) => loss(xv, weight), x, h);
-    const fdW = centralDifferences((wv) => loss(x, wv), weight, h);
+    const fdX = finiteDifferences((xv) => loss(xv, weight), x, h);
+    const fdW = finiteDifferences((wv) => loss(x, wv), weight, h);
     const analytic = rmsnormBackwardRef(probe, x, weight, EPS);
     // Central differences in float64 with h = 1e-6: truncation ~h²·f''' and
     // cancellation ~1e-16/h, both far below 1e-7 for values of order 1.

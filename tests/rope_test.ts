@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import type { Gpu } from "../kernels/device.ts";
 import { ropeBackward, ropeForward } from "../kernels/rope.ts";
-import { assertClose, randomArray, testGpu } from "./harness.ts";
+import { assertClose, finiteDifferences, randomArray, testGpu } from "./harness.ts";
 import { type QkvSizes, ropeBackwardRef, ropeRef } from "./reference/rope.ts";
 
 // Shapes: degenerate, GQA with T and HS that are not workgroup multiples, and one
@@ -104,7 +104,7 @@ Deno.test("rope backward matches finite differences of the float64 forward", asy
   const x = randomArray(width(s), 50);
   const w = randomArray(width(s), 51); // loss = Σ w·rope(x), so dL/dout = w
   const loss = (v: Float64Array) => ropeRef(v, s, 10000, 5).reduce((sum, o, i) => sum + o * w[i], 0);
-  const numeric = centralDifferences(loss, x, 1e-5);
+  const numeric = finiteDifferences(loss, x, 1e-5);
   const got = await runRope(gpu, s, w, { backward: true, offset: 5 });
   // The loss is linear in x, so central differences are exact up to float64
   // cancellation (~1e-16/1e-5); the GPU side is one f32 rotation.
@@ -147,18 +147,3 @@ Deno.test("rope refuses an odd head size and a bad channel count, naming the arg
   );
   for (const t of [odd, bad, ints]) gpu.release(t);
 });
-
-/** Central differences (f(x + h·e_i) − f(x − h·e_i)) / 2h of a float64 scalar function. */
-function centralDifferences(f: (x: Float64Array) => number, x: Float64Array, h: number): Float64Array {
-  const grad = new Float64Array(x.length);
-  const probe = Float64Array.from(x);
-  for (let i = 0; i < x.length; i++) {
-    probe[i] = x[i] + h;
-    const up = f(probe);
-    probe[i] = x[i] - h;
-    const down = f(probe);
-    probe[i] = x[i];
-    grad[i] = (up - down) / (2 * h);
-  }
-  return grad;
-}
