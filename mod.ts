@@ -42,3 +42,68 @@ export { GpuTimer, totalsByLabel } from "./kernels/timer.ts";
 export type { KernelTime } from "./kernels/timer.ts";
 export { runSelfTest } from "./kernels/selftest.ts";
 export type { SelfTestResult } from "./kernels/selftest.ts";
+
+export { add, cast, fill, recordElementwise, scale } from "./kernels/elementwise.ts";
+export { matmul, matmulNaive } from "./kernels/matmul.ts";
+export { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "./kernels/rmsnorm.ts";
+export { swigluBackward, swigluForward } from "./kernels/swiglu.ts";
+export { ropeBackward, ropeForward } from "./kernels/rope.ts";
+export { attentionBackward, attentionForward } from "./kernels/attention.ts";
+export {
+  buildEmbeddingIndex,
+  embeddingBackward,
+  embeddingForward,
+  EmbeddingIndexBuffer,
+} from "./kernels/embedding.ts";
+export {
+  crossEntropyBackward,
+  crossEntropyForward,
+  IGNORE_INDEX,
+  lossMean,
+} from "./kernels/cross_entropy.ts";
+export { dropout, dropoutAdd, dropoutBackward, DropoutSeed } from "./kernels/dropout.ts";
+export { AdamW, buildDecayMask } from "./kernels/adamw.ts";
+export { GradNorm, Reduction } from "./kernels/reduce.ts";
+
+export { ConfigError, defaultMlpHidden, resolveModelConfig } from "./model/config.ts";
+export type { ModelConfig } from "./model/config.ts";
+export { initialParameters, parameterCounts, paramLayout } from "./model/params.ts";
+export type { ParamLayout, ParamTensor } from "./model/params.ts";
+export { Rng } from "./model/rng.ts";
+export { flopsPerToken, Llama } from "./model/model.ts";
+export type { Batch } from "./model/model.ts";
+export { Trainer } from "./model/trainer.ts";
+export type { StepResult, TrainingData } from "./model/trainer.ts";
+export { runTraining } from "./model/train_loop.ts";
+export type { EvalMetrics, LogMetrics, TrainingHooks, TrainingOutcome } from "./model/train_loop.ts";
+export { applyOverrides, learningRate, loadConfigFile, TRAIN_DEFAULTS } from "./model/train_config.ts";
+export type { TrainConfig } from "./model/train_config.ts";
+export { loadCheckpoint, saveCheckpoint } from "./model/checkpoint.ts";
+export type { Checkpoint, TrainingState } from "./model/checkpoint.ts";
+export { splitLoss } from "./model/evaluate.ts";
+export { loadTokenizer, tokenizerFromMeta } from "./model/tokenizer.ts";
+export type { Tokenizer, TokenizerName } from "./model/tokenizer.ts";
+export { prepareDataset } from "./model/prepare.ts";
+export { readMeta, readTokens } from "./model/meta.ts";
+export type { DatasetMeta } from "./model/meta.ts";
+
+export type { AdamWHyper, DecayRange } from "./kernels/adamw.ts";
+export type { AttentionBackwardArgs, AttentionForwardArgs, AttentionPlan } from "./kernels/attention.ts";
+export type {
+  CrossEntropyBackwardArgs,
+  CrossEntropyForwardArgs,
+  LossMeanArgs,
+} from "./kernels/cross_entropy.ts";
+export type { EmbeddingBackwardArgs, EmbeddingForwardArgs, EmbeddingIndex } from "./kernels/embedding.ts";
+export type { MatmulArgs, MatmulTile } from "./kernels/matmul.ts";
+export type { ReduceOp, ReductionChunk } from "./kernels/reduce.ts";
+export type { RopeOptions } from "./kernels/rope.ts";
+export type { StorageDecl } from "./kernels/wgsl.ts";
+export type { Activations, LayerActivations } from "./model/activations.ts";
+export type { HostBatch } from "./model/batches.ts";
+export type { BpeName } from "./model/bpe.ts";
+export type { SplitLoss } from "./model/evaluate.ts";
+export type { Split, TokenArray, TokenDType } from "./model/meta.ts";
+export type { DropoutStep } from "./model/model.ts";
+export type { LayerParams, ParamInit } from "./model/params.ts";
+export type { PrepareOptions, PrepareProgress, PrepareResult } from "./model/prepare.ts";

@@ -133,7 +133,7 @@ export class Gpu {
    * loops (65535 on Mesa's llvmpipe; Infinity elsewhere). Measured on software
    * adapters by `requestGpu`.
    */
-  loopLimit = Infinity;
+  loopLimit: number = Infinity;
   /** Objects created so far. */
   readonly stats: GpuStats = { buffers: 0, pipelines: 0, bindGroups: 0, submits: 0, dispatches: 0 };
   /** Compiled pipelines, keyed by WGSL text. */

@@ -57,7 +57,7 @@ export class Trainer {
   /** Optimizer steps taken. */
   iteration = 0;
   /** Best validation loss seen. */
-  bestValLoss = Infinity;
+  bestValLoss: number = Infinity;
   /** Draws the training batches; its state is checkpointed. */
   rng: Rng;
 
