@@ -183,7 +183,9 @@ export class AdamW {
    * @param rec The recorder (submit it before the next `record`).
    * @param args `params`, `m`, `v` (f32, n; updated in place), `grads` (f32, n),
    *   `decayMask` (u32, ⌈n/32⌉ words from {@link buildDecayMask}), `normSquared`
-   *   (f32, 1: Σ grads² from {@link GradNorm}) and the step's `hyper`.
+   *   (f32, 1: Σ grads² from {@link GradNorm}), the step's `hyper`, and optionally
+   *   `lossScale` (f32, 1, on the GPU: a dynamic loss scale the stored gradients
+   *   carry, divided out together with `hyper.gradScale`).
    */
   record(
     rec: Recorder,
@@ -195,9 +197,10 @@ export class AdamW {
       decayMask: Tensor;
       normSquared: Tensor;
       hyper: AdamWHyper;
+      lossScale?: Tensor;
     },
   ): void {
-    const { params, grads, m, v, decayMask, normSquared, hyper } = args;
+    const { params, grads, m, v, decayMask, normSquared, hyper, lossScale } = args;
     for (const [name, t] of [["params", params], ["grads", grads], ["m", m], ["v", v]] as const) {
       expectDType("adamw", name, t, ["f32"]);
       expectLength("adamw", name, t, this.n);
@@ -206,6 +209,10 @@ export class AdamW {
     expectLength("adamw", "decayMask", decayMask, decayMaskWords(this.n));
     expectDType("adamw", "normSquared", normSquared, ["f32"]);
     expectLength("adamw", "normSquared", normSquared, 1);
+    if (lossScale) {
+      expectDType("adamw", "lossScale", lossScale, ["f32"]);
+      expectLength("adamw", "lossScale", lossScale, 1);
+    }
     const values = hyperUniforms(hyper);
     if (this.#lastRecorder?.deref() === rec && values.some((x, i) => x !== this.#lastValues[i])) {
       throw new GpuError(
@@ -225,6 +232,7 @@ export class AdamW {
         v: view(v),
         decayMask,
         normSquared,
+        lossScale,
       };
       const vectors = this.width === 4 ? Math.floor(length / 4) : 0;
       // An array<vec4f> binding needs ≥ 16 bytes: a chunk under 4 elements is all tail.
@@ -236,7 +244,7 @@ export class AdamW {
 
   #dispatch(
     rec: Recorder,
-    t: Record<"grads" | "params" | "m" | "v" | "decayMask" | "normSquared", Tensor>,
+    t: Record<"grads" | "params" | "m" | "v" | "decayMask" | "normSquared", Tensor> & { lossScale?: Tensor },
     plan: { width: 1 | 4; first: number; count: number; offset: number },
   ): void {
     const element = plan.width === 4 ? "vec4<f32>" : "f32";
@@ -244,13 +252,14 @@ export class AdamW {
       { name: "grads", tensor: t.grads, element },
       { name: "decayMask", tensor: t.decayMask },
       { name: "normSquared", tensor: t.normSquared },
+      ...(t.lossScale ? [{ name: "lossScale", tensor: t.lossScale }] : []),
       { name: "params", tensor: t.params, write: true, element },
       { name: "m", tensor: t.m, write: true, element },
       { name: "v", tensor: t.v, write: true, element },
     ], ["hyper", "Hyper", this.uniforms]);
     const label = plan.width === 4 ? "adamw vec4" : "adamw";
     rec.dispatch(
-      rec.gpu.pipelines.get(label, adamwWgsl(wgsl, plan)),
+      rec.gpu.pipelines.get(label, adamwWgsl(wgsl, { ...plan, lossScale: t.lossScale !== undefined })),
       bindings,
       grid(rec.gpu, Math.ceil(plan.count / WORKGROUP)),
     );
@@ -307,7 +316,7 @@ function hyperUniforms(hyper: AdamWHyper): Float32Array<ArrayBuffer> {
  */
 function adamwWgsl(
   declarations: string,
-  plan: { width: 1 | 4; first: number; count: number; offset: number },
+  plan: { width: 1 | 4; first: number; count: number; offset: number; lossScale: boolean },
 ): string {
   // A vec4 starts at a multiple of 4 (chunks start at multiples of 2048), so its 4
   // mask bits sit in one word.
@@ -348,9 +357,10 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   let i = ${WGSL_LINEAR_WORKGROUP} * ${WORKGROUP}u + lid.x;
   if (i >= COUNT) { return; }
   let normSq = normSquared[0];
-  let norm = sqrt(normSq) * hyper.gradScale;
+  let unscale = ${plan.lossScale ? "hyper.gradScale / lossScale[0]" : "hyper.gradScale"};
+  let norm = sqrt(normSq) * unscale;
   if (!isFinite(normSq) || !isFinite(norm)) { return; } // skipped step
-  var gscale = hyper.gradScale;
+  var gscale = unscale;
   if (hyper.maxGradNorm > 0.0) {
     gscale *= min(1.0, hyper.maxGradNorm / (norm + 1e-6));
   }

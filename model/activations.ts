@@ -81,15 +81,17 @@ export interface Activations {
  *
  * @param gpu The device.
  * @param config The model.
- * @param shape Batch size, tokens per sequence, and whether to allocate backward scratch.
+ * @param shape Batch size, tokens per sequence, whether to allocate backward scratch,
+ *   and the compute dtype (f16: the matmul, attention, norm and SwiGLU tensors are f16).
  * @returns The buffers.
  */
 export function allocateActivations(
   gpu: Gpu,
   config: ModelConfig,
-  shape: { batchSize: number; blockSize: number; training: boolean },
+  shape: { batchSize: number; blockSize: number; training: boolean; dtype?: "f32" | "f16" },
 ): Activations {
   const { batchSize: B, blockSize: T } = shape;
+  const dtype = shape.dtype ?? "f32";
   const N = B * T;
   const C = config.n_embd;
   const HS = headSize(config);
@@ -97,67 +99,48 @@ export function allocateActivations(
   const H = config.mlp_hidden;
   const V = config.vocab_size;
   const f32 = (label: string, dims: number[]) => gpu.tensor(dims, "f32", { label });
+  // Matmul, attention, norm and SwiGLU inputs and outputs take the compute dtype; the
+  // residual stream, its gradient and the per-row statistics stay f32.
+  const act = (label: string, dims: number[]) => gpu.tensor(dims, dtype, { label });
   const layers: LayerActivations[] = [];
   for (let l = 0; l < config.n_layer; l++) {
     const at = (name: string) => `layer ${l} ${name}`;
     layers.push({
       resid: f32(at("resid"), [B, T, C]),
-      ln1: f32(at("ln1"), [B, T, C]),
+      ln1: act(at("ln1"), [B, T, C]),
       rstd1: f32(at("rstd1"), [N]),
-      qkv: f32(at("qkv"), [B, T, QKV]),
-      atty: f32(at("atty"), [B, T, config.n_head * HS]),
+      qkv: act(at("qkv"), [B, T, QKV]),
+      atty: act(at("atty"), [B, T, config.n_head * HS]),
       lse: f32(at("attention lse"), [B, config.n_head, T]),
       residMid: f32(at("residMid"), [B, T, C]),
-      ln2: f32(at("ln2"), [B, T, C]),
+      ln2: act(at("ln2"), [B, T, C]),
       rstd2: f32(at("rstd2"), [N]),
-      gateUp: f32(at("gateUp"), [B, T, 2 * H]),
-      hidden: f32(at("hidden"), [B, T, H]),
+      gateUp: act(at("gateUp"), [B, T, 2 * H]),
+      hidden: act(at("hidden"), [B, T, H]),
     });
   }
   return {
     rows: N,
     layers,
     residOut: f32("resid out", [B, T, C]),
-    lnf: f32("lnf", [B, T, C]),
+    lnf: act("lnf", [B, T, C]),
     rstdf: f32("rstdf", [N]),
-    logits: f32("logits", [B, T, V]),
+    logits: act("logits", [B, T, V]),
     losses: f32("losses", [N]),
     lseLogits: f32("logits lse", [N]),
     count: gpu.tensor([1], "u32", { label: "target count" }),
-    branch: f32("branch", [B, T, C]),
+    branch: act("branch", [B, T, C]),
     grad: shape.training
       ? {
         resid: f32("d resid", [B, T, C]),
-        ln: f32("d ln", [B, T, C]),
+        ln: act("d ln", [B, T, C]),
         branch: f32("d branch", [B, T, C]),
-        atty: f32("d atty", [B, T, config.n_head * HS]),
-        qkv: f32("d qkv", [B, T, QKV]),
-        hidden: f32("d hidden", [B, T, H]),
+        atty: act("d atty", [B, T, config.n_head * HS]),
+        qkv: act("d qkv", [B, T, QKV]),
+        hidden: act("d hidden", [B, T, H]),
       }
       : undefined,
   };
-}
-
-/**
- * Bytes the activations of a shape take, to report or check before allocating.
- *
- * @param config The model.
- * @param shape Batch size, block size, training.
- * @returns Bytes.
- */
-export function activationBytes(
-  config: ModelConfig,
-  shape: { batchSize: number; blockSize: number; training: boolean },
-): number {
-  const N = shape.batchSize * shape.blockSize;
-  const C = config.n_embd;
-  const HS = headSize(config);
-  const QKV = (config.n_head + 2 * config.n_kv_head) * HS;
-  const H = config.mlp_hidden;
-  const perLayer = N * (5 * C + 2 + QKV + config.n_head * HS + 3 * H) + N * config.n_head;
-  const top = N * (3 * C + 3 + config.vocab_size) + 1;
-  const backward = shape.training ? N * (3 * C + config.n_head * HS + QKV + H) : 0;
-  return 4 * (config.n_layer * perLayer + top + backward);
 }
 
 /**

@@ -9,6 +9,7 @@
  * @module
  */
 
+import type { LossScaleState } from "../kernels/loss_scale.ts";
 import { ConfigError, MODEL_KEYS, type ModelConfig, validateModelConfig } from "./config.ts";
 import { checkMeta, type DatasetMeta } from "./meta.ts";
 import { paramLayout } from "./params.ts";
@@ -31,6 +32,8 @@ export interface TrainingState {
   rng: number[];
   /** The resolved training config (for the record, and for resume). */
   trainConfig: Record<string, unknown>;
+  /** f16 training: the dynamic loss scale's state. */
+  lossScale?: LossScaleState;
 }
 
 /** What a checkpoint holds. */

@@ -19,6 +19,8 @@ import { dropout, dropoutBackward, type DropoutSeed } from "../kernels/dropout.t
 import { embeddingBackward, embeddingForward, type EmbeddingIndexBuffer } from "../kernels/embedding.ts";
 import { matmul } from "../kernels/matmul.ts";
 import type { Recorder } from "../kernels/recorder.ts";
+import { cast } from "../kernels/elementwise.ts";
+import { GpuError } from "../kernels/errors.ts";
 import { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "../kernels/rmsnorm.ts";
 import { ropeBackward, ropeForward } from "../kernels/rope.ts";
 import { swigluBackward, swigluForward } from "../kernels/swiglu.ts";
@@ -62,6 +64,8 @@ export class Llama {
   readonly params: Tensor;
   /** All gradients, f32 (layout.total); null for inference. */
   readonly grads: Tensor | null;
+  /** With f16 compute: an f16 copy of the parameters that the matmuls read; else null. */
+  readonly weights16: Tensor | null;
   /** Sequences per forward. */
   readonly batchSize: number;
   /** Tokens per sequence. */
@@ -85,7 +89,7 @@ export class Llama {
   constructor(
     gpu: Gpu,
     config: ModelConfig,
-    options: { batchSize: number; blockSize?: number; training: boolean },
+    options: { batchSize: number; blockSize?: number; training: boolean; dtype?: "f32" | "f16" },
   ) {
     this.gpu = gpu;
     this.config = config;
@@ -94,10 +98,22 @@ export class Llama {
     this.blockSize = options.blockSize ?? config.block_size;
     this.params = gpu.tensor([this.layout.total], "f32", { label: "params" });
     this.grads = options.training ? gpu.tensor([this.layout.total], "f32", { label: "grads" }) : null;
+    const dtype = options.dtype ?? "f32";
+    if (dtype === "f16" && !gpu.features.f16) {
+      throw new GpuError(
+        `f16 compute needs usable shader-f16, which "${gpu.info.name}" lacks${
+          gpu.f16Problem ? ` (${gpu.f16Problem})` : ""
+        }; use dtype f32`,
+      );
+    }
+    this.weights16 = dtype === "f16"
+      ? gpu.tensor([this.layout.total], "f16", { label: "weights f16" })
+      : null;
     this.acts = allocateActivations(gpu, config, {
       batchSize: this.batchSize,
       blockSize: this.blockSize,
       training: options.training,
+      dtype,
     });
   }
 
@@ -108,6 +124,21 @@ export class Llama {
    */
   upload(values: Float32Array): void {
     this.gpu.write(this.params, values);
+    if (this.weights16) {
+      const rec = this.gpu.recorder({ label: "weights to f16" });
+      this.syncWeights(rec);
+      rec.submit();
+    }
+  }
+
+  /**
+   * Refreshes the f16 copy of the weights from the f32 parameters (after each
+   * optimizer update); does nothing in f32.
+   *
+   * @param rec The recorder.
+   */
+  syncWeights(rec: Recorder): void {
+    if (this.weights16) cast(rec, { out: this.weights16, x: this.params });
   }
 
   /** Reads every parameter back. @returns Flat values (layout.total). */
@@ -120,6 +151,7 @@ export class Llama {
     releaseActivations(this.gpu, this.acts);
     this.gpu.release(this.params);
     if (this.grads) this.gpu.release(this.grads);
+    if (this.weights16) this.gpu.release(this.weights16);
   }
 
   /**
@@ -139,6 +171,7 @@ export class Llama {
     const eps = config.norm_eps;
     const heads = { nHead: config.n_head, nKvHead: config.n_kv_head };
     const first = acts.layers[0];
+    const W = this.weights16 ?? this.params; // what the matmuls read
 
     embeddingForward(rec, { out: first.resid, tokens: batch.tokens, weight: this.#embedding(this.params) });
     if (p > 0) {
@@ -155,13 +188,13 @@ export class Llama {
     for (let l = 0; l < config.n_layer; l++) {
       const a = acts.layers[l];
       const w = this.layout.layers[l];
-      matmul(rec, { out: rows(a.qkv), a: rows(a.ln1), b: this.#qkvWeight(this.params, l), transposeB: true });
+      matmul(rec, { out: rows(a.qkv), a: rows(a.ln1), b: this.#qkvWeight(W, l), transposeB: true });
       ropeForward(rec, { qkv: a.qkv, ...heads, theta: config.rope_theta });
       attentionForward(rec, { out: a.atty, lse: a.lse, qkv: a.qkv, ...heads });
       matmul(rec, {
         out: rows(acts.branch),
         a: rows(a.atty),
-        b: this.#view(this.params, w.attnOut),
+        b: this.#view(W, w.attnOut),
         transposeB: true,
       });
       if (p > 0) {
@@ -186,14 +219,14 @@ export class Llama {
       matmul(rec, {
         out: rows(a.gateUp),
         a: rows(a.ln2),
-        b: this.#gateUpWeight(this.params, l),
+        b: this.#gateUpWeight(W, l),
         transposeB: true,
       });
       swigluForward(rec, { out: a.hidden, gateUp: a.gateUp });
       matmul(rec, {
         out: rows(acts.branch),
         a: rows(a.hidden),
-        b: this.#view(this.params, w.down),
+        b: this.#view(W, w.down),
         transposeB: true,
       });
       if (p > 0) {
@@ -221,7 +254,7 @@ export class Llama {
     matmul(rec, {
       out: rows(acts.logits),
       a: rows(acts.lnf),
-      b: this.#lmHead(this.params),
+      b: this.#lmHead(W),
       transposeB: true,
     });
     crossEntropyForward(rec, {
@@ -247,7 +280,7 @@ export class Llama {
    * @param args The batch (with its embedding index), the dropout of the forward,
    *   and `scale`: the loss-gradient multiplier (1/gradient_accumulation_steps, times the loss scale in f16).
    */
-  backward(rec: Recorder, args: { batch: Batch; dropout?: DropoutStep; scale: number }): void {
+  backward(rec: Recorder, args: { batch: Batch; dropout?: DropoutStep; scale: number | Tensor }): void {
     const { config, acts } = this;
     const g = acts.grad;
     const grads = this.grads;
@@ -257,6 +290,7 @@ export class Llama {
       );
     }
     const drop = args.dropout;
+    const W = this.weights16 ?? this.params;
     const p = drop ? config.dropout : 0;
     const heads = { nHead: config.n_head, nKvHead: config.n_kv_head };
 
@@ -269,7 +303,7 @@ export class Llama {
       count: acts.count,
       scale: args.scale,
     });
-    matmul(rec, { out: rows(g.ln), a: rows(acts.logits), b: this.#lmHead(this.params) });
+    matmul(rec, { out: rows(g.ln), a: rows(acts.logits), b: this.#lmHead(W) });
     matmul(rec, {
       out: this.#lmHead(grads),
       a: rows(acts.logits),
@@ -300,7 +334,7 @@ export class Llama {
           stream: this.#stream(drop!, 2 + 2 * l),
         });
       }
-      matmul(rec, { out: rows(g.hidden), a: rows(dMlp), b: this.#view(this.params, w.down) });
+      matmul(rec, { out: rows(g.hidden), a: rows(dMlp), b: this.#view(W, w.down) });
       matmul(rec, {
         out: this.#view(grads, w.down),
         a: rows(dMlp),
@@ -309,7 +343,7 @@ export class Llama {
         accumulate: true,
       });
       swigluBackward(rec, { dgateUp: a.gateUp, dout: g.hidden, gateUp: a.gateUp });
-      matmul(rec, { out: rows(g.ln), a: rows(a.gateUp), b: this.#gateUpWeight(this.params, l) });
+      matmul(rec, { out: rows(g.ln), a: rows(a.gateUp), b: this.#gateUpWeight(W, l) });
       matmul(rec, {
         out: this.#gateUpWeight(grads, l),
         a: rows(a.gateUp),
@@ -338,7 +372,7 @@ export class Llama {
           stream: this.#stream(drop!, 1 + 2 * l),
         });
       }
-      matmul(rec, { out: rows(g.atty), a: rows(dAttn), b: this.#view(this.params, w.attnOut) });
+      matmul(rec, { out: rows(g.atty), a: rows(dAttn), b: this.#view(W, w.attnOut) });
       matmul(rec, {
         out: this.#view(grads, w.attnOut),
         a: rows(dAttn),
@@ -348,7 +382,7 @@ export class Llama {
       });
       attentionBackward(rec, { dqkv: g.qkv, dout: g.atty, out: a.atty, lse: a.lse, qkv: a.qkv, ...heads });
       ropeBackward(rec, { dqkv: g.qkv, ...heads, theta: config.rope_theta });
-      matmul(rec, { out: rows(g.ln), a: rows(g.qkv), b: this.#qkvWeight(this.params, l) });
+      matmul(rec, { out: rows(g.ln), a: rows(g.qkv), b: this.#qkvWeight(W, l) });
       matmul(rec, {
         out: this.#qkvWeight(grads, l),
         a: rows(g.qkv),

@@ -67,10 +67,11 @@ export interface ParamLayout {
 }
 
 /**
- * Every offset a kernel binds starts on this many elements: 256 bytes, the
- * largest storage-offset alignment WebGPU allows a device to demand.
+ * Every offset a kernel binds starts on this many elements: 256 bytes in the f16
+ * copy of the weights (512 in f32), the largest storage-offset alignment WebGPU
+ * allows a device to demand.
  */
-export const PARAM_ALIGNMENT = 64;
+export const PARAM_ALIGNMENT = 128;
 
 /**
  * Lays the model's parameters out in flat buffers.

@@ -13,11 +13,12 @@ import { IGNORE_INDEX } from "../kernels/cross_entropy.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { DropoutSeed } from "../kernels/dropout.ts";
 import { EmbeddingIndexBuffer } from "../kernels/embedding.ts";
+import { LossScaler, type LossScalerOptions } from "../kernels/loss_scale.ts";
 import { GradNorm } from "../kernels/reduce.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { checkSplit, type HostBatch, randomBatch } from "./batches.ts";
 import type { Checkpoint } from "./checkpoint.ts";
-import type { ModelConfig } from "./config.ts";
+import { ConfigError, type ModelConfig } from "./config.ts";
 import type { DatasetMeta, TokenArray } from "./meta.ts";
 import { type Batch, Llama } from "./model.ts";
 import { initialParameters } from "./params.ts";
@@ -42,6 +43,8 @@ export interface StepResult {
   gradNorm: number;
   /** Learning rate used. */
   lr: number;
+  /** f16 only: the loss scale the step used, and the steps skipped for overflow so far. */
+  lossScale?: { scale: number; skipped: number };
 }
 
 /** Trains one model; create with {@link Trainer.create}. */
@@ -70,14 +73,28 @@ export class Trainer {
   #adamw: AdamW;
   #gradNorm: GradNorm;
   #dropoutSeed: DropoutSeed | null;
+  #scaler: LossScaler | null;
 
-  private constructor(gpu: Gpu, config: TrainConfig, modelConfig: ModelConfig, data: TrainingData) {
+  private constructor(
+    gpu: Gpu,
+    config: TrainConfig,
+    modelConfig: ModelConfig,
+    data: TrainingData,
+    scaling: LossScalerOptions,
+  ) {
     this.gpu = gpu;
     this.config = config;
     this.data = data;
     checkSplit(data.train, "train.bin", modelConfig.block_size, modelConfig.vocab_size);
     checkSplit(data.val, "val.bin", modelConfig.block_size, modelConfig.vocab_size);
-    this.model = new Llama(gpu, modelConfig, { batchSize: config.batch_size, training: true });
+    if (config.dtype !== "f32" && config.dtype !== "f16") {
+      throw new ConfigError(`dtype must be "f32" or "f16", got "${config.dtype}"`);
+    }
+    this.model = new Llama(gpu, modelConfig, {
+      batchSize: config.batch_size,
+      training: true,
+      dtype: config.dtype,
+    });
     const { layout } = this.model;
     const n = layout.total;
     this.#m = gpu.tensor([n], "f32", { label: "adam m" });
@@ -105,6 +122,7 @@ export class Trainer {
     this.#adamw = new AdamW(gpu, n);
     this.#gradNorm = new GradNorm(gpu, n);
     this.#dropoutSeed = modelConfig.dropout > 0 ? new DropoutSeed(gpu) : null;
+    this.#scaler = config.dtype === "f16" ? new LossScaler(gpu, scaling) : null;
     this.rng = new Rng(config.seed);
   }
 
@@ -117,6 +135,7 @@ export class Trainer {
    * @param modelConfig The architecture (must equal the checkpoint's when resuming).
    * @param data Training and validation tokens.
    * @param resume A checkpoint to continue from.
+   * @param scaling f16 only: the dynamic loss scale's settings (PyTorch's GradScaler defaults).
    * @returns The trainer.
    * @example
    * ```ts
@@ -131,8 +150,9 @@ export class Trainer {
     modelConfig: ModelConfig,
     data: TrainingData,
     resume?: Checkpoint,
+    scaling: LossScalerOptions = {},
   ): Trainer {
-    const trainer = new Trainer(gpu, config, modelConfig, data);
+    const trainer = new Trainer(gpu, config, modelConfig, data, scaling);
     if (resume) {
       trainer.model.upload(resume.params);
       if (resume.moments) {
@@ -143,6 +163,7 @@ export class Trainer {
         trainer.iteration = resume.training.iteration;
         trainer.bestValLoss = resume.training.bestValLoss;
         trainer.rng = Rng.fromState(resume.training.rng);
+        if (resume.training.lossScale) trainer.#scaler?.reset(resume.training.lossScale);
       }
     } else {
       trainer.model.upload(initialParameters(trainer.model.layout, modelConfig, new Rng(config.seed)));
@@ -186,10 +207,13 @@ export class Trainer {
 
     const rec = gpu.recorder({ label: `step ${this.iteration}` });
     rec.clear(model.grads!);
+    // f32: the loss gradient carries 1/accumulation. f16: it carries the loss scale S
+    // (on the GPU), and AdamW divides out S and 1/accumulation together.
+    const scaler = this.#scaler;
     this.#micro.forEach((batch, micro) => {
       const dropout = this.#dropoutSeed ? { seed: this.#dropoutSeed, micro } : undefined;
       model.forward(rec, { batch, loss: this.#lossSum, accumulateLoss: micro > 0, dropout });
-      model.backward(rec, { batch, dropout, scale: 1 / accumulation });
+      model.backward(rec, { batch, dropout, scale: scaler ? scaler.scale : 1 / accumulation });
     });
     this.#gradNorm.record(rec, { out: this.#normSquared, grads: model.grads! });
     this.#adamw.record(rec, {
@@ -207,14 +231,25 @@ export class Trainer {
         weightDecay: config.weight_decay,
         maxGradNorm: config.grad_clip,
         step: this.iteration + 1,
+        gradScale: scaler ? 1 / accumulation : 1,
       },
+      lossScale: scaler?.scale,
     });
+    scaler?.record(rec, { normSquared: this.#normSquared });
+    model.syncWeights(rec);
     rec.submit();
     this.iteration++;
     if (!options.read) return null;
     const lossSum = (await gpu.readFloats(this.#lossSum))[0];
     const normSquared = (await gpu.readFloats(this.#normSquared))[0];
-    return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr };
+    if (!scaler) return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr };
+    const state = await scaler.read();
+    return {
+      loss: lossSum / accumulation,
+      gradNorm: Math.sqrt(normSquared) / (state.lastScale * accumulation),
+      lr,
+      lossScale: { scale: state.lastScale, skipped: state.skipped },
+    };
   }
 
   /**
@@ -274,6 +309,7 @@ export class Trainer {
         bestValLoss: this.bestValLoss,
         rng: this.rng.state(),
         trainConfig: { ...this.config },
+        lossScale: await this.#scaler?.read(),
       },
     };
   }
@@ -292,6 +328,7 @@ export class Trainer {
     this.#adamw.release();
     this.#gradNorm.release();
     if (this.#dropoutSeed) this.gpu.release(this.#dropoutSeed.tensor);
+    this.#scaler?.release();
   }
 
   #shape(): { batchSize: number; blockSize: number } {

@@ -52,6 +52,11 @@ await runCli(async () => {
   config = applyOverrides(config, args.overrides, "flags");
   validateTrainConfig(config);
   resolveModelConfig(modelFields(config, 1)); // refuse a bad shape before touching data or the GPU
+  if (config.dtype === "f16" && !gpu.features.f16) {
+    const why = gpu.f16Problem || `"${gpu.info.name}" has no shader-f16`;
+    console.log(`note: f16 compute is unavailable (${why}); training in f32`);
+    config.dtype = "f32";
+  }
 
   const dataset = await openDataset(config.dataset);
   const resume = config.init_from === "resume"
@@ -118,6 +123,7 @@ await runCli(async () => {
           tokens_per_s: m.tokensPerSecond,
           mfu,
           tokens: (m.iteration + 1) * trainer.tokensPerStep,
+          ...(m.lossScale ? { loss_scale: m.lossScale.scale, skipped_steps: m.lossScale.skipped } : {}),
         });
       },
       onEval: (m) => {

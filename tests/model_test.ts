@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { DropoutSeed } from "../kernels/dropout.ts";
+import type { Tensor } from "../kernels/tensor.ts";
 import { EmbeddingIndexBuffer } from "../kernels/embedding.ts";
 import { resolveModelConfig } from "../model/config.ts";
 import { type Batch, Llama } from "../model/model.ts";
@@ -42,7 +43,7 @@ function randomParameters(model: Llama, seed: number): Float32Array {
 async function gpuLossAndGrads(
   model: Llama,
   data: { tokens: Uint32Array; targets: Uint32Array },
-  options: { scale: number; dropout?: { seed: DropoutSeed; run: number; step: number } },
+  options: { scale: number | Tensor; dropout?: { seed: DropoutSeed; run: number; step: number } },
 ): Promise<{ loss: number; grads: Float32Array }> {
   const gpu = model.gpu;
   const index = new EmbeddingIndexBuffer(gpu, { n: B * T, vocabSize: CONFIG.vocab_size });
@@ -149,5 +150,29 @@ Deno.test("backward refuses a model built for inference", async () => {
   assert.equal(model.grads, null);
   const batch = { tokens: gpu.tensor([1, T], "u32"), targets: gpu.tensor([1, T], "u32") };
   assert.throws(() => model.backward(gpu.recorder(), { batch, scale: 1 }), /training: true/);
+  model.release();
+});
+
+Deno.test("with f16 compute and a loss scale, the loss and gradients match the reference to f16 precision", async () => {
+  const gpu = await testGpu();
+  const model = new Llama(gpu, CONFIG, { batchSize: B, training: true, dtype: "f16" });
+  const params = randomParameters(model, 5);
+  model.upload(params);
+  const data = randomTokens(9);
+  const scale = gpu.tensor([1], "f32", { data: [1024] });
+  const got = await gpuLossAndGrads(model, data, { scale });
+  gpu.release(scale);
+  const want = modelRef(CONFIG, model.layout, Float64Array.from(params), { ...data, B, T }, 1024);
+  // f16 activations and weights (11 significant bits) through two layers: loss to 1e-2,
+  // gradients to 3e-2 of each tensor's largest gradient.
+  assertClose([got.loss], [want.loss], { atol: 1e-2, rtol: 1e-2 }, "f16 loss");
+  for (const t of model.layout.tensors) {
+    const slice = want.grads.subarray(t.offset, t.offset + t.length);
+    const scaleOf = Math.max(...slice.map(Math.abs));
+    assertClose(got.grads.subarray(t.offset, t.offset + t.length), slice, {
+      atol: 3e-2 * scaleOf,
+      rtol: 3e-2,
+    }, `f16 d ${t.name}`);
+  }
   model.release();
 });

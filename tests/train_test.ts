@@ -145,3 +145,34 @@ Deno.test("train refuses bad settings with one line naming them", async () => {
   const typed = await runTask("train", ["--max_iters=lots"]);
   assert.match(typed.stderr, /Setting max_iters in flags must be a number, got "lots"/);
 });
+
+Deno.test("f16 compute trains like f32, and an overflowing loss scale skips the step and halves", async () => {
+  const gpu = await testGpu();
+  const data = await slice();
+  const losses: Record<string, number> = {};
+  for (const dtype of ["f32", "f16"]) {
+    const config = tinyConfig({ max_iters: 60, lr_decay_iters: 60, dtype });
+    const trainer = Trainer.create(gpu, config, modelConfigOf(config, data.meta.vocab_size), data);
+    let last = null;
+    for (let i = 0; i < config.max_iters; i++) {
+      last = await trainer.step({ read: i === config.max_iters - 1 });
+    }
+    losses[dtype] = last!.loss;
+    if (dtype === "f16") assert.equal(last!.lossScale!.skipped, 0, "no overflow at the default scale");
+    trainer.release();
+  }
+  assert.ok(losses.f32 < 3.3, `f32 loss ${losses.f32} (ln 65 = 4.17 at the start)`);
+  assert.ok(Math.abs(losses.f16 - losses.f32) < 0.05, `f16 ${losses.f16} vs f32 ${losses.f32}`);
+
+  const config = tinyConfig({ max_iters: 2, dtype: "f16" });
+  const trainer = Trainer.create(gpu, config, modelConfigOf(config, data.meta.vocab_size), data, undefined, {
+    initialScale: 2 ** 40, // far past f16's 65504: the loss gradient overflows
+  });
+  const before = await trainer.model.download();
+  const result = await trainer.step({ read: true });
+  assert.deepEqual(result!.lossScale, { scale: 2 ** 40, skipped: 1 });
+  assert.deepEqual(await trainer.model.download(), before, "a skipped step leaves the weights untouched");
+  const next = await trainer.step({ read: true });
+  assert.equal(next!.lossScale!.scale, 2 ** 39, "halved");
+  trainer.release();
+});
