@@ -5,7 +5,12 @@ import { randomArray, testGpu } from "./harness.ts";
 
 Deno.test("the loss scale halves on a non-finite norm, counts it, and doubles after growthInterval good steps", async () => {
   const gpu = await testGpu();
-  const scaler = new LossScaler(gpu, { initialScale: 1024, growthInterval: 3, minScale: 256, maxScale: 2048 });
+  const scaler = new LossScaler(gpu, {
+    initialScale: 1024,
+    growthInterval: 3,
+    minScale: 256,
+    maxScale: 2048,
+  });
   const norm = gpu.tensor([1], "f32", { label: "norm squared" });
   const step = async (normSquared: number) => {
     gpu.write(norm, [normSquared]);
@@ -17,14 +22,26 @@ Deno.test("the loss scale halves on a non-finite norm, counts it, and doubles af
   assert.deepEqual(await step(4), { scale: 1024, lastScale: 1024, goodSteps: 1, skipped: 0 });
   assert.deepEqual(await step(Infinity), { scale: 512, lastScale: 1024, goodSteps: 0, skipped: 1 });
   assert.deepEqual(await step(NaN), { scale: 256, lastScale: 512, goodSteps: 0, skipped: 2 });
-  assert.deepEqual(await step(NaN), { scale: 256, lastScale: 256, goodSteps: 0, skipped: 3 }, "floor at minScale");
+  assert.deepEqual(
+    await step(NaN),
+    { scale: 256, lastScale: 256, goodSteps: 0, skipped: 3 },
+    "floor at minScale",
+  );
   await step(1);
   await step(1);
-  assert.deepEqual(await step(1), { scale: 512, lastScale: 256, goodSteps: 0, skipped: 3 }, "doubled after 3 good");
+  assert.deepEqual(
+    await step(1),
+    { scale: 512, lastScale: 256, goodSteps: 0, skipped: 3 },
+    "doubled after 3 good",
+  );
   // A norm whose square is finite but whose unscaled value overflows is no good step either.
   assert.equal((await step(3e38)).skipped, 3);
   scaler.reset({ scale: 2048, goodSteps: 2, skipped: 7, lastScale: 2048 });
-  assert.deepEqual(await step(1), { scale: 2048, lastScale: 2048, goodSteps: 0, skipped: 7 }, "ceiling at maxScale");
+  assert.deepEqual(
+    await step(1),
+    { scale: 2048, lastScale: 2048, goodSteps: 0, skipped: 7 },
+    "ceiling at maxScale",
+  );
   scaler.release();
   gpu.release(norm);
 });
