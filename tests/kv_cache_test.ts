@@ -1,0 +1,108 @@
+import assert from "node:assert/strict";
+import { cachedAttention, kvCacheWrite, selectPosition } from "../kernels/kv_cache.ts";
+import { assertClose, randomArray, testGpu } from "./harness.ts";
+import { attentionRef } from "./reference/attention.ts";
+
+// (B, NH, NKV, HS, Tmax): plain heads, grouped-query heads, odd Tmax.
+const SHAPES = [[1, 2, 2, 4, 5], [2, 4, 2, 8, 33], [3, 4, 1, 16, 70]] as const;
+
+Deno.test("decoding token by token through the cache equals causal attention over the whole sequence", async () => {
+  const gpu = await testGpu();
+  for (const [B, NH, NKV, HS, Tmax] of SHAPES) {
+    const row = (NH + 2 * NKV) * HS;
+    const T = Tmax - 1; // decode all but the last slot
+    const all = randomArray(B * T * row, B + HS);
+    const want = attentionRef(all, { B, T, NH, NKV, HS }, 1 / Math.sqrt(HS)).out; // (B, T, NH·HS)
+    const kCache = gpu.tensor([B, Tmax, NKV * HS], "f32", { label: "k cache" });
+    const vCache = gpu.tensor([B, Tmax, NKV * HS], "f32", { label: "v cache" });
+    const qkv = gpu.tensor([B, 1, row], "f32", { label: "token qkv" });
+    const out = gpu.tensor([B, NH * HS], "f32", { label: "token out" });
+    const position = gpu.tensor([1], "u32", { label: "position" });
+    const got = new Float64Array(want.length);
+    for (let t = 0; t < T; t++) {
+      const token = new Float64Array(B * row);
+      for (let b = 0; b < B; b++) token.set(all.subarray((b * T + t) * row, (b * T + t + 1) * row), b * row);
+      gpu.write(qkv, token);
+      gpu.write(position, [t]);
+      const rec = gpu.recorder();
+      kvCacheWrite(rec, { kCache, vCache, qkv, position, nHead: NH, nKvHead: NKV });
+      cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV });
+      rec.submit();
+      const o = await gpu.readFloats(out);
+      for (let b = 0; b < B; b++) got.set(o.subarray(b * NH * HS, (b + 1) * NH * HS), (b * T + t) * NH * HS);
+    }
+    // f32 sums over at most 70 keys: 1e-5 + 1e-5·|ref|.
+    assertClose(got, want, { atol: 1e-5, rtol: 1e-5 }, `B${B} NH${NH} NKV${NKV} HS${HS} T${T}`);
+    for (const x of [kCache, vCache, qkv, out, position]) gpu.release(x);
+  }
+});
+
+Deno.test("a prefill writes every position's keys and values into the cache at once", async () => {
+  const gpu = await testGpu();
+  const [B, NH, NKV, HS, T] = [2, 2, 1, 4, 6];
+  const row = (NH + 2 * NKV) * HS;
+  const all = randomArray(B * T * row, 3);
+  const qkv = gpu.tensor([B, T, row], "f32", { data: all });
+  const kCache = gpu.tensor([B, 8, NKV * HS], "f32");
+  const vCache = gpu.tensor([B, 8, NKV * HS], "f32");
+  const rec = gpu.recorder();
+  kvCacheWrite(rec, { kCache, vCache, qkv, position: 0, nHead: NH, nKvHead: NKV });
+  rec.submit();
+  const k = await gpu.readFloats(kCache);
+  const v = await gpu.readFloats(vCache);
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) {
+      for (let c = 0; c < HS; c++) {
+        const source = (b * T + t) * row + NH * HS + c;
+        assert.equal(k[(b * 8 + t) * HS + c], Math.fround(all[source]));
+        assert.equal(v[(b * 8 + t) * HS + c], Math.fround(all[source + HS]));
+      }
+    }
+  }
+  assert.throws(
+    () => kvCacheWrite(gpu.recorder(), { kCache, vCache, qkv, position: 3, nHead: NH, nKvHead: NKV }),
+    /does not fit/,
+  );
+  for (const x of [qkv, kCache, vCache]) gpu.release(x);
+});
+
+Deno.test("f16 caches decode within f16 precision", async () => {
+  const gpu = await testGpu();
+  const [B, NH, NKV, HS, Tmax] = [2, 4, 2, 8, 9];
+  const row = (NH + 2 * NKV) * HS;
+  const T = Tmax;
+  const all = Float64Array.from(randomArray(B * T * row, 5), Math.f16round);
+  const want = attentionRef(all, { B, T, NH, NKV, HS }, 1 / Math.sqrt(HS)).out;
+  const qkvAll = gpu.tensor([B, T, row], "f16", { data: all });
+  const kCache = gpu.tensor([B, Tmax, NKV * HS], "f16");
+  const vCache = gpu.tensor([B, Tmax, NKV * HS], "f16");
+  const qkv = gpu.tensor([B, 1, row], "f16");
+  const out = gpu.tensor([B, NH * HS], "f16");
+  const position = gpu.tensor([1], "u32", { data: [T - 1] });
+  const last = new Float64Array(B * row);
+  for (let b = 0; b < B; b++) last.set(all.subarray((b * T + T - 1) * row, (b * T + T) * row), b * row);
+  gpu.write(qkv, last);
+  const rec = gpu.recorder();
+  kvCacheWrite(rec, { kCache, vCache, qkv: qkvAll, position: 0, nHead: NH, nKvHead: NKV });
+  cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV });
+  rec.submit();
+  const got = await gpu.readFloats(out);
+  const wantLast = new Float64Array(B * NH * HS);
+  for (let b = 0; b < B; b++) {
+    wantLast.set(want.subarray((b * T + T - 1) * NH * HS, (b * T + T) * NH * HS), b * NH * HS);
+  }
+  assertClose(got, wantLast, { atol: 2e-3, rtol: 2e-3 }, "f16 decode"); // f16 output: 2^-11 relative per rounding
+  for (const x of [qkvAll, kCache, vCache, qkv, out, position]) gpu.release(x);
+});
+
+Deno.test("selectPosition picks one position's row of every sequence", async () => {
+  const gpu = await testGpu();
+  const x = gpu.tensor([2, 3, 4], "f32", { data: Array.from({ length: 24 }, (_, i) => i) });
+  const out = gpu.tensor([2, 4], "f32");
+  const position = gpu.tensor([1], "u32", { data: [1] });
+  const rec = gpu.recorder();
+  selectPosition(rec, { out, x, position });
+  rec.submit();
+  assert.deepEqual([...await gpu.readFloats(out)], [4, 5, 6, 7, 16, 17, 18, 19]);
+  for (const t of [x, out, position]) gpu.release(t);
+});
