@@ -17,6 +17,7 @@ import { attentionBackward, attentionForward } from "../kernels/attention.ts";
 import { crossEntropyBackward, crossEntropyForward, lossMean } from "../kernels/cross_entropy.ts";
 import { dropout, dropoutBackward, type DropoutSeed } from "../kernels/dropout.ts";
 import { embeddingBackward, embeddingForward, type EmbeddingIndexBuffer } from "../kernels/embedding.ts";
+import { cachedAttention, kvCacheWrite } from "../kernels/kv_cache.ts";
 import { matmul } from "../kernels/matmul.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import { cast } from "../kernels/elementwise.ts";
@@ -42,6 +43,16 @@ export interface Batch {
   targets: Tensor;
   /** The embedding-backward index of `tokens` (training only). */
   index?: EmbeddingIndexBuffer;
+}
+
+/** Keys and values of every layer for incremental decoding, and the position of the next token. */
+export interface KvCache {
+  /** Keys per layer (B, Tmax, NKV·HS). */
+  k: Tensor[];
+  /** Values per layer (B, Tmax, NKV·HS). */
+  v: Tensor[];
+  /** u32 [1]: where a decode step's token goes (its RoPE position and cache slot). */
+  position: Tensor;
 }
 
 /** Dropout for one micro-step: the step's seed and a stream number no other micro-step uses. */
@@ -72,6 +83,7 @@ export class Llama {
   readonly blockSize: number;
   /** Saved activations and backward scratch. */
   readonly acts: Activations;
+  #sharesWeights: boolean;
 
   /**
    * Allocates parameters (uninitialised: see {@link Llama.upload}), gradients
@@ -89,14 +101,21 @@ export class Llama {
   constructor(
     gpu: Gpu,
     config: ModelConfig,
-    options: { batchSize: number; blockSize?: number; training: boolean; dtype?: "f32" | "f16" },
+    options: {
+      batchSize: number;
+      blockSize?: number;
+      training: boolean;
+      dtype?: "f32" | "f16";
+      weightsFrom?: Llama;
+    },
   ) {
     this.gpu = gpu;
     this.config = config;
     this.layout = paramLayout(config);
     this.batchSize = options.batchSize;
     this.blockSize = options.blockSize ?? config.block_size;
-    this.params = gpu.tensor([this.layout.total], "f32", { label: "params" });
+    this.#sharesWeights = options.weightsFrom !== undefined;
+    this.params = options.weightsFrom?.params ?? gpu.tensor([this.layout.total], "f32", { label: "params" });
     this.grads = options.training ? gpu.tensor([this.layout.total], "f32", { label: "grads" }) : null;
     const dtype = options.dtype ?? "f32";
     if (dtype === "f16" && !gpu.features.f16) {
@@ -149,8 +168,9 @@ export class Llama {
   /** Frees every buffer of the model. */
   release(): void {
     releaseActivations(this.gpu, this.acts);
-    this.gpu.release(this.params);
     if (this.grads) this.gpu.release(this.grads);
+    if (this.#sharesWeights) return;
+    this.gpu.release(this.params);
     if (this.weights16) this.gpu.release(this.weights16);
   }
 
@@ -165,15 +185,51 @@ export class Llama {
     rec: Recorder,
     args: { batch: Batch; loss: Tensor; accumulateLoss?: boolean; dropout?: DropoutStep },
   ): void {
+    const { acts } = this;
+    const { batch } = args;
+    this.forwardHidden(rec, { tokens: batch.tokens, dropout: args.dropout });
+    matmul(rec, {
+      out: rows(acts.logits),
+      a: rows(acts.lnf),
+      b: this.#lmHead(this.weights16 ?? this.params),
+      transposeB: true,
+    });
+    crossEntropyForward(rec, {
+      losses: acts.losses,
+      lse: acts.lseLogits,
+      logits: acts.logits,
+      targets: batch.targets,
+    });
+    lossMean(rec, {
+      out: args.loss,
+      count: acts.count,
+      losses: acts.losses,
+      targets: batch.targets,
+      accumulate: args.accumulateLoss ?? false,
+    });
+  }
+
+  /**
+   * Records the forward up to the final norm: `acts.lnf` then holds each
+   * position's hidden state. With a `cache`, a prefill also writes every
+   * position's keys and values into it, and a decode step (blockSize 1) rotates
+   * its token by the cache position, appends it to the cache and attends over
+   * the cache instead of the block.
+   *
+   * @param rec The recorder.
+   * @param args Token ids (B, T); dropout (training only); a KV cache.
+   */
+  forwardHidden(rec: Recorder, args: { tokens: Tensor; dropout?: DropoutStep; cache?: KvCache }): void {
     const { config, acts } = this;
-    const { batch, dropout: drop } = args;
+    const { dropout: drop, cache } = args;
+    const decoding = cache !== undefined && this.blockSize === 1;
     const p = drop ? config.dropout : 0;
     const eps = config.norm_eps;
     const heads = { nHead: config.n_head, nKvHead: config.n_kv_head };
     const first = acts.layers[0];
     const W = this.weights16 ?? this.params; // what the matmuls read
 
-    embeddingForward(rec, { out: first.resid, tokens: batch.tokens, weight: this.#embedding(this.params) });
+    embeddingForward(rec, { out: first.resid, tokens: args.tokens, weight: this.#embedding(this.params) });
     if (p > 0) {
       dropout(rec, { out: first.resid, x: first.resid, p, seed: drop!.seed, stream: this.#stream(drop!, 0) });
     }
@@ -189,8 +245,30 @@ export class Llama {
       const a = acts.layers[l];
       const w = this.layout.layers[l];
       matmul(rec, { out: rows(a.qkv), a: rows(a.ln1), b: this.#qkvWeight(W, l), transposeB: true });
-      ropeForward(rec, { qkv: a.qkv, ...heads, theta: config.rope_theta });
-      attentionForward(rec, { out: a.atty, lse: a.lse, qkv: a.qkv, ...heads });
+      if (decoding) {
+        ropeForward(rec, { qkv: a.qkv, ...heads, theta: config.rope_theta, positionOffset: cache.position });
+        kvCacheWrite(rec, {
+          kCache: cache.k[l],
+          vCache: cache.v[l],
+          qkv: a.qkv,
+          position: cache.position,
+          ...heads,
+        });
+        cachedAttention(rec, {
+          out: a.atty,
+          qkv: a.qkv,
+          kCache: cache.k[l],
+          vCache: cache.v[l],
+          position: cache.position,
+          ...heads,
+        });
+      } else {
+        ropeForward(rec, { qkv: a.qkv, ...heads, theta: config.rope_theta });
+        attentionForward(rec, { out: a.atty, lse: a.lse, qkv: a.qkv, ...heads });
+        if (cache) {
+          kvCacheWrite(rec, { kCache: cache.k[l], vCache: cache.v[l], qkv: a.qkv, position: 0, ...heads });
+        }
+      }
       matmul(rec, {
         out: rows(acts.branch),
         a: rows(a.atty),
@@ -250,25 +328,20 @@ export class Llama {
         eps,
       });
     }
+  }
 
+  /**
+   * Records logits = lm_head(rows): e.g. one selected position per sequence.
+   *
+   * @param rec The recorder.
+   * @param args `out` (R, V), `hidden` (R, C) in the compute dtype.
+   */
+  head(rec: Recorder, args: { out: Tensor; hidden: Tensor }): void {
     matmul(rec, {
-      out: rows(acts.logits),
-      a: rows(acts.lnf),
-      b: this.#lmHead(W),
+      out: rows(args.out),
+      a: rows(args.hidden),
+      b: this.#lmHead(this.weights16 ?? this.params),
       transposeB: true,
-    });
-    crossEntropyForward(rec, {
-      losses: acts.losses,
-      lse: acts.lseLogits,
-      logits: acts.logits,
-      targets: batch.targets,
-    });
-    lossMean(rec, {
-      out: args.loss,
-      count: acts.count,
-      losses: acts.losses,
-      targets: batch.targets,
-      accumulate: args.accumulateLoss ?? false,
     });
   }
 

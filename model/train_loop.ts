@@ -94,6 +94,7 @@ export async function runTraining(trainer: Trainer, hooks: TrainingHooks = {}): 
         saved,
       });
       lastLogTime = performance.now(); // evaluation time is not training time
+      lastLogIteration = iteration;
       if (config.eval_only) return { iteration, reason: "eval_only", checkpoint: null };
     }
     if (iteration >= config.max_iters || hooks.shouldStop?.()) break;

@@ -1,0 +1,202 @@
+/**
+ * Text generation with a KV cache. The prompt is prefilled in one pass (padded
+ * to the block; causal attention makes the padding invisible to earlier
+ * positions), its keys and values land in the cache, and only the last prompt
+ * position's logits are computed. Then each step feeds one token per sequence,
+ * attends over the cache, and reads back one row of logits per sequence.
+ *
+ * When a sequence outgrows block_size the window slides: the cache is
+ * re-prefilled from the last three quarters of the block, so the model always
+ * sees between 3/4 and all of block_size tokens, and one re-prefill serves the
+ * next block_size/4 decode steps rather than one token.
+ *
+ * @module
+ */
+
+import type { Gpu } from "../kernels/device.ts";
+import { selectPosition } from "../kernels/kv_cache.ts";
+import type { Tensor } from "../kernels/tensor.ts";
+import { headSize, type ModelConfig } from "./config.ts";
+import { type KvCache, Llama } from "./model.ts";
+import type { Rng } from "./rng.ts";
+import { sampleToken, type SamplingOptions } from "./sampling.ts";
+
+/** Options of {@link Generator.generate}. */
+export interface GenerateOptions extends SamplingOptions {
+  /** Tokens to add to each sequence. */
+  maxNewTokens: number;
+  /** A sequence that produces this token stops (null: never). */
+  stopToken?: number | null;
+  /** Recompute every step from scratch instead of using the cache (for tests and benchmarks). */
+  recompute?: boolean;
+}
+
+/** One decoding step's output. */
+export interface GenerateStep {
+  /** The new token of each sequence (undefined for a sequence that has stopped). */
+  tokens: (number | undefined)[];
+}
+
+/** Prefill and decode for `batchSize` sequences of one model. */
+export class Generator {
+  /** The device. */
+  readonly gpu: Gpu;
+  /** The model's architecture. */
+  readonly config: ModelConfig;
+  /** Sequences decoded together. */
+  readonly batchSize: number;
+  /** Times of the last generate call: prefill (incl. re-prefills) and decode, ms and tokens. */
+  readonly timing = { prefillMs: 0, prefillTokens: 0, decodeMs: 0, decodeTokens: 0 };
+
+  #block: Llama;
+  #step: Llama;
+  #cache: KvCache;
+  #blockTokens: Tensor;
+  #stepTokens: Tensor;
+  #lastRow: Tensor;
+  #hidden: Tensor;
+  #logits: Tensor;
+
+  /**
+   * Allocates both models (sharing weights), the cache and the step buffers.
+   *
+   * @param gpu The device.
+   * @param model The architecture and flat parameters (e.g. a loaded checkpoint).
+   * @param options Sequences per batch, and the compute dtype.
+   * @example
+   * ```ts
+   * const generator = new Generator(gpu, await loadCheckpoint("out/ckpt.safetensors"), { batchSize: 1 });
+   * for await (const { tokens } of generator.generate([[0]], { maxNewTokens: 100 }, rng)) console.log(tokens);
+   * ```
+   */
+  constructor(
+    gpu: Gpu,
+    model: { config: ModelConfig; params: Float32Array },
+    options: { batchSize: number; dtype?: "f32" | "f16" },
+  ) {
+    this.gpu = gpu;
+    this.config = model.config;
+    this.batchSize = options.batchSize;
+    const B = options.batchSize;
+    const T = model.config.block_size;
+    const dtype = options.dtype ?? "f32";
+    this.#block = new Llama(gpu, model.config, { batchSize: B, training: false, dtype });
+    this.#block.upload(model.params);
+    this.#step = new Llama(gpu, model.config, {
+      batchSize: B,
+      blockSize: 1,
+      training: false,
+      dtype,
+      weightsFrom: this.#block,
+    });
+    const kvWidth = model.config.n_kv_head * headSize(model.config);
+    const layers = Array.from({ length: model.config.n_layer }, (_, l) => l);
+    this.#cache = {
+      k: layers.map((l) => gpu.tensor([B, T, kvWidth], dtype, { label: `layer ${l} k cache` })),
+      v: layers.map((l) => gpu.tensor([B, T, kvWidth], dtype, { label: `layer ${l} v cache` })),
+      position: gpu.tensor([1], "u32", { label: "decode position" }),
+    };
+    this.#blockTokens = gpu.tensor([B, T], "u32", { label: "prefill tokens" });
+    this.#stepTokens = gpu.tensor([B, 1], "u32", { label: "step tokens" });
+    this.#lastRow = gpu.tensor([1], "u32", { label: "last prompt row" });
+    this.#hidden = gpu.tensor([B, model.config.n_embd], dtype, { label: "last hidden" });
+    this.#logits = gpu.tensor([B, model.config.vocab_size], "f32", { label: "next logits" });
+  }
+
+  /**
+   * Extends each context by up to `maxNewTokens` tokens, yielding after every
+   * step. Contexts may be longer than block_size (the window slides).
+   *
+   * @param contexts One token list per sequence (batchSize of them, equal lengths, at least 1 token).
+   * @param options Sampling controls, length, stop token.
+   * @param rng The generator for sampling.
+   * @returns The steps, as they are produced.
+   */
+  async *generate(contexts: number[][], options: GenerateOptions, rng: Rng): AsyncGenerator<GenerateStep> {
+    const T = this.config.block_size;
+    const keep = T - Math.max(1, Math.floor(T / 4));
+    const sequences = contexts.map((c) => [...c]);
+    const counts = sequences.map((s) => {
+      const m = new Map<number, number>();
+      for (const t of s) m.set(t, (m.get(t) ?? 0) + 1);
+      return m;
+    });
+    const done = sequences.map(() => false);
+    Object.assign(this.timing, { prefillMs: 0, prefillTokens: 0, decodeMs: 0, decodeTokens: 0 });
+
+    let length = sequences[0].length;
+    let start = Math.max(0, length - T); // first token in the window
+    let logits = await this.#prefill(sequences.map((s) => s.slice(start)));
+    for (let step = 0; step < options.maxNewTokens; step++) {
+      const next = sequences.map((_, b) => {
+        const row = logits.subarray(b * this.config.vocab_size, (b + 1) * this.config.vocab_size);
+        return sampleToken(row, counts[b], options, rng);
+      });
+      const tokens = next.map((token, b) => {
+        // A stopped sequence repeats its last token so the batch stays aligned; its output is ignored.
+        if (done[b]) {
+          sequences[b].push(sequences[b].at(-1)!);
+          return undefined;
+        }
+        sequences[b].push(token);
+        counts[b].set(token, (counts[b].get(token) ?? 0) + 1);
+        if (token === options.stopToken) done[b] = true;
+        return token;
+      });
+      yield { tokens };
+      if (done.every(Boolean) || step === options.maxNewTokens - 1) break;
+      length++;
+      if (options.recompute || length - start > T) {
+        start = options.recompute ? Math.max(0, length - T) : length - keep;
+        logits = await this.#prefill(sequences.map((s) => s.slice(start)));
+      } else {
+        logits = await this.#decode(sequences.map((s) => s[length - 1]), length - 1 - start);
+      }
+    }
+  }
+
+  /** Frees every buffer. */
+  release(): void {
+    this.#step.release();
+    this.#block.release();
+    for (const t of [...this.#cache.k, ...this.#cache.v, this.#cache.position]) this.gpu.release(t);
+    for (const t of [this.#blockTokens, this.#stepTokens, this.#lastRow, this.#hidden, this.#logits]) {
+      this.gpu.release(t);
+    }
+  }
+
+  /** Runs the block model over each window (padded to T), fills the cache, returns the last row's logits. */
+  async #prefill(windows: number[][]): Promise<Float32Array> {
+    const started = performance.now();
+    const T = this.config.block_size;
+    const n = windows[0].length;
+    const tokens = new Uint32Array(this.batchSize * T);
+    windows.forEach((w, b) => tokens.set(w, b * T));
+    this.gpu.write(this.#blockTokens, tokens);
+    this.gpu.write(this.#lastRow, [n - 1]);
+    const rec = this.gpu.recorder({ label: "prefill" });
+    this.#block.forwardHidden(rec, { tokens: this.#blockTokens, cache: this.#cache });
+    selectPosition(rec, { out: this.#hidden, x: this.#block.acts.lnf, position: this.#lastRow });
+    this.#block.head(rec, { out: this.#logits, hidden: this.#hidden });
+    rec.submit();
+    const logits = await this.gpu.readFloats(this.#logits);
+    this.timing.prefillMs += performance.now() - started;
+    this.timing.prefillTokens += n * this.batchSize;
+    return logits;
+  }
+
+  /** Feeds one token per sequence at cache slot `position`, returns the next logits. */
+  async #decode(tokens: number[], position: number): Promise<Float32Array> {
+    const started = performance.now();
+    this.gpu.write(this.#stepTokens, tokens);
+    this.gpu.write(this.#cache.position, [position]);
+    const rec = this.gpu.recorder({ label: "decode" });
+    this.#step.forwardHidden(rec, { tokens: this.#stepTokens, cache: this.#cache });
+    this.#step.head(rec, { out: this.#logits, hidden: this.#step.acts.lnf });
+    rec.submit();
+    const logits = await this.gpu.readFloats(this.#logits);
+    this.timing.decodeMs += performance.now() - started;
+    this.timing.decodeTokens += this.batchSize;
+    return logits;
+  }
+}
