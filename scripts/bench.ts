@@ -14,9 +14,10 @@ import { lossBenches } from "./bench/loss.ts";
 import { matmulBenches } from "./bench/matmul.ts";
 import { normBenches } from "./bench/norm.ts";
 import { optimizerBenches } from "./bench/optimizer.ts";
+import { sampleBenchmarks, type SampleResult } from "./bench/sample.ts";
 import { parseFlags, runCli, UsageError } from "./cli.ts";
 
-const PARTS = ["kernels"];
+const PARTS = ["kernels", "sample"];
 
 await runCli(async () => {
   const flags = parseFlags(Deno.args, "deno task bench", {
@@ -44,26 +45,47 @@ await runCli(async () => {
   console.log(`peak: FMA ${peak.fma_gflops.toFixed(1)} GFLOP/s, copy ${peak.copy_gbs.toFixed(1)} GB/s\n`);
 
   const filter = (flags.filter as string | undefined)?.toLowerCase();
-  const benches: KernelBench[] = [
-    ...matmulBenches(gpu),
-    ...attentionBenches(gpu),
-    ...elementwiseBenches(gpu),
-    ...normBenches(gpu),
-    ...lossBenches(gpu),
-    ...optimizerBenches(gpu),
-  ].filter((b) => !filter || `${b.name} ${b.variant}`.toLowerCase().includes(filter));
   const kernels: KernelResult[] = [];
-  console.log(header());
-  for (const bench of benches) {
-    const result = await runBench(gpu, bench, peak, { iterations });
-    kernels.push(result);
-    console.log(row(result));
+  if (!only || only === "kernels") {
+    const benches: KernelBench[] = [
+      ...matmulBenches(gpu),
+      ...attentionBenches(gpu),
+      ...elementwiseBenches(gpu),
+      ...normBenches(gpu),
+      ...lossBenches(gpu),
+      ...optimizerBenches(gpu),
+    ].filter((b) => !filter || `${b.name} ${b.variant}`.toLowerCase().includes(filter));
+    console.log(header());
+    for (const bench of benches) {
+      const result = await runBench(gpu, bench, peak, { iterations });
+      kernels.push(result);
+      console.log(row(result));
+    }
+  }
+  let sample: SampleResult[] = [];
+  if (!only || only === "sample") {
+    console.log(
+      "\ngeneration (tokens/s)        prefill    decode (KV cache)    recompute    decode/recompute",
+    );
+    sample = await sampleBenchmarks(gpu);
+    for (const r of sample) {
+      console.log(
+        `block ${String(r.block_size).padEnd(5)} ${r.model.padEnd(14)} ${
+          r.prefill_tokens_per_s.toFixed(1).padStart(9)
+        } ` +
+          `${r.decode_tokens_per_s.toFixed(1).padStart(20)} ${
+            r.recompute_tokens_per_s.toFixed(2).padStart(12)
+          } ` +
+          `${(r.decode_tokens_per_s / r.recompute_tokens_per_s).toFixed(1).padStart(18)}x`,
+      );
+    }
   }
   if (flags.json) {
     const report = {
       adapter: { ...gpu.info, limits: gpu.limits, enabled: gpu.features },
       peak,
       kernels,
+      sample,
     };
     await writeReport(flags.json as string, report);
     console.log(`\nwrote ${flags.json}`);

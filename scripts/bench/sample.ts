@@ -1,0 +1,75 @@
+/**
+ * Generation speed, side by side in one run: prefill and KV-cache decode
+ * tokens/s against recomputing the whole window for every token, at block
+ * sizes 256 and 1024. A random model of the shape being measured (speed does
+ * not depend on what the weights say).
+ *
+ * @module
+ */
+
+import type { Gpu } from "../../kernels/device.ts";
+import { resolveModelConfig } from "../../model/config.ts";
+import { Generator } from "../../model/generate.ts";
+import { initialParameters, paramLayout } from "../../model/params.ts";
+import { Rng } from "../../model/rng.ts";
+
+/** One block size's figures, as the JSON report holds them. */
+export interface SampleResult {
+  /** Context length. */
+  block_size: number;
+  /** The model measured. */
+  model: string;
+  /** Sequences decoded together. */
+  batch: number;
+  /** Prompt tokens per second in the one-pass prefill. */
+  prefill_tokens_per_s: number;
+  /** Generated tokens per second with the KV cache (all sequences together). */
+  decode_tokens_per_s: number;
+  /** Generated tokens per second recomputing the whole window each token. */
+  recompute_tokens_per_s: number;
+}
+
+/**
+ * Measures prefill, cached decode and recompute at each block size.
+ *
+ * @param gpu The device (a CPU fallback gets a smaller model and fewer tokens).
+ * @returns One result per block size.
+ */
+export async function sampleBenchmarks(gpu: Gpu): Promise<SampleResult[]> {
+  const small = gpu.info.fallback;
+  const shape = small ? { n_layer: 4, n_head: 4, n_embd: 128 } : { n_layer: 6, n_head: 6, n_embd: 384 };
+  const results: SampleResult[] = [];
+  for (const block of [256, 1024]) {
+    const config = resolveModelConfig({ ...shape, block_size: block, vocab_size: 65 });
+    const params = initialParameters(paramLayout(config), config, new Rng(1));
+    const batch = 1;
+    const generator = new Generator(gpu, { config, params }, { batchSize: batch });
+    try {
+      const prompt = Array.from({ length: block / 2 }, (_, i) => i % 65);
+      const run = async (maxNewTokens: number, recompute: boolean) => {
+        for await (
+          const _ of generator.generate([prompt], { maxNewTokens, temperature: 0, recompute }, new Rng(2))
+        ) {
+          // consume
+        }
+        return { ...generator.timing };
+      };
+      await run(2, false); // compile every pipeline before timing
+      const decodeTokens = small ? 16 : 128;
+      const cached = await run(decodeTokens + 1, false);
+      const recomputed = await run(small ? 3 : 16, true);
+      results.push({
+        block_size: block,
+        model: `${shape.n_layer}x${shape.n_head}x${shape.n_embd}`,
+        batch,
+        prefill_tokens_per_s: cached.prefillTokens / (cached.prefillMs / 1000),
+        decode_tokens_per_s: cached.decodeTokens / (cached.decodeMs / 1000),
+        // Every generated token after the first costs one full-window pass.
+        recompute_tokens_per_s: recomputed.prefillTokens / prompt.length / (recomputed.prefillMs / 1000),
+      });
+    } finally {
+      generator.release();
+    }
+  }
+  return results;
+}
