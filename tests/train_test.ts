@@ -176,3 +176,39 @@ Deno.test("f16 compute trains like f32, and an overflowing loss scale skips the 
   assert.equal(next!.lossScale!.scale, 2 ** 39, "halved");
   trainer.release();
 });
+
+Deno.test("Ctrl-C during training saves a checkpoint that resumes, and exits cleanly", async () => {
+  const out = `${DIR}/interrupted`;
+  await Deno.remove(out, { recursive: true }).catch(() => {});
+  const child = new Deno.Command("deno", {
+    args: [
+      "run",
+      "--allow-read=.",
+      "--allow-write=.",
+      "--allow-env=XDG_RUNTIME_DIR,DENO_WEBGPU_BACKEND",
+      "scripts/train.ts",
+      ...["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4", "--eval_iters=1"],
+      ...["--max_iters=100000", "--log_interval=1", "--eval_interval=100000", `--out_dir=${out}`],
+    ],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!/iter 2:/.test(seen)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    seen += value;
+  }
+  child.kill("SIGINT");
+  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) seen += chunk.value;
+  const status = await child.status;
+  const stderr = await new Response(child.stderr).text();
+  assert.equal(status.code, 0, stderr);
+  const match = seen.match(/interrupted at iteration (\d+); checkpoint saved to (.+ckpt\.safetensors)/);
+  assert.ok(match, seen);
+  const checkpoint = await loadCheckpoint(match[2]);
+  assert.equal(checkpoint.training!.iteration, Number(match[1]));
+  assert.ok(checkpoint.training!.iteration >= 3);
+});
