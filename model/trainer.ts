@@ -309,7 +309,7 @@ export class Trainer {
         bestValLoss: this.bestValLoss,
         rng: this.rng.state(),
         trainConfig: { ...this.config },
-        lossScale: await this.#scaler?.read(),
+        ...(this.#scaler ? { lossScale: await this.#scaler.read() } : {}),
       },
     };
   }

@@ -24,13 +24,13 @@ async function slice(): Promise<TrainingData> {
 function tinyConfig(overrides: Record<string, unknown>): TrainConfig {
   return applyOverrides(TRAIN_DEFAULTS, {
     n_layer: 1,
-    n_head: 2,
-    n_embd: 48,
+    n_head: 4,
+    n_embd: 64,
     block_size: 32,
     batch_size: 16,
-    learning_rate: 2e-2,
-    min_lr: 2e-3,
-    warmup_iters: 10,
+    learning_rate: 1e-2,
+    min_lr: 5e-4,
+    warmup_iters: 20,
     weight_decay: 0,
     eval_iters: 4,
     out_dir: `${DIR}/out`,
@@ -52,7 +52,8 @@ function modelConfigOf(config: TrainConfig, vocab: number) {
 Deno.test("a tiny model learns Tiny Shakespeare: loss from ln(65) to below 2.5", async () => {
   const gpu = await testGpu();
   const data = await slice();
-  const config = tinyConfig({ max_iters: 200, lr_decay_iters: 200 });
+  // 1024 tokens a step: this ends near 2.29 (a margin of 0.2; smaller batches ended 2.35-2.55 by seed).
+  const config = tinyConfig({ max_iters: 200, lr_decay_iters: 200, batch_size: 32, eval_iters: 16 });
   const trainer = Trainer.create(gpu, config, modelConfigOf(config, data.meta.vocab_size), data);
   const first = await trainer.step({ read: true });
   assert.ok(
@@ -62,7 +63,7 @@ Deno.test("a tiny model learns Tiny Shakespeare: loss from ln(65) to below 2.5",
   for (let i = 1; i < config.max_iters; i++) await trainer.step();
   const { train, val } = await trainer.evaluate();
   assert.ok(train < 2.5, `train loss after ${config.max_iters} steps: ${train}`);
-  assert.ok(val < 2.7, `val loss: ${val}`);
+  assert.ok(val < 2.65, `val loss: ${val}`);
   trainer.release();
 });
 
