@@ -132,12 +132,16 @@ export function sampleToken(
  */
 export function samplingProblem(options: SamplingOptions): string {
   const { temperature = 1, topK = 0, topP = 1, repetitionPenalty = 1, frequencyPenalty = 0 } = options;
-  if (!(temperature >= 0 && Number.isFinite(temperature))) return `--temperature must be >= 0, got ${temperature}`;
+  if (!(temperature >= 0 && Number.isFinite(temperature))) {
+    return `--temperature must be >= 0, got ${temperature}`;
+  }
   if (!(Number.isInteger(topK) && topK >= 0)) return `--top_k must be a non-negative integer, got ${topK}`;
   if (!(topP > 0 && topP <= 1)) return `--top_p must be in (0, 1], got ${topP}`;
   if (!(repetitionPenalty > 0 && Number.isFinite(repetitionPenalty))) {
     return `--repetition_penalty must be > 0 (1 disables), got ${repetitionPenalty}`;
   }
-  if (!Number.isFinite(frequencyPenalty)) return `--frequency_penalty must be a number, got ${frequencyPenalty}`;
+  if (!Number.isFinite(frequencyPenalty)) {
+    return `--frequency_penalty must be a number, got ${frequencyPenalty}`;
+  }
   return "";
 }
