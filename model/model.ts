@@ -13,27 +13,24 @@
  */
 
 import type { Gpu } from "../kernels/device.ts";
-import { attentionBackward, attentionForward } from "../kernels/attention.ts";
-import { crossEntropyBackward, crossEntropyForward, lossMean } from "../kernels/cross_entropy.ts";
-import { dropout, dropoutBackward, type DropoutSeed } from "../kernels/dropout.ts";
-import { embeddingBackward, embeddingForward, type EmbeddingIndexBuffer } from "../kernels/embedding.ts";
-import { cachedAttention, kvCacheWrite } from "../kernels/kv_cache.ts";
-import { matmul } from "../kernels/matmul.ts";
-import type { Recorder } from "../kernels/recorder.ts";
+import { attentionForward } from "../kernels/attention.ts";
+import { crossEntropyForward, lossMean } from "../kernels/cross_entropy.ts";
+import { dropout, type DropoutSeed } from "../kernels/dropout.ts";
+import { embeddingForward, type EmbeddingIndexBuffer } from "../kernels/embedding.ts";
 import { cast } from "../kernels/elementwise.ts";
 import { GpuError } from "../kernels/errors.ts";
-import { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "../kernels/rmsnorm.ts";
-import { ropeBackward, ropeForward } from "../kernels/rope.ts";
-import { swigluBackward, swigluForward } from "../kernels/swiglu.ts";
+import { cachedAttention, kvCacheWrite } from "../kernels/kv_cache.ts";
+import type { Recorder } from "../kernels/recorder.ts";
+import { residualRmsnormForward, rmsnormForward } from "../kernels/rmsnorm.ts";
+import { ropeForward } from "../kernels/rope.ts";
+import { swigluForward } from "../kernels/swiglu.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { type Activations, allocateActivations, releaseActivations } from "./activations.ts";
+import { recordBackward } from "./backward.ts";
 import { headSize, type ModelConfig } from "./config.ts";
+import { linear } from "./linear.ts";
 import { type ParamLayout, paramLayout } from "./params.ts";
-
-/** A (B, T, X) activation seen as the (B·T, X) matrix matmul expects. */
-function rows(t: Tensor): Tensor {
-  return t.reshape([t.length / t.shape[t.shape.length - 1], t.shape[t.shape.length - 1]]);
-}
+import { FlatViews } from "./weights.ts";
 
 /** One micro-batch on the GPU. */
 export interface Batch {
@@ -83,6 +80,8 @@ export class Llama {
   readonly blockSize: number;
   /** Saved activations and backward scratch. */
   readonly acts: Activations;
+  /** Named views of the flat buffers (parameters, gradients, f16 weights). */
+  readonly views: FlatViews;
   #sharesWeights: boolean;
 
   /**
@@ -112,6 +111,7 @@ export class Llama {
     this.gpu = gpu;
     this.config = config;
     this.layout = paramLayout(config);
+    this.views = new FlatViews(this.layout, config);
     this.batchSize = options.batchSize;
     this.blockSize = options.blockSize ?? config.block_size;
     this.#sharesWeights = options.weightsFrom !== undefined;
@@ -188,12 +188,7 @@ export class Llama {
     const { acts } = this;
     const { batch } = args;
     this.forwardHidden(rec, { tokens: batch.tokens, dropout: args.dropout });
-    matmul(rec, {
-      out: rows(acts.logits),
-      a: rows(acts.lnf),
-      b: this.#lmHead(this.weights16 ?? this.params),
-      transposeB: true,
-    });
+    this.head(rec, { out: acts.logits, hidden: acts.lnf });
     crossEntropyForward(rec, {
       losses: acts.losses,
       lse: acts.lseLogits,
@@ -220,48 +215,44 @@ export class Llama {
    * @param args Token ids (B, T); dropout (training only); a KV cache.
    */
   forwardHidden(rec: Recorder, args: { tokens: Tensor; dropout?: DropoutStep; cache?: KvCache }): void {
-    const { config, acts } = this;
+    const { config, acts, views } = this;
     const { dropout: drop, cache } = args;
     const decoding = cache !== undefined && this.blockSize === 1;
-    const p = drop ? config.dropout : 0;
     const eps = config.norm_eps;
     const heads = { nHead: config.n_head, nKvHead: config.n_kv_head };
-    const first = acts.layers[0];
     const W = this.weights16 ?? this.params; // what the matmuls read
+    const drops = (x: Tensor, site: number) => {
+      if (drop && config.dropout > 0) {
+        dropout(rec, {
+          out: x,
+          x,
+          p: config.dropout,
+          seed: drop.seed,
+          stream: dropoutStream(config, drop, site),
+        });
+      }
+    };
 
-    embeddingForward(rec, { out: first.resid, tokens: args.tokens, weight: this.#embedding(this.params) });
-    if (p > 0) {
-      dropout(rec, { out: first.resid, x: first.resid, p, seed: drop!.seed, stream: this.#stream(drop!, 0) });
-    }
+    const first = acts.layers[0];
+    embeddingForward(rec, { out: first.resid, tokens: args.tokens, weight: views.embedding(this.params) });
+    drops(first.resid, 0);
     rmsnormForward(rec, {
       out: first.ln1,
       rstd: first.rstd1,
       x: first.resid,
-      weight: this.#attnNorm(0),
+      weight: views.layer(this.params, 0).attnNorm,
       eps,
     });
-
     for (let l = 0; l < config.n_layer; l++) {
       const a = acts.layers[l];
-      const w = this.layout.layers[l];
-      matmul(rec, { out: rows(a.qkv), a: rows(a.ln1), b: this.#qkvWeight(W, l), transposeB: true });
+      const w = views.layer(W, l);
+      const gains = views.layer(this.params, l);
+      linear(rec, { y: a.qkv, x: a.ln1, weight: w.qkv });
       if (decoding) {
+        const kv = { kCache: cache.k[l], vCache: cache.v[l], position: cache.position, ...heads };
         ropeForward(rec, { qkv: a.qkv, ...heads, theta: config.rope_theta, positionOffset: cache.position });
-        kvCacheWrite(rec, {
-          kCache: cache.k[l],
-          vCache: cache.v[l],
-          qkv: a.qkv,
-          position: cache.position,
-          ...heads,
-        });
-        cachedAttention(rec, {
-          out: a.atty,
-          qkv: a.qkv,
-          kCache: cache.k[l],
-          vCache: cache.v[l],
-          position: cache.position,
-          ...heads,
-        });
+        kvCacheWrite(rec, { ...kv, qkv: a.qkv });
+        cachedAttention(rec, { ...kv, out: a.atty, qkv: a.qkv });
       } else {
         ropeForward(rec, { qkv: a.qkv, ...heads, theta: config.rope_theta });
         attentionForward(rec, { out: a.atty, lse: a.lse, qkv: a.qkv, ...heads });
@@ -269,80 +260,43 @@ export class Llama {
           kvCacheWrite(rec, { kCache: cache.k[l], vCache: cache.v[l], qkv: a.qkv, position: 0, ...heads });
         }
       }
-      matmul(rec, {
-        out: rows(acts.branch),
-        a: rows(a.atty),
-        b: this.#view(W, w.attnOut),
-        transposeB: true,
-      });
-      if (p > 0) {
-        dropout(rec, {
-          out: acts.branch,
-          x: acts.branch,
-          p,
-          seed: drop!.seed,
-          stream: this.#stream(drop!, 1 + 2 * l),
-        });
-      }
+      linear(rec, { y: acts.branch, x: a.atty, weight: w.attnOut });
+      drops(acts.branch, 1 + 2 * l);
       residualRmsnormForward(rec, {
         residualOut: a.residMid,
         out: a.ln2,
         rstd: a.rstd2,
         x: a.resid,
         branch: acts.branch,
-        weight: this.#view(this.params, w.mlpNorm),
+        weight: gains.mlpNorm,
         eps,
       });
 
-      matmul(rec, {
-        out: rows(a.gateUp),
-        a: rows(a.ln2),
-        b: this.#gateUpWeight(W, l),
-        transposeB: true,
-      });
+      linear(rec, { y: a.gateUp, x: a.ln2, weight: w.gateUp });
       swigluForward(rec, { out: a.hidden, gateUp: a.gateUp });
-      matmul(rec, {
-        out: rows(acts.branch),
-        a: rows(a.hidden),
-        b: this.#view(W, w.down),
-        transposeB: true,
-      });
-      if (p > 0) {
-        dropout(rec, {
-          out: acts.branch,
-          x: acts.branch,
-          p,
-          seed: drop!.seed,
-          stream: this.#stream(drop!, 2 + 2 * l),
-        });
-      }
-      const last = l === config.n_layer - 1;
-      const next = last ? null : acts.layers[l + 1];
+      linear(rec, { y: acts.branch, x: a.hidden, weight: w.down });
+      drops(acts.branch, 2 + 2 * l);
+      const next = l + 1 < config.n_layer ? acts.layers[l + 1] : null;
       residualRmsnormForward(rec, {
         residualOut: next ? next.resid : acts.residOut,
         out: next ? next.ln1 : acts.lnf,
         rstd: next ? next.rstd1 : acts.rstdf,
         x: a.residMid,
         branch: acts.branch,
-        weight: next ? this.#attnNorm(l + 1) : this.#view(this.params, this.layout.finalNorm),
+        weight: next ? views.layer(this.params, l + 1).attnNorm : views.finalNorm(this.params),
         eps,
       });
     }
   }
 
   /**
-   * Records logits = lm_head(rows): e.g. one selected position per sequence.
+   * Records logits = lm_head(hidden): every position, or one selected position per sequence.
    *
    * @param rec The recorder.
-   * @param args `out` (R, V), `hidden` (R, C) in the compute dtype.
+   * @param args `out` (…, V), `hidden` (…, C) in the compute dtype.
    */
   head(rec: Recorder, args: { out: Tensor; hidden: Tensor }): void {
-    matmul(rec, {
-      out: rows(args.out),
-      a: rows(args.hidden),
-      b: this.#lmHead(this.weights16 ?? this.params),
-      transposeB: true,
-    });
+    linear(rec, { y: args.out, x: args.hidden, weight: this.views.lmHead(this.weights16 ?? this.params) });
   }
 
   /**
@@ -351,174 +305,26 @@ export class Llama {
    *
    * @param rec The recorder (the same one as the forward, after it).
    * @param args The batch (with its embedding index), the dropout of the forward,
-   *   and `scale`: the loss-gradient multiplier (1/gradient_accumulation_steps, times the loss scale in f16).
+   *   and `scale`: the loss-gradient multiplier, a number (1/gradient_accumulation_steps) or an f32 [1]
+   *   tensor (the dynamic loss scale of f16 training, read on the GPU).
    */
   backward(rec: Recorder, args: { batch: Batch; dropout?: DropoutStep; scale: number | Tensor }): void {
-    const { config, acts } = this;
-    const g = acts.grad;
-    const grads = this.grads;
-    if (!g || !grads || !args.batch.index) {
-      throw new Error(
-        "backward needs a model created with training: true and a batch with an embedding index",
-      );
-    }
-    const drop = args.dropout;
-    const W = this.weights16 ?? this.params;
-    const p = drop ? config.dropout : 0;
-    const heads = { nHead: config.n_head, nKvHead: config.n_kv_head };
-
-    // lm_head and the final norm. The logits become their own gradient.
-    crossEntropyBackward(rec, {
-      dlogits: acts.logits,
-      logits: acts.logits,
-      lse: acts.lseLogits,
-      targets: args.batch.targets,
-      count: acts.count,
-      scale: args.scale,
-    });
-    matmul(rec, { out: rows(g.ln), a: rows(acts.logits), b: this.#lmHead(W) });
-    matmul(rec, {
-      out: this.#lmHead(grads),
-      a: rows(acts.logits),
-      b: rows(acts.lnf),
-      transposeA: true,
-      accumulate: true,
-    });
-    rmsnormBackward(rec, {
-      dx: g.resid,
-      dweight: this.#view(grads, this.layout.finalNorm),
-      dout: g.ln,
-      x: acts.residOut,
-      weight: this.#view(this.params, this.layout.finalNorm),
-      rstd: acts.rstdf,
-    });
-
-    for (let l = config.n_layer - 1; l >= 0; l--) {
-      const a = acts.layers[l];
-      const w = this.layout.layers[l];
-      // MLP branch: g.resid holds d(residual after the MLP).
-      const dMlp = p > 0 ? g.branch : g.resid;
-      if (p > 0) {
-        dropoutBackward(rec, {
-          dx: g.branch,
-          dout: g.resid,
-          p,
-          seed: drop!.seed,
-          stream: this.#stream(drop!, 2 + 2 * l),
-        });
-      }
-      matmul(rec, { out: rows(g.hidden), a: rows(dMlp), b: this.#view(W, w.down) });
-      matmul(rec, {
-        out: this.#view(grads, w.down),
-        a: rows(dMlp),
-        b: rows(a.hidden),
-        transposeA: true,
-        accumulate: true,
-      });
-      swigluBackward(rec, { dgateUp: a.gateUp, dout: g.hidden, gateUp: a.gateUp });
-      matmul(rec, { out: rows(g.ln), a: rows(a.gateUp), b: this.#gateUpWeight(W, l) });
-      matmul(rec, {
-        out: this.#gateUpWeight(grads, l),
-        a: rows(a.gateUp),
-        b: rows(a.ln2),
-        transposeA: true,
-        accumulate: true,
-      });
-      rmsnormBackward(rec, {
-        dx: g.resid,
-        dweight: this.#view(grads, w.mlpNorm),
-        dout: g.ln,
-        x: a.residMid,
-        weight: this.#view(this.params, w.mlpNorm),
-        rstd: a.rstd2,
-        accumulate: true,
-      });
-
-      // Attention branch: g.resid holds d(residual after the attention).
-      const dAttn = p > 0 ? g.branch : g.resid;
-      if (p > 0) {
-        dropoutBackward(rec, {
-          dx: g.branch,
-          dout: g.resid,
-          p,
-          seed: drop!.seed,
-          stream: this.#stream(drop!, 1 + 2 * l),
-        });
-      }
-      matmul(rec, { out: rows(g.atty), a: rows(dAttn), b: this.#view(W, w.attnOut) });
-      matmul(rec, {
-        out: this.#view(grads, w.attnOut),
-        a: rows(dAttn),
-        b: rows(a.atty),
-        transposeA: true,
-        accumulate: true,
-      });
-      attentionBackward(rec, { dqkv: g.qkv, dout: g.atty, out: a.atty, lse: a.lse, qkv: a.qkv, ...heads });
-      ropeBackward(rec, { dqkv: g.qkv, ...heads, theta: config.rope_theta });
-      matmul(rec, { out: rows(g.ln), a: rows(g.qkv), b: this.#qkvWeight(W, l) });
-      matmul(rec, {
-        out: this.#qkvWeight(grads, l),
-        a: rows(g.qkv),
-        b: rows(a.ln1),
-        transposeA: true,
-        accumulate: true,
-      });
-      rmsnormBackward(rec, {
-        dx: g.resid,
-        dweight: this.#view(grads, w.attnNorm),
-        dout: g.ln,
-        x: a.resid,
-        weight: this.#attnNorm(l),
-        rstd: a.rstd1,
-        accumulate: true,
-      });
-    }
-
-    // g.resid holds d(embedding output after dropout).
-    let dEmbedding = g.resid;
-    if (p > 0) {
-      dropoutBackward(rec, {
-        dx: g.branch,
-        dout: g.resid,
-        p,
-        seed: drop!.seed,
-        stream: this.#stream(drop!, 0),
-      });
-      dEmbedding = g.branch;
-    }
-    embeddingBackward(rec, { dweight: this.#embedding(grads), dout: dEmbedding, index: args.batch.index });
+    recordBackward(this, rec, args);
   }
+}
 
-  /** A stream per dropout site: 2·L + 1 sites per micro-step. */
-  #stream(drop: DropoutStep, site: number): number {
-    return drop.micro * (2 * this.config.n_layer + 1) + site;
-  }
-
-  #view(flat: Tensor, t: { offset: number; shape: number[]; name: string }): Tensor {
-    return flat.view(t.offset, t.shape, `${flat.label} ${t.name}`);
-  }
-
-  #embedding(flat: Tensor): Tensor {
-    return this.#view(flat, this.layout.embedding);
-  }
-
-  #lmHead(flat: Tensor): Tensor {
-    return this.#view(flat, this.layout.lmHead);
-  }
-
-  #attnNorm(l: number): Tensor {
-    return this.#view(this.params, this.layout.layers[l].attnNorm);
-  }
-
-  #qkvWeight(flat: Tensor, l: number): Tensor {
-    const { offset, rows } = this.layout.layers[l].qkv;
-    return flat.view(offset, [rows, this.config.n_embd], `${flat.label} layer ${l} qkv`);
-  }
-
-  #gateUpWeight(flat: Tensor, l: number): Tensor {
-    const { offset, rows } = this.layout.layers[l].gateUp;
-    return flat.view(offset, [rows, this.config.n_embd], `${flat.label} layer ${l} gate_up`);
-  }
+/**
+ * The dropout stream of a call site: 2·L + 1 sites per micro-step (the
+ * embeddings, then each layer's attention and MLP branches), so no two masks
+ * of a step coincide.
+ *
+ * @param config The model (for n_layer).
+ * @param drop The micro-step's dropout.
+ * @param site 0 for the embeddings, 1 + 2l and 2 + 2l for layer l's branches.
+ * @returns The stream number.
+ */
+export function dropoutStream(config: ModelConfig, drop: DropoutStep, site: number): number {
+  return drop.micro * (2 * config.n_layer + 1) + site;
 }
 
 /**

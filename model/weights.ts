@@ -1,0 +1,83 @@
+/**
+ * Named views into a flat buffer laid out by the parameter table: the same
+ * offsets address the parameters, the gradients and the f16 weight copy.
+ *
+ * @module
+ */
+
+import type { Tensor } from "../kernels/tensor.ts";
+import type { ModelConfig } from "./config.ts";
+import type { ParamLayout, ParamTensor } from "./params.ts";
+
+/** One layer's tensors as views of a flat buffer. */
+export interface LayerViews {
+  /** input_layernorm gain (C). */
+  attnNorm: Tensor;
+  /** q, k, v projections stacked ((NH + 2·NKV)·HS, C). */
+  qkv: Tensor;
+  /** o_proj (C, NH·HS). */
+  attnOut: Tensor;
+  /** post_attention_layernorm gain (C). */
+  mlpNorm: Tensor;
+  /** gate and up projections stacked (2·H, C). */
+  gateUp: Tensor;
+  /** down_proj (C, H). */
+  down: Tensor;
+}
+
+/** Views of the model's tensors in any flat buffer with the parameter layout. */
+export class FlatViews {
+  #layout: ParamLayout;
+  #width: number;
+
+  /**
+   * Binds the views to a layout.
+   *
+   * @param layout The parameter table.
+   * @param config The model (for n_embd).
+   */
+  constructor(layout: ParamLayout, config: ModelConfig) {
+    this.#layout = layout;
+    this.#width = config.n_embd;
+  }
+
+  /** model.embed_tokens.weight (V, C). @param flat A flat buffer. @returns The view. */
+  embedding(flat: Tensor): Tensor {
+    return view(flat, this.#layout.embedding);
+  }
+
+  /** lm_head.weight (V, C), the embedding itself when tied. @param flat A flat buffer. @returns The view. */
+  lmHead(flat: Tensor): Tensor {
+    return view(flat, this.#layout.lmHead);
+  }
+
+  /** model.norm.weight (C). @param flat A flat buffer. @returns The view. */
+  finalNorm(flat: Tensor): Tensor {
+    return view(flat, this.#layout.finalNorm);
+  }
+
+  /**
+   * Layer `l`'s tensors.
+   *
+   * @param flat A flat buffer.
+   * @param l The layer.
+   * @returns Its views.
+   */
+  layer(flat: Tensor, l: number): LayerViews {
+    const w = this.#layout.layers[l];
+    const stacked = (offset: number, rows: number, name: string) =>
+      flat.view(offset, [rows, this.#width], `${flat.label} layer ${l} ${name}`);
+    return {
+      attnNorm: view(flat, w.attnNorm),
+      qkv: stacked(w.qkv.offset, w.qkv.rows, "qkv"),
+      attnOut: view(flat, w.attnOut),
+      mlpNorm: view(flat, w.mlpNorm),
+      gateUp: stacked(w.gateUp.offset, w.gateUp.rows, "gate_up"),
+      down: view(flat, w.down),
+    };
+  }
+}
+
+function view(flat: Tensor, t: ParamTensor): Tensor {
+  return flat.view(t.offset, t.shape, `${flat.label} ${t.name}`);
+}
