@@ -43,15 +43,34 @@ const TWO_32 = 2 ** 32;
 // Pieces up to this many bytes merge by rescanning (small arrays, no allocation of typed arrays).
 const SMALL_PIECE = 64;
 
-/** Encoder and decoder of one tiktoken vocabulary (ordinary text; special tokens are the caller's). */
+/**
+ * A byte-level BPE vocabulary given as merges (Hugging Face tokenizer.json style) rather than tiktoken ranks.
+ * Tokens are byte strings written one char per byte (Latin-1).
+ */
+export interface MergeVocabulary {
+  /** Names the vocabulary in messages. */
+  name: string;
+  /** The split pattern (a Unicode regex source); text between matches is a piece too. */
+  pattern: string;
+  /** Every token's bytes and id. */
+  tokens: ReadonlyMap<string, number>;
+  /** The merges in priority order, each as its two parts' bytes. */
+  merges: readonly (readonly [string, string])[];
+  /** Special tokens (encoded by the caller) and their ids. */
+  specials: ReadonlyMap<string, number>;
+  /** Look a whole piece up before merging (tiktoken does; Hugging Face only with ignore_merges). */
+  wholePieceFirst: boolean;
+}
+
+/** Encoder and decoder of one byte-level BPE vocabulary (ordinary text; special tokens are the caller's). */
 export class BytePairEncoding {
   /** The vocabulary's name. */
-  readonly name: BpeName;
-  /** Largest id + 1, special tokens included (tiktoken's `n_vocab`). */
-  readonly vocabSize: number;
-  /** Special token texts and their ids, e.g. `<|endoftext|>` -> 50256 for gpt2. */
-  readonly specials: ReadonlyMap<string, number>;
+  readonly name: string;
+  #specials: ReadonlyMap<string, number> = new Map();
+  // Merge priority of each token made by a merge (tiktoken: its id), and the id of every token.
   #ranks: Map<string, number>;
+  #ids: Map<string, number>;
+  #wholePieceFirst: boolean;
   // Rank of each two-byte token by (first << 8 | second), -1 for none: every merge starts from byte pairs.
   #pairs = new Int32Array(1 << 16).fill(-1);
   #tokens: string[]; // bytes of each id, one char per byte
@@ -60,11 +79,32 @@ export class BytePairEncoding {
   #utf8 = new TextEncoder();
   #scratch = new Uint8Array(1024);
 
-  private constructor(name: BpeName, file: RankFile) {
+  private constructor(name: string, pattern: string, wholePieceFirst: boolean) {
     this.name = name;
-    this.#pattern = new RegExp(file.pat_str, "gu");
+    this.#pattern = new RegExp(pattern, "gu");
+    this.#wholePieceFirst = wholePieceFirst;
     this.#ranks = new Map();
+    this.#ids = this.#ranks;
     this.#tokens = [];
+  }
+
+  /** Largest id + 1, special tokens included (tiktoken's `n_vocab`). */
+  get vocabSize(): number {
+    return this.#tokens.length;
+  }
+
+  /** Special token texts and their ids, e.g. `<|endoftext|>` -> 50256 for gpt2. */
+  get specials(): ReadonlyMap<string, number> {
+    return this.#specials;
+  }
+
+  static #fromRankFile(name: BpeName, file: RankFile): BytePairEncoding {
+    const bpe = new BytePairEncoding(name, file.pat_str, true);
+    bpe.#readRanks(file);
+    return bpe;
+  }
+
+  #readRanks(file: RankFile): void {
     for (const line of file.bpe_ranks.split("\n")) {
       if (!line) continue;
       // "! <first rank> <base64 token> <base64 token> ...": ranks are consecutive from the first.
@@ -79,10 +119,42 @@ export class BytePairEncoding {
         this.#tokens[first + k - 2] = latin1;
       }
     }
-    this.specials = new Map(Object.entries(file.special_tokens));
-    // Special tokens are ASCII, so their text is their Latin-1 byte string.
-    for (const [text, id] of this.specials) this.#tokens[id] = text;
-    this.vocabSize = this.#tokens.length;
+    this.#setSpecials(new Map(Object.entries(file.special_tokens)));
+  }
+
+  #setSpecials(specials: ReadonlyMap<string, number>): void {
+    this.#specials = specials;
+    // Special tokens decode as their text's UTF-8 bytes.
+    for (const [text, id] of specials) this.#tokens[id] = this.#latin1(text);
+  }
+
+  /**
+   * A vocabulary from merges. A token's merge priority is that of the first merge
+   * producing its bytes, and a piece's adjacent parts merge when their bytes joined
+   * are such a token. Hugging Face instead looks the pair of parts up, so the two
+   * differ only where parts join into a merged token's bytes along a split its
+   * merges do not list ("a"+"bc" where only "ab"+"c" is a merge), which the
+   * merge order of a trained byte-level BPE makes rare.
+   *
+   * @param vocabulary Tokens, merges, split pattern and specials.
+   * @returns The encoder.
+   * @throws {Error} When a merge's result is not a token.
+   */
+  static fromMerges(vocabulary: MergeVocabulary): BytePairEncoding {
+    const bpe = new BytePairEncoding(vocabulary.name, vocabulary.pattern, vocabulary.wholePieceFirst);
+    bpe.#ids = new Map(vocabulary.tokens);
+    for (const [bytes, id] of vocabulary.tokens) bpe.#tokens[id] = bytes;
+    vocabulary.merges.forEach(([left, right], rank) => {
+      const merged = left + right;
+      if (!bpe.#ids.has(merged)) {
+        throw new Error(`Merge ${rank} of ${vocabulary.name} makes a token that is not in its vocabulary`);
+      }
+      if (bpe.#ranks.has(merged)) return;
+      bpe.#ranks.set(merged, rank);
+      if (merged.length === 2) bpe.#pairs[(merged.charCodeAt(0) << 8) | merged.charCodeAt(1)] = rank;
+    });
+    bpe.#setSpecials(vocabulary.specials);
+    return bpe;
   }
 
   /**
@@ -99,7 +171,7 @@ export class BytePairEncoding {
   static load(name: BpeName): Promise<BytePairEncoding> {
     let encoding = loaded.get(name);
     if (!encoding) {
-      encoding = RANK_FILES[name]().then((module) => new BytePairEncoding(name, module.default));
+      encoding = RANK_FILES[name]().then((module) => BytePairEncoding.#fromRankFile(name, module.default));
       loaded.set(name, encoding);
     }
     return encoding;
@@ -113,19 +185,26 @@ export class BytePairEncoding {
    * @returns `out`.
    */
   encodeOrdinary(text: string, out: number[] = []): number[] {
+    let end = 0;
     for (const match of text.matchAll(this.#pattern)) {
-      const piece = match[0];
-      let ids = this.#cache.get(piece);
-      if (ids === undefined) {
-        ids = this.#encodePiece(piece);
-        if (piece.length <= CACHE_PIECE_LENGTH) {
-          if (this.#cache.size >= CACHE_LIMIT) this.#cache.clear();
-          this.#cache.set(piece, ids);
-        }
-      }
-      for (let i = 0; i < ids.length; i++) out.push(ids[i]);
+      if (match.index > end) this.#encodeCached(text.slice(end, match.index), out);
+      end = match.index + match[0].length;
+      this.#encodeCached(match[0], out);
     }
+    if (end < text.length) this.#encodeCached(text.slice(end), out);
     return out;
+  }
+
+  #encodeCached(piece: string, out: number[]): void {
+    let ids = this.#cache.get(piece);
+    if (ids === undefined) {
+      ids = this.#encodePiece(piece);
+      if (piece.length <= CACHE_PIECE_LENGTH) {
+        if (this.#cache.size >= CACHE_LIMIT) this.#cache.clear();
+        this.#cache.set(piece, ids);
+      }
+    }
+    for (let i = 0; i < ids.length; i++) out.push(ids[i]);
   }
 
   /**
@@ -157,7 +236,7 @@ export class BytePairEncoding {
   /** Ids of one regex piece: its whole bytes if they are a token, else the merges of its byte pairs. */
   #encodePiece(piece: string): number[] {
     const latin1 = this.#latin1(piece);
-    const whole = this.#ranks.get(latin1);
+    const whole = this.#wholePieceFirst ? this.#ids.get(latin1) : undefined;
     if (whole !== undefined) return [whole];
     return this.#merge(latin1);
   }
@@ -215,12 +294,7 @@ export class BytePairEncoding {
       }
     }
     const ids: number[] = [];
-    for (let i = 0; i < n; i = next[i]) {
-      const id = this.#ranks.get(bytes.slice(i, next[i]));
-      // Every single byte is a token in these vocabularies, and merges only make tokens.
-      if (id === undefined) throw new Error(`BPE invariant broken in ${this.name}: a part is no token`);
-      ids.push(id);
-    }
+    for (let i = 0; i < n; i = next[i]) ids.push(this.#id(bytes, i, next[i]));
     return ids;
   }
 
@@ -244,10 +318,18 @@ export class BytePairEncoding {
       if (best > 0) ranks[best - 1] = this.#rank(bytes, starts[best - 1], starts[best + 1]);
     }
     const ids: number[] = [];
-    for (let i = 0; i + 1 < starts.length; i++) {
-      ids.push(this.#ranks.get(bytes.slice(starts[i], starts[i + 1]))!);
-    }
+    for (let i = 0; i + 1 < starts.length; i++) ids.push(this.#id(bytes, starts[i], starts[i + 1]));
     return ids;
+  }
+
+  /** The id of a part; merges only make tokens, so only a byte missing from the vocabulary fails. */
+  #id(bytes: string, start: number, end: number): number {
+    const id = this.#ids.get(bytes.slice(start, end));
+    if (id === undefined) {
+      const hex = [...bytes.slice(start, end)].map((c) => c.charCodeAt(0).toString(16).padStart(2, "0"));
+      throw new Error(`The ${this.name} vocabulary has no token for the bytes ${hex.join(" ")}`);
+    }
+    return id;
   }
 
   #pairRank(bytes: string, i: number): number {

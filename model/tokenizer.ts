@@ -80,7 +80,7 @@ export async function loadTokenizer(
   if (!isTokenizerName(name)) {
     throw new DataError(`Unknown tokenizer "${name}"; choose from ${TOKENIZER_NAMES.join(", ")}`);
   }
-  return new TiktokenTokenizer(await BytePairEncoding.load(name));
+  return new TiktokenTokenizer(name, await BytePairEncoding.load(name));
 }
 
 /**
@@ -201,9 +201,9 @@ class TiktokenTokenizer implements Tokenizer {
   #bpe: BytePairEncoding;
   #utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
 
-  constructor(bpe: BytePairEncoding) {
+  constructor(name: BpeName, bpe: BytePairEncoding) {
     this.#bpe = bpe;
-    this.name = bpe.name;
+    this.name = name;
     this.vocabSize = bpe.vocabSize;
     this.eotId = bpe.specials.get(EOT)!;
   }
