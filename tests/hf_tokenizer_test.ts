@@ -1,0 +1,139 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { resolveModelConfig } from "../model/config.ts";
+import { loadHfModel } from "../model/hf.ts";
+import { exportHfModel } from "../model/hf_export.ts";
+import { HfTokenizer } from "../model/hf_tokenizer.ts";
+import { paramLayout } from "../model/params.ts";
+
+const DIR = "tests/tmp/hf_tokenizer";
+
+/** GPT-2's bytes_to_unicode, written out here from the Python original. */
+function bytesToUnicode(): string[] {
+  const bs: number[] = [];
+  for (let b = "!".charCodeAt(0); b <= "~".charCodeAt(0); b++) bs.push(b);
+  for (let b = 0xa1; b <= 0xac; b++) bs.push(b);
+  for (let b = 0xae; b <= 0xff; b++) bs.push(b);
+  const cs = [...bs];
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bs.includes(b)) {
+      bs.push(b);
+      cs.push(256 + n++);
+    }
+  }
+  const chars: string[] = [];
+  bs.forEach((b, i) => chars[b] = String.fromCharCode(cs[i]));
+  return chars;
+}
+
+const MERGES = ["h e", "l l", "ll o", "he llo", "Ġ w", "Ġw o"];
+const HELLO = 259;
+const SPACE_WO = 261;
+const EOT = 262;
+
+/** A tiny byte-level BPE tokenizer.json: byte b has id b, merge i makes id 256 + i, then <|endoftext|>. */
+function tinyTokenizer(options: { prefixSpace?: boolean; arrayMerges?: boolean; split?: string } = {}) {
+  const alphabet = bytesToUnicode();
+  const vocab: Record<string, number> = {};
+  alphabet.forEach((char, byte) => vocab[char] = byte);
+  MERGES.forEach((merge, i) => vocab[merge.replace(" ", "")] = 256 + i);
+  const byteLevel = { type: "ByteLevel", add_prefix_space: options.prefixSpace ?? false, trim_offsets: true };
+  return {
+    version: "1.0",
+    added_tokens: [{ id: EOT, content: "<|endoftext|>", special: true, normalized: false }],
+    normalizer: null,
+    pre_tokenizer: options.split
+      ? {
+        type: "Sequence",
+        pretokenizers: [
+          { type: "Split", pattern: { Regex: options.split }, behavior: "Isolated", invert: false },
+          { ...byteLevel, use_regex: false },
+        ],
+      }
+      : { ...byteLevel, use_regex: true },
+    decoder: { type: "ByteLevel" },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: "",
+      end_of_word_suffix: "",
+      byte_fallback: false,
+      vocab,
+      merges: options.arrayMerges ? MERGES.map((m) => m.split(" ")) : MERGES,
+    },
+  };
+}
+
+const bytes = (text: string) => [...new TextEncoder().encode(text)];
+
+Deno.test("a byte-level BPE tokenizer.json merges by merge priority, GPT-2 split, added tokens first", () => {
+  const tokenizer = HfTokenizer.fromJson(tinyTokenizer(), "tokenizer.json", null);
+  assert.equal(tokenizer.vocabSize, 263);
+  assert.equal(tokenizer.eotId, EOT, "<|endoftext|> is the end of text when the model names no eos");
+  // "hello" | " world": he, ll -> llo -> hello; Ġw -> Ġwo, then r l d as bytes.
+  assert.deepEqual(tokenizer.encode("hello world"), [HELLO, SPACE_WO, ...bytes("rld")]);
+  // ll (priority 1) before llo (2); "hell" has no token: he + ll.
+  assert.deepEqual(tokenizer.encode("ello"), [101, 258]);
+  assert.deepEqual(tokenizer.encode("hell"), [256, 257]);
+  assert.deepEqual(tokenizer.encode("hello<|endoftext|>hello"), [HELLO, EOT, HELLO]);
+  assert.deepEqual(tokenizer.encode("héllo ✓"), [...bytes("h"), ...bytes("é"), 258, ...bytes(" ✓")]);
+  for (const text of ["hello world<|endoftext|>", "héllo ✓\n\n  tabs\tand 123 numbers!", "日本語 ok"]) {
+    assert.equal(tokenizer.decode(tokenizer.encode(text)), text);
+  }
+  assert.equal(tokenizer.decode([0xe2, 0x9c]), "\uFFFD", "a cut character decodes as U+FFFD");
+});
+
+Deno.test("tokenizer.json variants: merges as pairs, add_prefix_space, a regex Split before ByteLevel", () => {
+  const arrays = HfTokenizer.fromJson(tinyTokenizer({ arrayMerges: true }), "t.json", null);
+  assert.deepEqual(arrays.encode("hello world"), [HELLO, SPACE_WO, ...bytes("rld")]);
+  const prefixed = HfTokenizer.fromJson(tinyTokenizer({ prefixSpace: true }), "t.json", null);
+  assert.deepEqual(prefixed.encode("world"), [SPACE_WO, ...bytes("rld")]);
+  const split = HfTokenizer.fromJson(tinyTokenizer({ split: String.raw`\p{L}+` }), "t.json", null);
+  // Letters are pieces, the text between them too: " " alone, so no Ġw merge.
+  assert.deepEqual(split.encode("hello world!"), [HELLO, ...bytes(" world!")]);
+  assert.equal(split.decode(split.encode("hello world!")), "hello world!");
+});
+
+Deno.test("tokenizers other than byte-level BPE are refused, naming the type and --tokenizer", () => {
+  const base = tinyTokenizer();
+  const cases: [string, Record<string, unknown>, RegExp][] = [
+    ["Unigram", { ...base, model: { type: "Unigram", vocab: [["a", 0]] } }, /is a "Unigram" tokenizer/],
+    ["WordPiece", { ...base, model: { type: "WordPiece", vocab: {} } }, /is a "WordPiece" tokenizer/],
+    ["byte_fallback", { ...base, model: { ...base.model, byte_fallback: true } }, /SentencePiece-style/],
+    ["normalizer", { ...base, normalizer: { type: "NFC" } }, /"NFC" normalizer/],
+    ["Metaspace", { ...base, pre_tokenizer: { type: "Metaspace" } }, /"Metaspace" pre-tokenizer/],
+  ];
+  for (const [name, json, message] of cases) {
+    assert.throws(() => HfTokenizer.fromJson(json, "m/tokenizer.json", null), (error: Error) => {
+      assert.match(error.message, message, name);
+      assert.match(error.message, /only byte-level BPE .*pass --tokenizer NAME instead .*gpt2/, name);
+      assert.doesNotMatch(error.message, /\n/);
+      return true;
+    });
+  }
+});
+
+Deno.test("loadHfModel reads the folder's tokenizer.json with the model's eos as end of text", async () => {
+  const dir = join(DIR, "model");
+  const config = resolveModelConfig({ n_layer: 1, n_head: 2, n_embd: 8, block_size: 4, vocab_size: 263 });
+  const params = new Float32Array(paramLayout(config).total).fill(0.5);
+  const tokenizer = {
+    tokenizer: "gpt2" as const,
+    vocab_size: 263,
+    dtype: "uint16" as const,
+    eot_id: 5,
+    train_tokens: 0,
+    val_tokens: 0,
+    val_fraction: 0.1,
+  };
+  await exportHfModel({ config, tokenizer, params }, dir);
+  await Deno.writeTextFile(join(dir, "tokenizer.json"), JSON.stringify(tinyTokenizer()));
+  const model = await loadHfModel(dir);
+  assert.equal(model.tokenizer.name, "tokenizer.json");
+  assert.equal(model.tokenizer.eotId, 5, "generation_config.json's eos_token_id");
+  assert.deepEqual(model.tokenizer.encode("hello"), [HELLO]);
+  const named = await loadHfModel(dir, { tokenizer: "gpt2" }).catch((error) => error);
+  assert.match(String(named), /50257 ids but the model .* only 263/);
+});
