@@ -98,6 +98,8 @@ export interface GpuStats {
   submits: number;
   /** Dispatches recorded. */
   dispatches: number;
+  /** Bytes in buffers allocated and not yet freed through {@link Gpu.release}: what a model, trainer or run holds. */
+  bytes: number;
 }
 
 const LIMIT_NAMES: (keyof GpuLimits)[] = [
@@ -135,7 +137,7 @@ export class Gpu {
    */
   loopLimit: number = Infinity;
   /** Objects created so far. */
-  readonly stats: GpuStats = { buffers: 0, pipelines: 0, bindGroups: 0, submits: 0, dispatches: 0 };
+  readonly stats: GpuStats = { buffers: 0, pipelines: 0, bindGroups: 0, submits: 0, dispatches: 0, bytes: 0 };
   /** Compiled pipelines, keyed by WGSL text. */
   readonly pipelines: PipelineCache;
   /** Bind groups, keyed by pipeline and bound ranges. */
@@ -254,6 +256,7 @@ export class Gpu {
     this.device.pushErrorScope("out-of-memory");
     const buffer = this.device.createBuffer({ label, size: bytes, usage });
     this.stats.buffers++;
+    this.stats.bytes += bytes;
     this.track(
       this.device.popErrorScope().then((error) =>
         error
@@ -355,6 +358,7 @@ export class Gpu {
    */
   release(tensor: Tensor): void {
     this.bindGroups.forget(tensor.buffer);
+    this.stats.bytes -= tensor.buffer.size;
     tensor.buffer.destroy();
   }
 

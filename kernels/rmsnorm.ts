@@ -361,7 +361,8 @@ function partials(gpu: Gpu, blocks: number, C: number): Tensor {
  *
  * @param rec The recorder.
  * @param args `dx` [N, C] (f32 or f16; overwritten, or added into with
- *   `accumulate: true`), `dweight` [C] (f32, always added into), `dout` and `x`
+ *   `accumulate: true`), `dweight` [C] (f32, always added into; omit it for a
+ *   frozen gain, which skips the second pass), `dout` and `x`
  *   [N, C] (f32 or f16), `weight` [C] (f32 or f16), `rstd` [N] (f32, from the forward).
  * @example
  * ```ts
@@ -373,7 +374,7 @@ export function rmsnormBackward(
   rec: Recorder,
   args: {
     dx: Tensor;
-    dweight: Tensor;
+    dweight?: Tensor;
     dout: Tensor;
     x: Tensor;
     weight: Tensor;
@@ -388,11 +389,13 @@ export function rmsnormBackward(
     expectDType(kernel, name, t, ["f32", "f16"]);
     expectShape(kernel, name, t, x.shape);
   }
-  expectDType(kernel, "dweight", dweight, ["f32"]);
-  expectShape(kernel, "dweight", dweight, [layout.C]);
+  if (dweight) {
+    expectDType(kernel, "dweight", dweight, ["f32"]);
+    expectShape(kernel, "dweight", dweight, [layout.C]);
+  }
   expectDType(kernel, "rstd", rstd, ["f32"]);
   expectLength(kernel, "rstd", rstd, layout.N);
-  expectDisjoint(kernel, [["dx", dx], ["dweight", dweight]], [
+  expectDisjoint(kernel, [["dx", dx], ...(dweight ? [["dweight", dweight] as const] : [])], [
     ["dout", dout],
     ["x", x],
     ["weight", weight],
@@ -492,6 +495,7 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
 }`;
   const rowsLabel = `rmsnormBackward rows C=${layout.C} ${x.dtype}${accumulate ? " accumulate" : ""}`;
   rec.dispatch(rec.gpu.pipelines.get(rowsLabel, rowsCode), rows.bindings, grid(rec.gpu, blocks));
+  if (!dweight) return;
 
   const sum = declare([
     { name: "partial", tensor: partial, element: F },

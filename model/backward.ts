@@ -4,7 +4,9 @@
  * gradient buffer (micro-batches accumulate; tied embeddings sum both uses);
  * the residual stream's gradient is one buffer that each norm's backward adds
  * into; the logits and the gate/up activations are overwritten by their own
- * gradients, which saves two large buffers.
+ * gradients, which saves two large buffers. Under LoRA the base is frozen: only
+ * input gradients flow through its weights, the adapters add theirs at each
+ * adapted projection, and nothing below the first layer's attention is computed.
  *
  * @module
  */
@@ -33,9 +35,9 @@ export function recordBackward(
   rec: Recorder,
   args: { batch: Batch; dropout?: DropoutStep; scale: number | Tensor },
 ): void {
-  const { config, acts, views, grads } = model;
+  const { config, acts, views, grads, lora } = model;
   const g = acts.grad;
-  if (!g || !grads || !args.batch.index) {
+  if (!g || (!grads && !lora?.grads) || (grads && !args.batch.index)) {
     throw new Error("backward needs a model created with training: true and a batch with an embedding index");
   }
   const W = model.weights16 ?? model.params;
@@ -60,14 +62,14 @@ export function recordBackward(
   });
   linearBackward(rec, {
     dx: g.ln,
-    dweight: views.lmHead(grads),
+    dweight: grads ? views.lmHead(grads) : undefined,
     dy: acts.logits,
     x: acts.lnf,
     weight: views.lmHead(W),
   });
   rmsnormBackward(rec, {
     dx: g.resid,
-    dweight: views.finalNorm(grads),
+    dweight: grads ? views.finalNorm(grads) : undefined,
     dout: g.ln,
     x: acts.residOut,
     weight: views.finalNorm(model.params),
@@ -77,16 +79,32 @@ export function recordBackward(
   for (let l = config.n_layer - 1; l >= 0; l--) {
     const a = acts.layers[l];
     const w = views.layer(W, l);
-    const dw = views.layer(grads, l);
+    const dw = grads ? views.layer(grads, l) : undefined;
     const gains = views.layer(model.params, l);
 
     const dMlp = undrop(2 + 2 * l);
-    linearBackward(rec, { dx: g.hidden, dweight: dw.down, dy: dMlp, x: a.hidden, weight: w.down });
+    linearBackward(rec, { dx: g.hidden, dweight: dw?.down, dy: dMlp, x: a.hidden, weight: w.down });
+    lora?.backward(rec, {
+      layer: l,
+      site: "down",
+      x: a.hidden,
+      dy: dMlp,
+      dx: g.hidden,
+      dropout: args.dropout,
+    });
     swigluBackward(rec, { dgateUp: a.gateUp, dout: g.hidden, gateUp: a.gateUp });
-    linearBackward(rec, { dx: g.ln, dweight: dw.gateUp, dy: a.gateUp, x: a.ln2, weight: w.gateUp });
+    linearBackward(rec, { dx: g.ln, dweight: dw?.gateUp, dy: a.gateUp, x: a.ln2, weight: w.gateUp });
+    lora?.backward(rec, {
+      layer: l,
+      site: "gateUp",
+      x: a.ln2,
+      dy: a.gateUp,
+      dx: g.ln,
+      dropout: args.dropout,
+    });
     rmsnormBackward(rec, {
       dx: g.resid,
-      dweight: dw.mlpNorm,
+      dweight: dw?.mlpNorm,
       dout: g.ln,
       x: a.residMid,
       weight: gains.mlpNorm,
@@ -95,13 +113,23 @@ export function recordBackward(
     });
 
     const dAttn = undrop(1 + 2 * l);
-    linearBackward(rec, { dx: g.atty, dweight: dw.attnOut, dy: dAttn, x: a.atty, weight: w.attnOut });
+    linearBackward(rec, { dx: g.atty, dweight: dw?.attnOut, dy: dAttn, x: a.atty, weight: w.attnOut });
+    lora?.backward(rec, {
+      layer: l,
+      site: "attnOut",
+      x: a.atty,
+      dy: dAttn,
+      dx: g.atty,
+      dropout: args.dropout,
+    });
     attentionBackward(rec, { dqkv: g.qkv, dout: g.atty, out: a.atty, lse: a.lse, qkv: a.qkv, ...heads });
     ropeBackward(rec, { dqkv: g.qkv, ...heads, theta: config.rope_theta });
-    linearBackward(rec, { dx: g.ln, dweight: dw.qkv, dy: g.qkv, x: a.ln1, weight: w.qkv });
+    linearBackward(rec, { dx: g.ln, dweight: dw?.qkv, dy: g.qkv, x: a.ln1, weight: w.qkv });
+    lora?.backward(rec, { layer: l, site: "qkv", x: a.ln1, dy: g.qkv, dx: g.ln, dropout: args.dropout });
+    if (!grads && l === 0) return; // a frozen base needs no gradient below its first adapter's input
     rmsnormBackward(rec, {
       dx: g.resid,
-      dweight: dw.attnNorm,
+      dweight: dw?.attnNorm,
       dout: g.ln,
       x: a.resid,
       weight: gains.attnNorm,
@@ -110,5 +138,7 @@ export function recordBackward(
     });
   }
 
-  embeddingBackward(rec, { dweight: views.embedding(grads), dout: undrop(0), index: args.batch.index });
+  if (grads) {
+    embeddingBackward(rec, { dweight: views.embedding(grads), dout: undrop(0), index: args.batch.index! });
+  }
 }

@@ -32,15 +32,18 @@ export function linear(rec: Recorder, args: { y: Tensor; x: Tensor; weight: Tens
 }
 
 /**
- * dx = dy·W (overwrites dx) and dW += dyᵀ·x (a parameter gradient: adds).
+ * dx = dy·W (overwrites dx) and dW += dyᵀ·x (a parameter gradient: adds; skipped
+ * without `dweight`, for a frozen weight).
  *
  * @param rec The recorder.
- * @param args `dx` (…, in), `dweight` (out, in), `dy` (…, out), `x` (…, in), `weight` (out, in).
+ * @param args `dx` (…, in), `dweight` (out, in) or undefined, `dy` (…, out), `x` (…, in), `weight` (out, in).
  */
 export function linearBackward(
   rec: Recorder,
-  args: { dx: Tensor; dweight: Tensor; dy: Tensor; x: Tensor; weight: Tensor },
+  args: { dx: Tensor; dweight?: Tensor; dy: Tensor; x: Tensor; weight: Tensor },
 ): void {
   matmul(rec, { out: rows(args.dx), a: rows(args.dy), b: args.weight });
-  matmul(rec, { out: args.dweight, a: rows(args.dy), b: rows(args.x), transposeA: true, accumulate: true });
+  if (args.dweight) {
+    matmul(rec, { out: args.dweight, a: rows(args.dy), b: rows(args.x), transposeA: true, accumulate: true });
+  }
 }

@@ -29,6 +29,7 @@ import { type Activations, allocateActivations, releaseActivations } from "./act
 import { recordBackward } from "./backward.ts";
 import { headSize, type ModelConfig } from "./config.ts";
 import { linear } from "./linear.ts";
+import type { LoraAdapters } from "./lora_adapters.ts";
 import { type ParamLayout, paramLayout } from "./params.ts";
 import { FlatViews } from "./weights.ts";
 
@@ -70,8 +71,10 @@ export class Llama {
   readonly layout: ParamLayout;
   /** All parameters, f32 (layout.total). */
   readonly params: Tensor;
-  /** All gradients, f32 (layout.total); null for inference. */
+  /** All gradients, f32 (layout.total); null for inference and for a frozen base under LoRA. */
   readonly grads: Tensor | null;
+  /** LoRA adapters on the projections (the base is then frozen), or null. */
+  readonly lora: LoraAdapters | null;
   /** With f16 compute: an f16 copy of the parameters that the matmuls read; else null. */
   readonly weights16: Tensor | null;
   /** Sequences per forward. */
@@ -90,7 +93,8 @@ export class Llama {
    *
    * @param gpu The device.
    * @param config The architecture.
-   * @param options Batch shape and whether to allocate what training needs.
+   * @param options Batch shape and whether to allocate what training needs; `lora`
+   *   adds adapters and freezes the base (no parameter gradients are allocated).
    * @example
    * ```ts
    * const model = new Llama(gpu, config, { batchSize: 12, training: true });
@@ -106,6 +110,7 @@ export class Llama {
       training: boolean;
       dtype?: "f32" | "f16";
       weightsFrom?: Llama;
+      lora?: LoraAdapters;
     },
   ) {
     this.gpu = gpu;
@@ -116,7 +121,10 @@ export class Llama {
     this.blockSize = options.blockSize ?? config.block_size;
     this.#sharesWeights = options.weightsFrom !== undefined;
     this.params = options.weightsFrom?.params ?? gpu.tensor([this.layout.total], "f32", { label: "params" });
-    this.grads = options.training ? gpu.tensor([this.layout.total], "f32", { label: "grads" }) : null;
+    this.lora = options.lora ?? null;
+    this.grads = options.training && !this.lora
+      ? gpu.tensor([this.layout.total], "f32", { label: "grads" })
+      : null;
     const dtype = options.dtype ?? "f32";
     if (dtype === "f16" && !gpu.features.f16) {
       throw new GpuError(
@@ -248,6 +256,7 @@ export class Llama {
       const w = views.layer(W, l);
       const gains = views.layer(this.params, l);
       linear(rec, { y: a.qkv, x: a.ln1, weight: w.qkv });
+      this.lora?.forward(rec, { layer: l, site: "qkv", x: a.ln1, y: a.qkv, dropout: drop });
       if (decoding) {
         const kv = { kCache: cache.k[l], vCache: cache.v[l], position: cache.position, ...heads };
         ropeForward(rec, { qkv: a.qkv, ...heads, theta: config.rope_theta, positionOffset: cache.position });
@@ -261,6 +270,7 @@ export class Llama {
         }
       }
       linear(rec, { y: acts.branch, x: a.atty, weight: w.attnOut });
+      this.lora?.forward(rec, { layer: l, site: "attnOut", x: a.atty, y: acts.branch, dropout: drop });
       drops(acts.branch, 1 + 2 * l);
       residualRmsnormForward(rec, {
         residualOut: a.residMid,
@@ -273,8 +283,10 @@ export class Llama {
       });
 
       linear(rec, { y: a.gateUp, x: a.ln2, weight: w.gateUp });
+      this.lora?.forward(rec, { layer: l, site: "gateUp", x: a.ln2, y: a.gateUp, dropout: drop });
       swigluForward(rec, { out: a.hidden, gateUp: a.gateUp });
       linear(rec, { y: acts.branch, x: a.hidden, weight: w.down });
+      this.lora?.forward(rec, { layer: l, site: "down", x: a.hidden, y: acts.branch, dropout: drop });
       drops(acts.branch, 2 + 2 * l);
       const next = l + 1 < config.n_layer ? acts.layers[l + 1] : null;
       residualRmsnormForward(rec, {

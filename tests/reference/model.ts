@@ -31,6 +31,17 @@ export interface DropoutRef {
   micro: number;
 }
 
+/** The fused projections of a layer, as the GPU model names them. */
+export type ProjectionSiteRef = "qkv" | "attnOut" | "gateUp" | "down";
+
+/** Something added to projections (LoRA): its forward contribution and its backward. */
+export interface ProjectionHook {
+  /** Returns y plus the hook's output at layer l's `site`, whose input is x. */
+  forward(l: number, site: ProjectionSiteRef, x: Float64Array, y: Float64Array): Float64Array;
+  /** Takes dy of that output, keeps its own gradients, returns what it adds to dx (or null). */
+  backward(l: number, site: ProjectionSiteRef, dy: Float64Array): Float64Array | null;
+}
+
 /** Inputs of one forward. */
 export interface ModelInputs {
   /** Tokens (B·T). */
@@ -43,6 +54,8 @@ export interface ModelInputs {
   T: number;
   /** Dropout, when training with it. */
   dropout?: DropoutRef;
+  /** Adapters on the projections. */
+  projections?: ProjectionHook;
 }
 
 function slice(flat: Float64Array, t: { offset: number; length: number }): Float64Array {
@@ -87,6 +100,13 @@ export function modelRef(
   const sizes = { B, T, NH: config.n_head, NKV: config.n_kv_head, HS };
   const eps = config.norm_eps;
   const attnScale = 1 / Math.sqrt(HS);
+  const hook = inputs.projections;
+  const project = (l: number, site: ProjectionSiteRef, x: Float64Array, y: Float64Array) =>
+    hook ? hook.forward(l, site, x, y) : y;
+  const projectBack = (l: number, site: ProjectionSiteRef, dy: Float64Array, dx: Float64Array) => {
+    const extra = hook?.backward(l, site, dy);
+    return extra ? dx.map((v, i) => v + extra[i]) : dx;
+  };
   const qkvWeight = (l: number) =>
     params.subarray(layout.layers[l].qkv.offset, layout.layers[l].qkv.offset + QKV * C);
   const gateUpWeight = (l: number) =>
@@ -107,19 +127,24 @@ export function modelRef(
   for (let l = 0; l < L; l++) {
     const w = layout.layers[l];
     const ln1 = rmsnormRef(x, slice(params, w.attnNorm), eps).out;
-    const qkv = ropeRef(linear(ln1, qkvWeight(l), C, QKV), sizes, config.rope_theta);
+    const qkv = ropeRef(project(l, "qkv", ln1, linear(ln1, qkvWeight(l), C, QKV)), sizes, config.rope_theta);
     const atty = attentionRef(qkv, sizes, attnScale).out;
     const attnBranch = mask(
-      linear(atty, slice(params, w.attnOut), config.n_head * HS, C),
+      project(l, "attnOut", atty, linear(atty, slice(params, w.attnOut), config.n_head * HS, C)),
       drop,
       1 + 2 * l,
       L,
     );
     const residMid = x.map((v, i) => v + attnBranch[i]);
     const ln2 = rmsnormRef(residMid, slice(params, w.mlpNorm), eps).out;
-    const gateUp = linear(ln2, gateUpWeight(l), C, 2 * H);
+    const gateUp = project(l, "gateUp", ln2, linear(ln2, gateUpWeight(l), C, 2 * H));
     const hidden = swigluRef(gateUp, H);
-    const mlpBranch = mask(linear(hidden, slice(params, w.down), H, C), drop, 2 + 2 * l, L);
+    const mlpBranch = mask(
+      project(l, "down", hidden, linear(hidden, slice(params, w.down), H, C)),
+      drop,
+      2 + 2 * l,
+      L,
+    );
     saved.push({ resid: x, ln1, qkv, atty, residMid, ln2, gateUp, hidden });
     x = residMid.map((v, i) => v + mlpBranch[i]);
   }
@@ -153,10 +178,15 @@ export function modelRef(
     const dMlp = mask(dx, drop, 2 + 2 * l, L);
     const down = linearBack(dMlp, s.hidden, slice(params, w.down), H, C);
     addInto(w.down, down.db);
-    const dGateUp = swigluBackwardRef(down.da, s.gateUp, H);
+    const dGateUp = swigluBackwardRef(projectBack(l, "down", dMlp, down.da), s.gateUp, H);
     const gateUp = linearBack(dGateUp, s.ln2, gateUpWeight(l), C, 2 * H);
     addInto({ offset: w.gateUp.offset, length: 2 * H * C }, gateUp.db);
-    const norm2 = rmsnormBackwardRef(gateUp.da, s.residMid, slice(params, w.mlpNorm), eps);
+    const norm2 = rmsnormBackwardRef(
+      projectBack(l, "gateUp", dGateUp, gateUp.da),
+      s.residMid,
+      slice(params, w.mlpNorm),
+      eps,
+    );
     addInto(w.mlpNorm, norm2.dweight);
     dx = dx.map((v, i) => v + norm2.dx[i]);
 
@@ -164,13 +194,18 @@ export function modelRef(
     const out = linearBack(dAttn, s.atty, slice(params, w.attnOut), config.n_head * HS, C);
     addInto(w.attnOut, out.db);
     const dqkv = ropeBackwardRef(
-      attentionBackwardRef(out.da, s.qkv, sizes, attnScale),
+      attentionBackwardRef(projectBack(l, "attnOut", dAttn, out.da), s.qkv, sizes, attnScale),
       sizes,
       config.rope_theta,
     );
     const qkv = linearBack(dqkv, s.ln1, qkvWeight(l), C, QKV);
     addInto({ offset: w.qkv.offset, length: QKV * C }, qkv.db);
-    const norm1 = rmsnormBackwardRef(qkv.da, s.resid, slice(params, w.attnNorm), eps);
+    const norm1 = rmsnormBackwardRef(
+      projectBack(l, "qkv", dqkv, qkv.da),
+      s.resid,
+      slice(params, w.attnNorm),
+      eps,
+    );
     addInto(w.attnNorm, norm1.dweight);
     dx = dx.map((v, i) => v + norm1.dx[i]);
   }
