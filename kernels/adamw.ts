@@ -38,7 +38,20 @@ const CHUNK_GRANULE = 2048;
 /** Bytes of the uniform struct `Hyper` (12 f32, a multiple of 16). */
 const HYPER_BYTES = 48;
 
-/** Hyperparameters of one AdamW step (values change per step; read at submit time). */
+/**
+ * Hyperparameters of one AdamW step, passed to every {@link AdamW.record}: they
+ * may change per step (a learning-rate schedule) without recompiling, and the GPU
+ * reads them at submit time.
+ *
+ * @example
+ * ```ts
+ * const hyper: AdamWHyper = {
+ *   lr: 6e-4 * Math.min(1, step / 100), // warmup
+ *   beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1, step,
+ * };
+ * adamw.record(rec, { params, grads, m, v, decayMask, normSquared, hyper });
+ * ```
+ */
 export interface AdamWHyper {
   /** Learning rate for this step (after any schedule). */
   lr: number;
@@ -58,7 +71,19 @@ export interface AdamWHyper {
   gradScale?: number;
 }
 
-/** One range of parameters for {@link buildDecayMask}. */
+/**
+ * A range of the flat parameter buffer and whether weight decay applies to it,
+ * as {@link buildDecayMask} takes them.
+ *
+ * @example
+ * ```ts
+ * const ranges: DecayRange[] = [
+ *   { offset: 0, length: 768, decay: true }, // a weight matrix
+ *   { offset: 768, length: 32, decay: false }, // a norm gain
+ * ];
+ * const decayMask = gpu.tensor([25], "u32", { data: buildDecayMask(800, ranges) }); // ⌈800 / 32⌉ words
+ * ```
+ */
 export interface DecayRange {
   /** First parameter of the range in the flat buffer. */
   offset: number;
@@ -77,7 +102,10 @@ export interface DecayRange {
  * @returns ⌈n / 32⌉ words, ready for `gpu.tensor([words.length], "u32", { data })`.
  * @example
  * ```ts
- * const words = buildDecayMask(1000, [{ offset: 0, length: 768, decay: true }, { offset: 768, length: 232, decay: false }]);
+ * const words = buildDecayMask(1000, [
+ *   { offset: 0, length: 768, decay: true },
+ *   { offset: 768, length: 232, decay: false },
+ * ]);
  * const decayMask = gpu.tensor([words.length], "u32", { label: "decay mask", data: words });
  * ```
  */

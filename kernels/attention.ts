@@ -57,7 +57,14 @@ const NEG_BIG = "-1e30";
  * How the kernels map rows to threads. A workgroup owns `rows`·`threads`
  * consecutive rows (queries in the forward and dQ, keys in dK/dV) of one
  * (b, head); thread t owns rows t, t + threads, ... and keeps their vectors and
- * accumulators in registers.
+ * accumulators in registers. Pass one as `plan` to benchmark or tune a mapping.
+ *
+ * @example
+ * ```ts
+ * // Two rows per thread, no workgroup memory: a variant to time against the default.
+ * const plan: AttentionPlan = { rows: 2, threads: 32, chunk: 2, shared: false };
+ * attentionForward(rec, { out, lse, qkv, nHead: NH, nKvHead: NKV, plan });
+ * ```
  */
 export interface AttentionPlan {
   /** Rows each thread owns: every streamed vec4 it loads feeds that many rows' FMAs. */
@@ -109,7 +116,22 @@ export function chooseAttentionPlan(gpu: Gpu, headSize: number): Readonly<Attent
   return headSize <= 64 ? cpu : { ...cpu, rows: 1, threads: cpu.rows * cpu.threads };
 }
 
-/** Arguments of {@link attentionForward}. */
+/**
+ * Arguments of {@link attentionForward}: its outputs, the fused projections
+ * and the head counts.
+ *
+ * @example
+ * ```ts
+ * const args: AttentionForwardArgs = {
+ *   out: gpu.tensor([B, T, NH * HS]),
+ *   lse: gpu.tensor([B, NH, T]),
+ *   qkv, // [B, T, (NH + 2·NKV)·HS]
+ *   nHead: NH,
+ *   nKvHead: NKV,
+ * };
+ * attentionForward(rec, args);
+ * ```
+ */
 export interface AttentionForwardArgs {
   /** Output (B, T, NH·HS), f32 or f16; overwritten. */
   out: Tensor;
@@ -127,7 +149,22 @@ export interface AttentionForwardArgs {
   plan?: AttentionPlan;
 }
 
-/** Arguments of {@link attentionBackward}. */
+/**
+ * Arguments of {@link attentionBackward}: the gradient to write, the incoming
+ * gradient, and what the forward took and saved.
+ *
+ * @example
+ * ```ts
+ * const args: AttentionBackwardArgs = {
+ *   dqkv: gpu.tensor(qkv.shape), // [B, T, (NH + 2·NKV)·HS], overwritten
+ *   dout, // [B, T, NH·HS]
+ *   out, lse, qkv, // as the forward left them
+ *   nHead: NH,
+ *   nKvHead: NKV,
+ * };
+ * attentionBackward(rec, args);
+ * ```
+ */
 export interface AttentionBackwardArgs {
   /** Gradient with respect to qkv (B, T, (NH + 2·NKV)·HS), f32 or f16; overwritten. */
   dqkv: Tensor;

@@ -31,7 +31,17 @@ import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
 import { declare, expectDType, expectF16Support, expectLength, float, type StorageDecl } from "./wgsl.ts";
 
-/** The default ignore index: targets equal to 0xFFFFFFFF (the largest u32) are ignored. */
+/**
+ * The default ignore index: a target of 0xFFFFFFFF (the largest u32) marks a row
+ * that adds no loss and gets no gradient, e.g. padding or a prompt's tokens.
+ *
+ * @example
+ * ```ts
+ * // Learn only the answer: the first 3 of 6 positions are the prompt.
+ * const targets = gpu.tensor([6], "u32", { data: [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 17, 4, 9] });
+ * crossEntropyForward(rec, { losses, lse, logits, targets }); // losses[0..3) = 0
+ * ```
+ */
 export const IGNORE_INDEX = 0xFFFFFFFF;
 
 const WORKGROUP = 256;
@@ -60,7 +70,21 @@ export function crossEntropyLanes(vocab: number, fallback = false): number {
   return lanes;
 }
 
-/** Arguments of {@link crossEntropyForward}. */
+/**
+ * Arguments of {@link crossEntropyForward}: the per-row losses and log-sum-exps
+ * to write, the logits and the targets.
+ *
+ * @example
+ * ```ts
+ * const args: CrossEntropyForwardArgs = {
+ *   losses: gpu.tensor([B * T]),
+ *   lse: gpu.tensor([B * T]),
+ *   logits, // [B, T, V]
+ *   targets, // u32 [B * T]
+ * };
+ * crossEntropyForward(rec, args);
+ * ```
+ */
 export interface CrossEntropyForwardArgs {
   /** Per-row loss, f32 [N]: lse − logit[target], 0 for ignored rows. Overwritten. */
   losses: Tensor;
@@ -185,7 +209,18 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   rec.dispatch(pipeline, bindings, grid(rec.gpu, Math.ceil(n / rows)));
 }
 
-/** Arguments of {@link lossMean}. */
+/**
+ * Arguments of {@link lossMean}: where to put the mean loss and the count of
+ * rows that count, and the per-row losses and targets they come from.
+ *
+ * @example
+ * ```ts
+ * const args: LossMeanArgs = { out: gpu.tensor([1]), count: gpu.tensor([1], "u32"), losses, targets };
+ * lossMean(rec, args);
+ * rec.submit();
+ * console.log((await gpu.read(args.out))[0]); // e.g. 4.17 for untrained logits over V = 65
+ * ```
+ */
 export interface LossMeanArgs {
   /** f32 [1]: the mean loss (or `out += mean` with `accumulate`). 0 when every row is ignored. */
   out: Tensor;
@@ -266,7 +301,20 @@ fn main(@builtin(local_invocation_id) lid: vec3u) {
   rec.dispatch(rec.gpu.pipelines.get(`${kernel} N=${n}`, code), bindings, 1);
 }
 
-/** Arguments of {@link crossEntropyBackward}. */
+/**
+ * Arguments of {@link crossEntropyBackward}: the logits' gradient to write,
+ * what the forward took and saved, the count from {@link lossMean}, and a scale.
+ *
+ * @example
+ * ```ts
+ * const args: CrossEntropyBackwardArgs = {
+ *   dlogits: logits, // in place: [B, T, V]
+ *   logits, lse, targets, count,
+ *   scale: 1 / 4, // averaged over 4 micro-steps
+ * };
+ * crossEntropyBackward(rec, args);
+ * ```
+ */
 export interface CrossEntropyBackwardArgs {
   /** f32 or f16 [..., V], overwritten; may be `logits` itself (in place). */
   dlogits: Tensor;

@@ -19,7 +19,17 @@ import { expectDType, expectLength, float, type StorageDecl } from "./wgsl.ts";
 
 /**
  * The per-step seed, in a small GPU buffer written once per step (so one
- * recording can be replayed every step with a fresh mask).
+ * recording can be replayed every step with a fresh mask). Every dropout kernel
+ * reads it; a forward and its backward see the same mask as long as the seed is
+ * not set between them.
+ *
+ * @example
+ * ```ts
+ * const seed = new DropoutSeed(gpu); // once per run
+ * seed.set(runSeed, step); // every step, before submitting it
+ * dropout(rec, { out: h, x: h, p: 0.1, seed, stream: 0 });
+ * dropoutBackward(rec, { dx: dh, dout: dh, p: 0.1, seed, stream: 0 }); // the same mask
+ * ```
  */
 export class DropoutSeed {
   /** The 2-word seed tensor read by the kernels. */
@@ -80,6 +90,13 @@ function checkP(kernel: string, p: number): void {
  *
  * @param rec The recorder.
  * @param args `out`, `a`, `b` (f32 or f16, equal lengths), `p`, `seed`, and a `stream` unique to this call site.
+ * @example
+ * ```ts
+ * // The residual stream x [B, T, C] takes layer l's attention output with dropout.
+ * dropoutAdd(rec, { out: x, a: x, b: attnProj, p: 0.1, seed, stream: 2 * l + 1 });
+ * // backward: a's gradient is dx itself, b's is dropped with the same mask
+ * dropoutBackward(rec, { dx: dattnProj, dout: dx, p: 0.1, seed, stream: 2 * l + 1 });
+ * ```
  */
 export function dropoutAdd(
   rec: Recorder,
@@ -114,6 +131,11 @@ export function dropoutAdd(
  *
  * @param rec The recorder.
  * @param args `out`, `x` (f32 or f16), `p`, `seed`, `stream`.
+ * @example
+ * ```ts
+ * // Drop 10% of the embeddings x [B, T, C] in place, scaling the rest by 1/0.9.
+ * dropout(rec, { out: x, x, p: 0.1, seed, stream: 0 });
+ * ```
  */
 export function dropout(
   rec: Recorder,
@@ -145,6 +167,11 @@ export function dropout(
  *
  * @param rec The recorder.
  * @param args `dx`, `dout` (f32 or f16), `p`, `seed`, `stream`, `accumulate`.
+ * @example
+ * ```ts
+ * // Backward of dropout(rec, { out: x, x, p: 0.1, seed, stream: 0 }), in place on the gradient dx.
+ * dropoutBackward(rec, { dx, dout: dx, p: 0.1, seed, stream: 0 });
+ * ```
  */
 export function dropoutBackward(
   rec: Recorder,

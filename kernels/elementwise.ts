@@ -72,6 +72,11 @@ export function fill(rec: Recorder, args: { out: Tensor; value: number }): void 
  *
  * @param rec The recorder.
  * @param args `out`, `a`, `b`: same length, f32 or f16 each.
+ * @example
+ * ```ts
+ * // The residual stream x [B, T, C] takes the attention block's output.
+ * add(rec, { out: x, a: x, b: attnOut });
+ * ```
  */
 export function add(rec: Recorder, args: { out: Tensor; a: Tensor; b: Tensor }): void {
   const { out, a, b } = args;
@@ -97,6 +102,11 @@ export function add(rec: Recorder, args: { out: Tensor; a: Tensor; b: Tensor }):
  *
  * @param rec The recorder.
  * @param args `out`, `x` (f32 or f16) and the `factor`, baked into the kernel.
+ * @example
+ * ```ts
+ * // Average gradients accumulated over 4 micro-batches, in place.
+ * scale(rec, { out: grads, x: grads, factor: 1 / 4 });
+ * ```
  */
 export function scale(rec: Recorder, args: { out: Tensor; x: Tensor; factor: number }): void {
   const { out, x, factor } = args;
@@ -121,6 +131,13 @@ export function scale(rec: Recorder, args: { out: Tensor; x: Tensor; factor: num
  *
  * @param rec The recorder.
  * @param args `out` and `x` of the same length, one f32 and one f16 (or equal dtypes: a copy).
+ * @example
+ * ```ts
+ * // f16 weights for the forward from the f32 master copy.
+ * const master = gpu.tensor([V, C], "f32");
+ * const half = gpu.tensor([V, C], "f16");
+ * cast(rec, { out: half, x: master });
+ * ```
  */
 export function cast(rec: Recorder, args: { out: Tensor; x: Tensor }): void {
   const { out, x } = args;

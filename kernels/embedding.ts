@@ -41,7 +41,17 @@ const LAVAPIPE_LOOP_LIMIT = 65535;
 
 /**
  * Positions grouped by token: bucket u holds the positions of token
- * `tokenIds[u]`, ascending, at `positions[offsets[u] .. offsets[u + 1])`.
+ * `tokenIds[u]`, ascending, at `positions[offsets[u] .. offsets[u + 1])`. It
+ * lets the backward sum each token's gradient rows without atomics.
+ *
+ * @example
+ * ```ts
+ * const index: EmbeddingIndex = buildEmbeddingIndex(new Uint32Array([5, 2, 5]), 8);
+ * for (let u = 0; u < index.unique; u++) {
+ *   const at = index.positions.subarray(index.offsets[u], index.offsets[u + 1]);
+ *   console.log(index.tokenIds[u], at); // 5 Uint32Array(2) [0, 2], then 2 Uint32Array(1) [1]
+ * }
+ * ```
  */
 export interface EmbeddingIndex {
   /** V the tokens were checked against. */
@@ -144,6 +154,16 @@ function fillIndex(tokens: Uint32Array, counts: Uint32Array, index: EmbeddingInd
  * submit. The dispatch is sized for the U of the last update, and `writeBuffer`
  * takes effect before the next submit, so an update between recording and
  * submitting would hand the recorded work the next step's index.
+ *
+ * @example
+ * ```ts
+ * const index = new EmbeddingIndexBuffer(gpu, { n: B * T, vocabSize: V }); // once
+ * // every step, with the step's tokens (a Uint32Array of B·T ids):
+ * index.update(tokens);
+ * const rec = gpu.recorder();
+ * embeddingBackward(rec, { dweight: dwte, dout: dx, index }); // dwte [V, C] += rows of dx [B, T, C]
+ * rec.submit();
+ * ```
  */
 export class EmbeddingIndexBuffer {
   /** Positions N the buffer holds. */
@@ -237,7 +257,20 @@ function vec4Ready(t: Tensor): boolean {
   return t.byteOffset % (4 * (t.dtype === "f16" ? 2 : 4)) === 0;
 }
 
-/** Arguments of {@link embeddingForward}. */
+/**
+ * Arguments of {@link embeddingForward}: the rows to write, the token ids and
+ * the table to look them up in.
+ *
+ * @example
+ * ```ts
+ * const args: EmbeddingForwardArgs = {
+ *   out: gpu.tensor([B, T, C]),
+ *   tokens: gpu.tensor([B * T], "u32", { data: batchTokens }),
+ *   weight: wte, // [V, C]
+ * };
+ * embeddingForward(rec, args);
+ * ```
+ */
 export interface EmbeddingForwardArgs {
   /** Output rows, f32 or f16 [..., C] (N·C elements), overwritten. */
   out: Tensor;
@@ -249,7 +282,17 @@ export interface EmbeddingForwardArgs {
   vec4?: boolean;
 }
 
-/** Arguments of {@link embeddingBackward}. */
+/**
+ * Arguments of {@link embeddingBackward}: the table's gradient to add into,
+ * the gradient of the looked-up rows, and this step's token index.
+ *
+ * @example
+ * ```ts
+ * index.update(batchTokens); // an EmbeddingIndexBuffer for B·T positions
+ * const args: EmbeddingBackwardArgs = { dweight: dwte, dout: dx, index }; // dwte [V, C], dx [B, T, C]
+ * embeddingBackward(rec, args);
+ * ```
+ */
 export interface EmbeddingBackwardArgs {
   /** Gradient of the table, f32 or f16 [V, C]; added into (+=). */
   dweight: Tensor;

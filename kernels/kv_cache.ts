@@ -18,7 +18,17 @@ import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
 import { declare, expectDType, expectF16Support, expectLength, float } from "./wgsl.ts";
 
-/** Head layout shared by the cache kernels. */
+/**
+ * The head counts the cache kernels take besides their tensors: they fix where
+ * the keys and values sit in a qkv row and which kv head a query head reads.
+ *
+ * @example
+ * ```ts
+ * const heads: CacheHeads = { nHead: NH, nKvHead: NKV };
+ * kvCacheWrite(rec, { ...heads, kCache, vCache, qkv, position });
+ * cachedAttention(rec, { ...heads, out, qkv, kCache, vCache, position });
+ * ```
+ */
 export interface CacheHeads {
   /** Query heads NH. */
   nHead: number;
@@ -112,6 +122,14 @@ export function kvCacheWrite(
  * @param args `out` (B, NH·HS); `qkv` (B, 1, …) holding the new token's q (after
  *   RoPE); caches filled through `position`; `position` u32 [1]; heads; `scale`
  *   (default 1/√HS).
+ * @example
+ * ```ts
+ * // One decoding step at slot t: qkv [B, 1, (NH + 2·NKV)·HS], caches [B, Tmax, NKV·HS].
+ * gpu.write(position, [t]); // position: gpu.tensor([1], "u32")
+ * ropeForward(rec, { qkv, nHead: NH, nKvHead: NKV, theta: 10000, positionOffset: position });
+ * kvCacheWrite(rec, { kCache, vCache, qkv, position, nHead: NH, nKvHead: NKV });
+ * cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV }); // out [B, NH·HS]
+ * ```
  */
 export function cachedAttention(
   rec: Recorder,
@@ -213,6 +231,12 @@ fn main(@builtin(local_invocation_id) lid3: vec3u, @builtin(workgroup_id) wid: v
  *
  * @param rec The recorder.
  * @param args `out` (B, C); `x` (B, T, C); `position` u32 [1].
+ * @example
+ * ```ts
+ * // After a prefill of a 5-token prompt padded to T: the hidden state that predicts token 6.
+ * const last = gpu.tensor([1], "u32", { data: [4] });
+ * selectPosition(rec, { out: hidden, x: lnf, position: last }); // lnf [B, T, C] -> hidden [B, C]
+ * ```
  */
 export function selectPosition(rec: Recorder, args: { out: Tensor; x: Tensor; position: Tensor }): void {
   const { out, x, position } = args;

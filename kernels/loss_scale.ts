@@ -16,7 +16,16 @@ import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
 import { declare, expectDType, expectLength, float } from "./wgsl.ts";
 
-/** Settings of a {@link LossScaler}, with PyTorch's GradScaler defaults. */
+/**
+ * Settings of a {@link LossScaler}: where the scale starts, how fast it grows
+ * back after an overflow, and its bounds. The defaults are PyTorch's GradScaler's.
+ *
+ * @example
+ * ```ts
+ * const options: LossScalerOptions = { initialScale: 2 ** 12, growthInterval: 500 };
+ * const scaler = new LossScaler(gpu, options); // doubles after 500 good steps in a row
+ * ```
+ */
 export interface LossScalerOptions {
   /** Starting scale. Default 2^16. */
   initialScale?: number;
@@ -28,7 +37,18 @@ export interface LossScalerOptions {
   maxScale?: number;
 }
 
-/** What the scaler reports when read. */
+/**
+ * The scaler's state as {@link LossScaler.read} reports it: for logging, and
+ * for saving with a checkpoint so that {@link LossScaler.reset} can resume it.
+ *
+ * @example
+ * ```ts
+ * // After an overflow: { scale: 32768, goodSteps: 0, skipped: 1, lastScale: 65536 }
+ * const state: LossScaleState = await scaler.read();
+ * // ... after loading the checkpoint that saved it:
+ * scaler.reset(state);
+ * ```
+ */
 export interface LossScaleState {
   /** The scale the next step uses. */
   scale: number;
@@ -40,7 +60,23 @@ export interface LossScaleState {
   skipped: number;
 }
 
-/** The GPU-resident loss scale and its update kernel. */
+/**
+ * The GPU-resident loss scale of f16 training and its update kernel: the loss
+ * gradient is multiplied by {@link LossScaler.scale}, AdamW divides it back out,
+ * and {@link LossScaler.record} adapts it to the step's gradient norm.
+ *
+ * @example
+ * ```ts
+ * const scaler = new LossScaler(gpu);
+ * // one step, all on the GPU:
+ * crossEntropyBackward(rec, { dlogits: logits, logits, lse, targets, count, scale: scaler.scale });
+ * // ... the rest of the backward, then gradNorm.record(rec, { out: normSquared, grads }) ...
+ * adamw.record(rec, { params, grads, m, v, decayMask, normSquared, hyper, lossScale: scaler.scale });
+ * scaler.record(rec, { normSquared });
+ * rec.submit();
+ * console.log(await scaler.read()); // { scale: 65536, goodSteps: 1, skipped: 0, lastScale: 65536 }
+ * ```
+ */
 export class LossScaler {
   /** [scale, good steps, skipped, last scale], f32. */
   readonly state: Tensor;
@@ -126,7 +162,11 @@ fn main() {
     rec.dispatch(rec.gpu.pipelines.get("loss scale update", code), bindings, 1);
   }
 
-  /** Reads the state back. @returns Scale, last scale, good steps, skipped steps. */
+  /**
+   * Reads the state back (waits for the submitted work).
+   *
+   * @returns Scale, last scale, good steps, skipped steps.
+   */
   async read(): Promise<LossScaleState> {
     const [scale, goodSteps, skipped, lastScale] = await this.#gpu.readFloats(this.state);
     return { scale, goodSteps, skipped, lastScale };

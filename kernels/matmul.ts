@@ -38,7 +38,17 @@ import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
 import { declare, expectDType, expectF16Support, expectShape, type StorageDecl } from "./wgsl.ts";
 
-/** Arguments of {@link matmul} and {@link matmulNaive}. */
+/**
+ * Arguments of {@link matmul} and {@link matmulNaive}: the output, the two
+ * operands, and how to combine them (transposes, accumulation, a tile override).
+ *
+ * @example
+ * ```ts
+ * // dW += dyᵀ·x: dy [N, OUT], x [N, C] -> dW [OUT, C], a parameter gradient
+ * const args: MatmulArgs = { out: dweight, a: dy, b: x, transposeA: true, accumulate: true };
+ * matmul(rec, args);
+ * ```
+ */
 export interface MatmulArgs {
   /** [M, N] or [BATCH, M, N], f32 or f16; overwritten, or added into with `accumulate`. */
   out: Tensor;
@@ -59,6 +69,14 @@ export interface MatmulArgs {
 /**
  * The blocking of the tiled kernel: a workgroup computes a `bm`×`bn` tile of the
  * output in `bk`-deep steps, each of its (bm/tm)·(bn/tn) threads a `tm`×`tn` block.
+ * Pass one as `tile` to benchmark or tune a blocking other than the one chosen.
+ *
+ * @example
+ * ```ts
+ * // 64×32 tiles, 8×4 outputs for each of 64 threads, 6.5 KiB of workgroup memory
+ * const tile: MatmulTile = { bm: 64, bn: 32, bk: 16, tm: 8, tn: 4 };
+ * matmul(rec, { out: y, a: x, b: weight, transposeB: true, tile });
+ * ```
  */
 export interface MatmulTile {
   /** Output rows per workgroup. */

@@ -10,10 +10,32 @@ import type { Gpu } from "./device.ts";
 import { formatBytes, GpuError, GpuOutOfMemoryError, ShaderCompileError } from "./errors.ts";
 import { Tensor } from "./tensor.ts";
 
-/** A buffer range bound to one `@binding`, in declaration order: a tensor or a raw buffer. */
+/**
+ * What one `@binding` of a kernel is bound to: a tensor's byte range, or a range of
+ * a raw buffer (the whole buffer from `offset` when `size` is left out).
+ *
+ * @example
+ * ```ts
+ * const uniform = gpu.createBuffer("step", 16, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+ * const bindings: Binding[] = [x, out, { buffer: uniform }]; // @binding(0), (1), (2)
+ * rec.dispatch(pipeline, bindings, grid(gpu, Math.ceil(x.length / 256)));
+ * ```
+ */
 export type Binding = Tensor | { buffer: GPUBuffer; offset?: number; size?: number };
 
-/** Compute pipelines keyed by WGSL text and entry point. */
+/**
+ * Compute pipelines keyed by WGSL text and entry point, so that each kernel
+ * compiles once per run; every {@link Gpu} holds one as `gpu.pipelines`.
+ *
+ * @example
+ * ```ts
+ * const code = `@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+ * @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
+ *   if (g.x < arrayLength(&x)) { x[g.x] *= 2.0; } }`;
+ * const pipeline = gpu.pipelines.get("double", code); // compiled now, cached for the next call
+ * rec.dispatch(pipeline, [x], Math.ceil(x.length / 64));
+ * ```
+ */
 export class PipelineCache {
   #gpu: Gpu;
   #pipelines = new Map<string, GPUComputePipeline>();
@@ -59,7 +81,18 @@ export class PipelineCache {
   }
 }
 
-/** Bind groups keyed by pipeline and the exact buffer ranges they bind. */
+/**
+ * Bind groups keyed by pipeline and the exact buffer ranges they bind, so that
+ * replaying a step creates none; every {@link Gpu} holds one as `gpu.bindGroups`,
+ * which {@link Recorder.dispatch} uses. Free buffers with `gpu.release`, which
+ * forgets their groups.
+ *
+ * @example
+ * ```ts
+ * const group = gpu.bindGroups.get(pipeline, [x, out]); // the same object on every later call
+ * gpu.release(out); // drops the groups that bind out's buffer, then destroys it
+ * ```
+ */
 export class BindGroupCache {
   #gpu: Gpu;
   #groups = new Map<string, GPUBindGroup>();

@@ -13,7 +13,16 @@ import type { Binding } from "./pipeline.ts";
 import type { Tensor } from "./tensor.ts";
 import type { GpuTimer } from "./timer.ts";
 
-/** Options of {@link Recorder}. */
+/**
+ * Options of {@link Recorder}: a timer to profile each dispatch, and a label
+ * for the command buffer in errors and debuggers.
+ *
+ * @example
+ * ```ts
+ * const options: RecorderOptions = { timer: new GpuTimer(gpu), label: "step 1" };
+ * const rec = new Recorder(gpu, options); // every dispatch now in its own timed pass
+ * ```
+ */
 export interface RecorderOptions {
   /** Times every dispatch with timestamp queries. */
   timer?: GpuTimer;
@@ -21,10 +30,30 @@ export interface RecorderOptions {
   label?: string;
 }
 
-/** A dispatch grid: x, or [x, y, z]. */
+/**
+ * A dispatch grid of workgroups: x alone, or [x, y, z] with y and z defaulting to 1.
+ *
+ * @example
+ * ```ts
+ * const workgroups: Workgroups = [Math.ceil(T / 64), NH, B]; // one workgroup per 64 rows, head, sequence
+ * rec.dispatch(pipeline, [q, out], workgroups);
+ * ```
+ */
 export type Workgroups = number | readonly [number, number?, number?];
 
-/** Records dispatches and copies; submit once with {@link Recorder.submit}. */
+/**
+ * Records the dispatches and copies of a step into one command buffer; every
+ * op takes one as its first argument. Submit once with {@link Recorder.submit}.
+ *
+ * @example
+ * ```ts
+ * const rec = new Recorder(gpu, { label: "forward" });
+ * rmsnormForward(rec, { out: xn, rstd, x, weight, eps: 1e-5 }); // xn [B, T, C]
+ * matmul(rec, { out: qkv, a: xn, b: wqkv, transposeB: true }); // qkv [B, T, 3C]
+ * rec.submit(); // one command buffer, one compute pass
+ * await gpu.sync();
+ * ```
+ */
 export class Recorder {
   /** The device. */
   readonly gpu: Gpu;
@@ -100,7 +129,11 @@ export class Recorder {
     this.encoder.clearBuffer(tensor.buffer, offset, size);
   }
 
-  /** Ends recording. @returns The command buffer. */
+  /**
+   * Ends recording without submitting, e.g. to submit several recorders together.
+   *
+   * @returns The command buffer, for `gpu.queue.submit`.
+   */
   finish(): GPUCommandBuffer {
     this.#endPass();
     this.#timer?.resolve(this.encoder);
@@ -136,6 +169,12 @@ export class Recorder {
  * @param gpu The device (for its limit).
  * @param count Workgroups wanted.
  * @returns `[x, y]` with x·y ≥ count.
+ * @example
+ * ```ts
+ * // One thread per element of n = 2^28 in workgroups of 256: 2^20 workgroups.
+ * const workgroups = grid(gpu, Math.ceil(n / 256)); // [61681, 17] when the limit is 65535
+ * rec.dispatch(pipeline, [x, out], workgroups);
+ * ```
  */
 export function grid(gpu: Gpu, count: number): [number, number] {
   const limit = gpu.limits.maxComputeWorkgroupsPerDimension;

@@ -54,10 +54,29 @@ export const MAX_PARTIALS = 4096;
  */
 export const MAX_PARTIALS_FALLBACK = 256;
 
-/** What a {@link Reduction} adds up. */
+/**
+ * What a {@link Reduction} adds up: the values (Σ x) or their squares (Σ x²).
+ *
+ * @example
+ * ```ts
+ * const op: ReduceOp = "sumSquares";
+ * const squares = new Reduction(gpu, x.length, { op });
+ * squares.record(rec, { out, x }); // out[0] = Σ x²
+ * ```
+ */
 export type ReduceOp = "sum" | "sumSquares";
 
-/** Options of {@link Reduction} and {@link GradNorm}. */
+/**
+ * Options of {@link Reduction} and {@link GradNorm}: what to add up, a label,
+ * and limits on the plan (for tests and tuning; the defaults suit the device).
+ *
+ * @example
+ * ```ts
+ * const options: ReductionOptions = { op: "sumSquares", label: "activation energy" };
+ * const energy = new Reduction(gpu, x.length, options);
+ * energy.record(rec, { out, x }); // out[0] = Σ x² over x [B, T, C]
+ * ```
+ */
 export interface ReductionOptions {
   /** `"sum"` (Σ x) or `"sumSquares"` (Σ x²). Default `"sum"`; {@link GradNorm} always uses `"sumSquares"`. */
   op?: ReduceOp;
@@ -78,7 +97,21 @@ export interface ReductionOptions {
   maxChunkElements?: number;
 }
 
-/** One chunk of a flat buffer: elements `[offset, offset + length)` reduced into partials from `firstPartial`. */
+/**
+ * One chunk of a flat buffer: elements `[offset, offset + length)` reduced into
+ * partials from `firstPartial`. A {@link Reduction} lists its plan's chunks in
+ * {@link Reduction.chunks}, one stage-1 dispatch each.
+ *
+ * @example
+ * ```ts
+ * const reduction = new Reduction(gpu, n, { maxChunkElements: 1 << 20 });
+ * for (const chunk of reduction.chunks) {
+ *   const { offset, length, firstPartial, workgroups } = chunk;
+ *   const last = firstPartial + workgroups - 1;
+ *   console.log(`[${offset}, ${offset + length}) -> partials ${firstPartial}..${last}`);
+ * }
+ * ```
+ */
 export interface ReductionChunk {
   /** First element of the chunk. */
   offset: number;

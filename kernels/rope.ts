@@ -29,7 +29,18 @@ import { declare, expectDType, expectF16Support, expectLength, type StorageDecl 
 
 const WORKGROUP = 64;
 
-/** Arguments shared by {@link ropeForward} and {@link ropeBackward} besides the tensor. */
+/**
+ * The head counts, frequency base and position offset that {@link ropeForward}
+ * and {@link ropeBackward} share besides the tensor; pass the backward the same
+ * values as the forward.
+ *
+ * @example
+ * ```ts
+ * const rope: RopeOptions = { nHead: NH, nKvHead: NKV, theta: 500000 };
+ * ropeForward(rec, { ...rope, qkv }); // qkv [B, T, (NH + 2·NKV)·HS]
+ * ropeBackward(rec, { ...rope, dqkv });
+ * ```
+ */
 export interface RopeOptions {
   /** Query heads NH. */
   nHead: number;

@@ -9,7 +9,17 @@
 import type { Gpu } from "./device.ts";
 import type { DType } from "./tensor.ts";
 
-/** The outcome of one self-test kernel. */
+/**
+ * The verdict of {@link runSelfTest}: whether the device computed what the CPU
+ * did in one precision, and if not, why.
+ *
+ * @example
+ * ```ts
+ * const result: SelfTestResult = await runSelfTest(gpu, "f16");
+ * // reason, when not ok: e.g. "f16 compute returned only zeros (a known runtime bug)"
+ * if (!result.ok) console.error(`f16 is off: ${result.reason}`);
+ * ```
+ */
 export interface SelfTestResult {
   /** The kernel agreed with the CPU. */
   ok: boolean;

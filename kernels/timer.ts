@@ -8,7 +8,15 @@
 import type { Gpu } from "./device.ts";
 import { GpuError } from "./errors.ts";
 
-/** One timed dispatch. */
+/**
+ * The GPU time of one timed dispatch, as {@link GpuTimer.read} returns it.
+ *
+ * @example
+ * ```ts
+ * const times: KernelTime[] = await timer.read();
+ * const slowest = times.reduce((a, b) => (b.ms > a.ms ? b : a)); // e.g. { label: "matmul ...", ms: 0.8 }
+ * ```
+ */
 export interface KernelTime {
   /** The pipeline's label. */
   label: string;
@@ -16,9 +24,30 @@ export interface KernelTime {
   ms: number;
 }
 
-/** Collects timestamps for up to `capacity` dispatches per submit. */
+/**
+ * Measures the GPU time of each dispatch of a {@link Recorder} it is given, with
+ * timestamp queries, for up to `capacity` dispatches per submit. Needs a device
+ * with `timestamp-query`; check {@link GpuTimer.unavailableReason} first.
+ *
+ * @example
+ * ```ts
+ * if (GpuTimer.unavailableReason(gpu) === "") {
+ *   const timer = new GpuTimer(gpu);
+ *   const rec = gpu.recorder({ timer });
+ *   matmul(rec, { out: y, a: x, b: weight, transposeB: true });
+ *   rec.submit();
+ *   console.log(await timer.read()); // [{ label: "matmul ...", ms: 0.8 }]
+ * }
+ * ```
+ */
 export class GpuTimer {
-  /** Why timing is unavailable on a device, or "" when it is. */
+  /**
+   * Says why a device cannot time dispatches, so that callers can fall back to
+   * wall-clock times instead of catching the constructor's error.
+   *
+   * @param gpu The device.
+   * @returns A one-line reason, or "" when the device can time.
+   */
   static unavailableReason(gpu: Gpu): string {
     return gpu.features.timestamps
       ? ""
@@ -122,6 +151,11 @@ export class GpuTimer {
  *
  * @param times From {@link GpuTimer.read}.
  * @returns Milliseconds per label.
+ * @example
+ * ```ts
+ * const totals = totalsByLabel(await timer.read());
+ * for (const [label, ms] of totals) console.log(`${label}: ${ms.toFixed(2)} ms`);
+ * ```
  */
 export function totalsByLabel(times: readonly KernelTime[]): Map<string, number> {
   const totals = new Map<string, number>();
