@@ -17,8 +17,8 @@ export const HF_PREFIX = "hf:";
 
 /** A Hugging Face model with the tokenizer to run it with. */
 export interface HfModel extends HfWeights {
-  /** tokenizer.json's byte-level BPE, or the named tokenizer given instead. */
-  tokenizer: HfTokenizer | Tokenizer;
+  /** tokenizer.json's byte-level BPE ({@link HfTokenizer}), or the named tokenizer given instead. */
+  tokenizer: Tokenizer;
 }
 
 /**

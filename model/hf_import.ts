@@ -90,17 +90,16 @@ export async function loadHfWeights(dir: string): Promise<HfWeights> {
 
 /** Each weight file with the tensor names to take from it (null: all of them). */
 async function weightFiles(dir: string): Promise<[string, string[] | null][]> {
+  // transformers' order: a single file wins over an index.
   const single = join(dir, HF_FILES.weights);
   const indexPath = join(dir, HF_FILES.index);
+  if (await exists(single)) return [[single, null]];
   if (!await exists(indexPath)) {
-    if (!await exists(single)) {
-      throw new SafetensorsError(
-        dir,
-        `has neither ${HF_FILES.weights} nor ${HF_FILES.index}; only safetensors weights can be loaded ` +
-          "(convert .bin/.pth weights with transformers' save_pretrained(safe_serialization=True))",
-      );
-    }
-    return [[single, null]];
+    throw new SafetensorsError(
+      dir,
+      `has neither ${HF_FILES.weights} nor ${HF_FILES.index}; only safetensors weights can be loaded ` +
+        "(convert .bin/.pth weights with transformers' save_pretrained(safe_serialization=True))",
+    );
   }
   const index = await readJson(indexPath, "");
   const map = (index as { weight_map?: unknown })?.weight_map;

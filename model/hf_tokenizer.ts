@@ -12,7 +12,7 @@
 import { join } from "node:path";
 import { BytePairEncoding } from "./bpe.ts";
 import { DataError } from "./errors.ts";
-import { EOT, TOKENIZER_NAMES } from "./tokenizer.ts";
+import { EOT, TOKENIZER_NAMES, type Tokenizer } from "./tokenizer.ts";
 
 /** The GPT-2 split pattern, which a ByteLevel pre-tokenizer with use_regex applies. */
 const GPT2_PATTERN = String.raw`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`;
@@ -40,8 +40,8 @@ export function byteLevelAlphabet(): string[] {
   return chars;
 }
 
-/** A byte-level BPE tokenizer read from tokenizer.json; same methods as our {@link Tokenizer}s. */
-export class HfTokenizer {
+/** A byte-level BPE tokenizer read from tokenizer.json. */
+export class HfTokenizer implements Tokenizer {
   /** `tokenizer.json`, naming it in messages. */
   readonly name = "tokenizer.json";
   /** Largest id + 1, added tokens included. */

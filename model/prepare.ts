@@ -192,7 +192,7 @@ export async function prepareDataset(options: PrepareOptions): Promise<PrepareRe
     }
 
     const meta: DatasetMeta = {
-      tokenizer: tokenizer.name,
+      tokenizer: tokenizerName,
       vocab_size: tokenizer.vocabSize,
       dtype,
       eot_id: tokenizer.eotId,

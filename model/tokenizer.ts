@@ -22,8 +22,8 @@ export const TOKENIZER_NAMES: readonly TokenizerName[] = ["char", "gpt2", "cl100
 
 /** Text to token ids and back. */
 export interface Tokenizer {
-  /** Which tokenizer this is. */
-  readonly name: TokenizerName;
+  /** Which tokenizer this is: a {@link TokenizerName}, or `tokenizer.json` for a Hugging Face model's own. */
+  readonly name: string;
   /** Number of ids (largest id + 1): the model's vocabulary size. */
   readonly vocabSize: number;
   /** The id of `<|endoftext|>`, or null where the vocabulary has none (character level without it). */
