@@ -6,11 +6,13 @@
  * @module
  */
 
+import type { Checkpoint } from "./checkpoint.ts";
 import { ConfigError } from "./config.ts";
 import { DataError } from "./errors.ts";
 import { type HfWeights, loadHfWeights } from "./hf_import.ts";
 import { HfTokenizer } from "./hf_tokenizer.ts";
-import { loadTokenizer, type Tokenizer, type TokenizerName } from "./tokenizer.ts";
+import type { DatasetMeta, TokenArray } from "./meta.ts";
+import { loadTokenizer, type Tokenizer, tokenizerFromMeta, type TokenizerName } from "./tokenizer.ts";
 
 /** The prefix of an `init_from` value that names a Hugging Face folder. */
 export const HF_PREFIX = "hf:";
@@ -68,4 +70,65 @@ export async function loadHfModel(
     );
   }
   return { ...weights, tokenizer };
+}
+
+/** Tokens of the dataset decoded to compare the two vocabularies: enough to cover common tokens. */
+const PROBE_TOKENS = 256;
+
+/**
+ * The starting point for training on a dataset from a Hugging Face folder: its
+ * weights as a checkpoint without optimizer state, block_size and dropout from
+ * the run's settings (RoPE has no learned positions, so any block up to
+ * max_position_embeddings works). The dataset must speak the model's vocabulary:
+ * when the folder has a byte-level BPE tokenizer.json, the start of val.bin is
+ * decoded by it and by the dataset's tokenizer, and the texts must agree.
+ *
+ * @param dir The Hugging Face folder.
+ * @param data The dataset's meta.json and val.bin.
+ * @param settings block_size and dropout for the run.
+ * @returns The checkpoint to hand {@link Trainer.create}, and a note when the tokenizers could not be compared.
+ * @throws {ConfigError} When block_size is too long or the dataset uses another vocabulary.
+ * @example
+ * ```ts
+ * const { checkpoint } = await hfTrainingStart("models/tiny", { meta, val }, { block_size: 256, dropout: 0 });
+ * const trainer = Trainer.create(gpu, config, checkpoint.config, { train, val, meta }, checkpoint);
+ * ```
+ */
+export async function hfTrainingStart(
+  dir: string,
+  data: { meta: DatasetMeta; val: TokenArray },
+  settings: { block_size: number; dropout: number },
+): Promise<{ checkpoint: Checkpoint; note: string | null }> {
+  const weights = await loadHfWeights(dir);
+  const longest = weights.config.block_size;
+  if (settings.block_size > longest) {
+    throw new ConfigError(
+      `block_size ${settings.block_size} exceeds the max_position_embeddings ${longest} of ${dir}; ` +
+        `lower --block_size`,
+    );
+  }
+  if (data.meta.vocab_size > weights.config.vocab_size) {
+    throw new ConfigError(
+      `The dataset's vocabulary of ${data.meta.vocab_size} (${data.meta.tokenizer}) is larger than the ` +
+        `${weights.config.vocab_size} of ${dir}; prepare the data with the model's tokenizer`,
+    );
+  }
+  let note: string | null = null;
+  try {
+    const theirs = await HfTokenizer.load(dir, weights.eosTokenId);
+    const ours = await tokenizerFromMeta(data.meta);
+    const probe = Array.from(data.val.subarray(0, PROBE_TOKENS));
+    if (theirs.decode(probe) !== ours.decode(probe)) {
+      throw new ConfigError(
+        `The dataset's ${data.meta.tokenizer} token ids mean other text to ${dir}/tokenizer.json; ` +
+          "prepare the data with the tokenizer the model was trained with",
+      );
+    }
+  } catch (error) {
+    if (!(error instanceof DataError)) throw error;
+    note = `the dataset's ${data.meta.tokenizer} tokenizer could not be checked against the model's ` +
+      `(${error.message.split(";")[0]}); make sure the data uses the model's vocabulary`;
+  }
+  const config = { ...weights.config, block_size: settings.block_size, dropout: settings.dropout };
+  return { checkpoint: { config, tokenizer: data.meta, params: weights.params }, note };
 }

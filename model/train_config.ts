@@ -23,7 +23,7 @@ export interface TrainConfig {
   eval_only: boolean;
   /** Save at every evaluation, not only when val loss improves. */
   always_save_checkpoint: boolean;
-  /** "scratch", or "resume" from out_dir's checkpoint. */
+  /** "scratch", "resume" from out_dir's checkpoint, or "hf:DIR" to start from a Hugging Face LLaMA folder. */
   init_from: string;
 
   // Data: what to read and how much per step.
@@ -236,8 +236,12 @@ export function validateTrainConfig(config: TrainConfig): void {
   if (config.dtype !== "f32" && config.dtype !== "f16") {
     throw new ConfigError(`dtype must be "f32" or "f16", got "${config.dtype}"`);
   }
-  if (config.init_from !== "scratch" && config.init_from !== "resume") {
-    throw new ConfigError(`init_from must be "scratch" or "resume", got "${config.init_from}"`);
+  if (
+    config.init_from !== "scratch" && config.init_from !== "resume" && !config.init_from.startsWith("hf:")
+  ) {
+    throw new ConfigError(
+      `init_from must be "scratch", "resume" or "hf:DIR" (a Hugging Face folder), got "${config.init_from}"`,
+    );
   }
   if (!Number.isInteger(config.seed)) throw new ConfigError(`seed must be an integer, got ${config.seed}`);
 }

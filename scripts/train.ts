@@ -9,8 +9,10 @@
 
 import { join } from "node:path";
 import { requestGpu } from "../kernels/device.ts";
-import { loadCheckpoint } from "../model/checkpoint.ts";
+import { type Checkpoint, loadCheckpoint } from "../model/checkpoint.ts";
 import { ConfigError, MODEL_KEYS, resolveModelConfig } from "../model/config.ts";
+import { hfInitDir, hfTrainingStart } from "../model/hf.ts";
+import { writeLossPlot } from "../model/loss_plot.ts";
 import { flopsPerToken } from "../model/model.ts";
 import { parameterCounts, paramLayout } from "../model/params.ts";
 import { readTokens } from "../model/meta.ts";
@@ -68,12 +70,19 @@ await runCli(async () => {
         `but ${dataset.dir} uses ${dataset.meta.tokenizer}; pick the matching --dataset`,
     );
   }
-  const modelConfig = resume?.config ?? resolveModelConfig(modelFields(config, dataset.meta.vocab_size));
-  if (resume) {
-    for (const key of MODEL_KEYS) (config as unknown as Record<string, unknown>)[key] = modelConfig[key];
-  }
   const train = await readTokens(dataset.dir, "train", dataset.meta);
   const val = await readTokens(dataset.dir, "val", dataset.meta);
+  let start: Checkpoint | undefined = resume;
+  const hfDir = hfInitDir(config.init_from);
+  if (hfDir) {
+    const { checkpoint, note } = await hfTrainingStart(hfDir, { meta: dataset.meta, val }, config);
+    if (note) console.log(`note: ${note}`);
+    start = checkpoint;
+  }
+  const modelConfig = start?.config ?? resolveModelConfig(modelFields(config, dataset.meta.vocab_size));
+  if (start) {
+    for (const key of MODEL_KEYS) (config as unknown as Record<string, unknown>)[key] = modelConfig[key];
+  }
 
   const counts = parameterCounts(paramLayout(modelConfig));
   console.log(`adapter: ${gpu.info.name}${gpu.info.fallback ? " (software)" : ""}`);
@@ -87,8 +96,9 @@ await runCli(async () => {
   const flopsPerIter = flopsPerToken(modelConfig, counts.nonEmbedding) * config.batch_size *
     modelConfig.block_size * config.gradient_accumulation_steps;
 
-  const trainer = Trainer.create(gpu, config, modelConfig, { train, val, meta: dataset.meta }, resume);
+  const trainer = Trainer.create(gpu, config, modelConfig, { train, val, meta: dataset.meta }, start);
   if (resume) console.log(`resuming from iteration ${trainer.iteration} in ${config.out_dir}`);
+  if (hfDir) console.log(`starting from the weights in ${hfDir}`);
   await Deno.mkdir(config.out_dir, { recursive: true });
   const metrics = await Deno.open(join(config.out_dir, "metrics.jsonl"), { append: true, create: true });
   const record = (entry: Record<string, unknown>) =>
@@ -126,7 +136,7 @@ await runCli(async () => {
           ...(m.lossScale ? { loss_scale: m.lossScale.scale, skipped_steps: m.lossScale.skipped } : {}),
         });
       },
-      onEval: (m) => {
+      onEval: async (m) => {
         bar.print(
           `step ${m.iteration}: train loss ${m.trainLoss.toFixed(4)}, val loss ${m.valLoss.toFixed(4)}` +
             (m.saved ? ` (saved to ${config.out_dir})` : ""),
@@ -139,6 +149,7 @@ await runCli(async () => {
           lr: m.lr,
           tokens: m.iteration * trainer.tokensPerStep,
         });
+        await refreshPlot(config.out_dir, (line) => bar.print(line));
       },
     });
     bar.clear();
@@ -155,6 +166,15 @@ await runCli(async () => {
     metrics.close();
   }
 });
+
+/** Redraws `<out_dir>/loss.svg` from metrics.jsonl; a picture that cannot be drawn never stops training. */
+async function refreshPlot(outDir: string, print: (line: string) => void): Promise<void> {
+  try {
+    await writeLossPlot([outDir], join(outDir, "loss.svg"));
+  } catch (error) {
+    print(`note: could not redraw ${join(outDir, "loss.svg")}: ${(error as Error).message}`);
+  }
+}
 
 /** Splits the command line into a config file, `--key=value` overrides and --help. */
 function parseTrainArgs(
