@@ -9,17 +9,44 @@
 import { join } from "node:path";
 import { DataError } from "./errors.ts";
 import { isTokenizerName, type TokenizerName } from "./tokenizer.ts";
+import type { TrainingData } from "./trainer.ts";
 
 /** The file names inside a dataset folder. */
 export const DATASET_FILES = { train: "train.bin", val: "val.bin", meta: "meta.json" } as const;
 
-/** A token file: the training or the validation split. */
+/**
+ * A token file: the training or the validation split.
+ *
+ * @example
+ * ```ts
+ * const splits: Split[] = ["train", "val"];
+ * for (const split of splits) console.log(split, (await readTokens("data/shakespeare_char", split)).length);
+ * ```
+ */
 export type Split = "train" | "val";
 
-/** How ids are stored: nanoGPT uses uint16 for vocabularies up to 65,536. */
+/**
+ * How ids are stored: nanoGPT uses uint16 for vocabularies up to 65,536.
+ *
+ * @example
+ * ```ts
+ * const meta = await readMeta("data/shakespeare_char");
+ * const bytesPerId = meta.dtype === "uint16" ? 2 : 4; // train.bin is meta.train_tokens * bytesPerId bytes
+ * ```
+ */
 export type TokenDType = "uint16" | "uint32";
 
-/** The contents of meta.json (snake_case keys, like nanoGPT's meta.pkl). */
+/**
+ * The contents of meta.json (snake_case keys, like nanoGPT's meta.pkl): how a
+ * dataset's ids were made, so training and sampling use the same tokenizer.
+ *
+ * @example
+ * ```ts
+ * const meta: DatasetMeta = await readMeta("data/shakespeare_char");
+ * console.log(meta.tokenizer, meta.vocab_size, meta.train_tokens); // char 65 1003854
+ * const tokenizer = await tokenizerFromMeta(meta);
+ * ```
+ */
 export interface DatasetMeta {
   /** The tokenizer that made the ids. */
   tokenizer: TokenizerName;
@@ -41,7 +68,15 @@ export interface DatasetMeta {
   source?: { input: string; bytes: number; characters: number };
 }
 
-/** Token ids as read from a token file. */
+/**
+ * Token ids as read from a token file, in the file's own width (see {@link TokenDType}).
+ *
+ * @example
+ * ```ts
+ * const val: TokenArray = await readTokens("data/shakespeare_char", "val");
+ * console.log(tokenizer.decode(val.subarray(0, 100)));
+ * ```
+ */
 export type TokenArray = Uint16Array | Uint32Array;
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
@@ -207,6 +242,23 @@ export async function readTokens(dir: string, split: Split, meta?: DatasetMeta):
     }
   }
   return ids;
+}
+
+/**
+ * Reads a prepared dataset whole: meta.json and both splits, checked against
+ * each other, ready for `Trainer.create`.
+ *
+ * @param dir A folder written by `deno task prepare` or `prepareDataset`.
+ * @returns The train and val token ids and the meta.json.
+ * @example
+ * ```ts
+ * const data = await loadDataset("data/shakespeare_char");
+ * console.log(data.meta.vocab_size, data.train.length, data.val.length); // 65 1003854 111540
+ * ```
+ */
+export async function loadDataset(dir: string): Promise<TrainingData> {
+  const meta = await readMeta(dir);
+  return { train: await readTokens(dir, "train", meta), val: await readTokens(dir, "val", meta), meta };
 }
 
 function swapBytes(bytes: Uint8Array, width: number): void {

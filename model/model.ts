@@ -27,13 +27,23 @@ import { swigluForward } from "../kernels/swiglu.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { type Activations, allocateActivations, releaseActivations } from "./activations.ts";
 import { recordBackward } from "./backward.ts";
-import { headSize, type ModelConfig } from "./config.ts";
+import { ConfigError, headSize, type ModelConfig } from "./config.ts";
 import { linear } from "./linear.ts";
 import type { LoraAdapters } from "./lora_adapters.ts";
-import { type ParamLayout, paramLayout } from "./params.ts";
+import { initialParameters, type ParamLayout, paramLayout } from "./params.ts";
+import { Rng } from "./rng.ts";
 import { FlatViews } from "./weights.ts";
 
-/** One micro-batch on the GPU. */
+/**
+ * One micro-batch on the GPU: what {@link Llama.forward} and {@link Llama.backward} read.
+ *
+ * @example
+ * ```ts
+ * const tokens = gpu.tensor([1, 4], "u32", { data: [20, 43, 50, 50] });
+ * const targets = gpu.tensor([1, 4], "u32", { data: [43, 50, 50, 53] });
+ * model.forward(rec, { batch: { tokens, targets }, loss });
+ * ```
+ */
 export interface Batch {
   /** Input token ids, u32 (B, T). */
   tokens: Tensor;
@@ -43,7 +53,22 @@ export interface Batch {
   index?: EmbeddingIndexBuffer;
 }
 
-/** Keys and values of every layer for incremental decoding, and the position of the next token. */
+/**
+ * Keys and values of every layer for incremental decoding, and the position of
+ * the next token. {@link Generator} allocates and drives one; build your own only
+ * to call {@link Llama.forwardHidden} directly.
+ *
+ * @example
+ * ```ts
+ * const width = config.n_kv_head * (config.n_embd / config.n_head);
+ * const layers = Array.from({ length: config.n_layer }, () => [1, config.block_size, width]);
+ * const cache: KvCache = {
+ *   k: layers.map((shape) => gpu.tensor(shape)),
+ *   v: layers.map((shape) => gpu.tensor(shape)),
+ *   position: gpu.tensor([1], "u32", { data: [0] }),
+ * };
+ * ```
+ */
 export interface KvCache {
   /** Keys per layer (B, Tmax, NKV·HS). */
   k: Tensor[];
@@ -53,7 +78,17 @@ export interface KvCache {
   position: Tensor;
 }
 
-/** Dropout for one micro-step: the step's seed and a stream number no other micro-step uses. */
+/**
+ * Dropout for one micro-step: the step's seed and a stream number no other
+ * micro-step uses, so forward and backward draw the same masks.
+ *
+ * @example
+ * ```ts
+ * const dropout: DropoutStep = { seed, micro: 0 }; // seed: a DropoutSeed set once per step
+ * model.forward(rec, { batch, loss, dropout });
+ * model.backward(rec, { batch, dropout, scale: 1 });
+ * ```
+ */
 export interface DropoutStep {
   /** The per-step seed buffer. */
   seed: DropoutSeed;
@@ -61,7 +96,38 @@ export interface DropoutStep {
   micro: number;
 }
 
-/** A LLaMA model bound to a device and a batch shape. */
+/**
+ * How a {@link Llama} is allocated: its batch shape, whether it trains, and its precision.
+ *
+ * @example
+ * ```ts
+ * const options: LlamaOptions = { batchSize: 4, blockSize: 32, dtype: gpu.features.f16 ? "f16" : "f32" };
+ * const model = Llama.fromCheckpoint(gpu, await loadCheckpoint("out/ckpt.safetensors"), options);
+ * ```
+ */
+export interface LlamaOptions {
+  /** Sequences per forward. */
+  batchSize: number;
+  /** Tokens per sequence (default: the config's block_size). */
+  blockSize?: number;
+  /** Allocate gradients and what the backward pass needs (default: no). */
+  training?: boolean;
+  /** Precision of the matmuls and attention (default f32; f16 needs shader-f16). */
+  dtype?: "f32" | "f16";
+}
+
+/**
+ * A LLaMA model bound to a device and a batch shape: its parameters on the GPU,
+ * and the forward and backward passes recorded into a {@link Recorder}. To
+ * train, use {@link Trainer}; to generate, {@link Generator}.
+ *
+ * @example
+ * ```ts
+ * const model = Llama.fromCheckpoint(gpu, await loadCheckpoint("out/ckpt.safetensors"), { batchSize: 1 });
+ * const logits = await model.logits([tokenizer.encode("ROMEO:")]);
+ * model.release();
+ * ```
+ */
 export class Llama {
   /** The device. */
   readonly gpu: Gpu;
@@ -104,14 +170,7 @@ export class Llama {
   constructor(
     gpu: Gpu,
     config: ModelConfig,
-    options: {
-      batchSize: number;
-      blockSize?: number;
-      training: boolean;
-      dtype?: "f32" | "f16";
-      weightsFrom?: Llama;
-      lora?: LoraAdapters;
-    },
+    options: LlamaOptions & { training: boolean; weightsFrom?: Llama; lora?: LoraAdapters },
   ) {
     this.gpu = gpu;
     this.config = config;
@@ -168,9 +227,104 @@ export class Llama {
     if (this.weights16) cast(rec, { out: this.weights16, x: this.params });
   }
 
-  /** Reads every parameter back. @returns Flat values (layout.total). */
+  /**
+   * Reads every parameter back.
+   *
+   * @returns Flat values (layout.total).
+   */
   download(): Promise<Float32Array> {
     return this.gpu.readFloats(this.params);
+  }
+
+  /**
+   * A model with fresh weights, initialised as nanoGPT does (normal 0.02, the
+   * residual projections scaled down by depth, norms at one).
+   *
+   * @param gpu The device.
+   * @param config The architecture (see `resolveModelConfig`).
+   * @param options Batch shape, training buffers, dtype, and the seed of the weights.
+   * @returns The model, ready to run.
+   * @example
+   * ```ts
+   * const config = resolveModelConfig({ n_layer: 2, n_head: 2, n_embd: 32, block_size: 16, vocab_size: 65 });
+   * const model = Llama.create(gpu, config, { batchSize: 1, seed: 1337 });
+   * ```
+   */
+  static create(gpu: Gpu, config: ModelConfig, options: LlamaOptions & { seed?: number }): Llama {
+    const model = new Llama(gpu, config, { training: false, ...options });
+    model.upload(initialParameters(model.layout, config, new Rng(options.seed ?? 1337)));
+    return model;
+  }
+
+  /**
+   * A model holding a checkpoint's weights (from `loadCheckpoint`).
+   *
+   * @param gpu The device.
+   * @param checkpoint The architecture and flat parameters.
+   * @param options Batch shape, training buffers and dtype.
+   * @returns The model.
+   * @example
+   * ```ts
+   * const model = Llama.fromCheckpoint(gpu, await loadCheckpoint("out/ckpt.safetensors"), { batchSize: 1 });
+   * ```
+   */
+  static fromCheckpoint(
+    gpu: Gpu,
+    checkpoint: { config: ModelConfig; params: Float32Array },
+    options: LlamaOptions,
+  ): Llama {
+    const model = new Llama(gpu, checkpoint.config, { training: false, ...options });
+    model.upload(checkpoint.params);
+    return model;
+  }
+
+  /**
+   * Runs the model on a batch of token sequences and reads back the logits of
+   * every position: one submit and one readback, for inspection and tests (use
+   * {@link Generator} to generate text).
+   *
+   * @param tokens `batchSize` sequences of equal length, at most `blockSize` tokens each.
+   * @returns Logits, [batchSize, length, vocab_size] row-major.
+   * @example
+   * ```ts
+   * const logits = await model.logits([[20, 43, 50, 50, 53]]); // Float32Array(5 * 65)
+   * ```
+   */
+  async logits(tokens: number[][]): Promise<Float32Array> {
+    const { batchSize: B, blockSize: T, gpu } = this;
+    const V = this.config.vocab_size;
+    const length = tokens[0]?.length ?? 0;
+    if (tokens.length !== B || length < 1 || length > T || tokens.some((row) => row.length !== length)) {
+      throw new ConfigError(
+        `logits needs ${B} sequence(s) of equal length between 1 and ${T} tokens, ` +
+          `got lengths [${tokens.map((row) => row.length).join(", ")}]`,
+      );
+    }
+    const ids = new Uint32Array(B * T); // causal attention: padding after the sequence changes nothing before it
+    tokens.forEach((row, b) =>
+      row.forEach((id, t) => {
+        if (!Number.isInteger(id) || id < 0 || id >= V) {
+          throw new ConfigError(
+            `token ${id} (sequence ${b}, position ${t}) is outside the vocabulary of ${V}`,
+          );
+        }
+        ids[b * T + t] = id;
+      })
+    );
+    const input = gpu.tensor([B, T], "u32", { label: "logits tokens", data: ids });
+    try {
+      const rec = gpu.recorder({ label: "logits" });
+      this.forwardHidden(rec, { tokens: input });
+      this.head(rec, { out: this.acts.logits, hidden: this.acts.lnf });
+      rec.submit();
+      const all = await gpu.readFloats(this.acts.logits);
+      if (length === T) return all;
+      const out = new Float32Array(B * length * V);
+      for (let b = 0; b < B; b++) out.set(all.subarray(b * T * V, (b * T + length) * V), b * length * V);
+      return out;
+    } finally {
+      gpu.release(input);
+    }
   }
 
   /** Frees every buffer of the model. */

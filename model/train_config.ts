@@ -6,9 +6,18 @@
  * @module
  */
 
-import { ConfigError, MODEL_KEYS, type ModelConfig } from "./config.ts";
+import { ConfigError, MODEL_KEYS, type ModelConfig, resolveModelConfig } from "./config.ts";
 
-/** Every training setting, model fields included. */
+/**
+ * Every training setting, model fields included, by nanoGPT's names. Build one
+ * with {@link trainConfig}; a trainer and each checkpoint keep theirs.
+ *
+ * @example
+ * ```ts
+ * const config: TrainConfig = trainConfig({ dataset: "shakespeare_char", batch_size: 32, dropout: 0.1 });
+ * console.log(config.learning_rate, config.max_iters, config.out_dir); // 0.001 2000 out
+ * ```
+ */
 export interface TrainConfig {
   // I/O: where checkpoints and metrics go, how often we look at the loss.
   /** Folder for ckpt.safetensors and metrics.jsonl. */
@@ -94,6 +103,12 @@ export interface TrainConfig {
 /**
  * nanoGPT's defaults shrunk to something that trains on Tiny Shakespeare in
  * minutes: the `baby` configuration (nanoGPT's CPU settings for shakespeare_char).
+ *
+ * @example
+ * ```ts
+ * console.log(TRAIN_DEFAULTS.n_layer, TRAIN_DEFAULTS.n_embd, TRAIN_DEFAULTS.block_size); // 4 128 64
+ * const longer = trainConfig({ max_iters: 2 * TRAIN_DEFAULTS.max_iters, lr_decay_iters: 4000 });
+ * ```
  */
 export const TRAIN_DEFAULTS: Readonly<TrainConfig> = Object.freeze({
   out_dir: "out",
@@ -247,6 +262,44 @@ export function validateTrainConfig(config: TrainConfig): void {
 }
 
 /**
+ * A complete training config: the defaults ({@link TRAIN_DEFAULTS}, nanoGPT's
+ * "baby" model) with `settings` over them, checked.
+ *
+ * @param settings The settings to change, by nanoGPT's names.
+ * @returns The config.
+ * @throws {ConfigError} When a value is out of range.
+ * @example
+ * ```ts
+ * const config = trainConfig({ n_layer: 2, n_embd: 64, max_iters: 500, out_dir: "out-small" });
+ * ```
+ */
+export function trainConfig(settings: Partial<TrainConfig> = {}): TrainConfig {
+  for (const key of Object.keys(settings)) {
+    if (!(key in TRAIN_DEFAULTS)) throw new ConfigError(`Unknown training setting "${key}"`);
+  }
+  const config = { ...TRAIN_DEFAULTS, ...settings };
+  validateTrainConfig(config);
+  return config;
+}
+
+/**
+ * The architecture a training config describes, for a dataset's vocabulary
+ * (used when `vocab_size` is 0), with the derived fields filled and checked.
+ *
+ * @param config The training config.
+ * @param vocabSize The dataset's vocabulary (meta.json's `vocab_size`).
+ * @returns The model config.
+ * @throws {ConfigError} When the shape is inconsistent (e.g. n_embd not divisible by n_head).
+ * @example
+ * ```ts
+ * const model = modelConfigFor(trainConfig(), 65); // { n_layer: 4, n_head: 4, n_embd: 128, ... }
+ * ```
+ */
+export function modelConfigFor(config: TrainConfig, vocabSize: number): ModelConfig {
+  return resolveModelConfig(modelFields(config, vocabSize));
+}
+
+/**
  * The model part of a training config (zeros meaning "derive" left out, so
  * `resolveModelConfig` fills them).
  *
@@ -272,6 +325,13 @@ export function modelFields(config: TrainConfig, vocabSize: number): Partial<Mod
  * @param config The schedule settings.
  * @param iteration The optimizer step (0-based).
  * @returns The learning rate.
+ * @example
+ * ```ts
+ * const config = trainConfig();
+ * learningRate(config, 0); // 9.9e-6: the first of 100 warmup steps
+ * learningRate(config, 100); // 0.001: the peak
+ * learningRate(config, 2000); // 0.0001: min_lr
+ * ```
  */
 export function learningRate(
   config: Pick<TrainConfig, "learning_rate" | "min_lr" | "warmup_iters" | "lr_decay_iters" | "decay_lr">,

@@ -10,41 +10,12 @@ import { join } from "node:path";
 import { requestGpu } from "../kernels/device.ts";
 import { loadCheckpoint } from "../model/checkpoint.ts";
 import { Generator } from "../model/generate.ts";
-import { Rng } from "../model/rng.ts";
 import { type SamplingOptions, samplingProblem } from "../model/sampling.ts";
-import { tokenizerFromMeta } from "../model/tokenizer.ts";
+import { generateText, promptTokens } from "../model/text_generation.ts";
+import { hfInitDir, loadHfModel } from "../model/hf.ts";
+import type { ModelConfig } from "../model/config.ts";
+import { isTokenizerName, type Tokenizer, TOKENIZER_NAMES, tokenizerFromMeta } from "../model/tokenizer.ts";
 import { parseFlags, runCli, UsageError } from "./cli.ts";
-
-/**
- * Turns a growing list of ids into text to print: the new suffix of the decoded
- * text, holding back a trailing U+FFFD (a byte-level token that ends mid-character,
- * completed by the next token).
- */
-class TextStream {
-  #decode: (ids: number[]) => string;
-  #printed = 0;
-
-  constructor(decode: (ids: number[]) => string) {
-    this.#decode = decode;
-  }
-
-  push(ids: number[]): string {
-    let text = this.#decode(ids);
-    while (text.endsWith("\uFFFD")) text = text.slice(0, -1);
-    return this.#take(text);
-  }
-
-  flush(ids: number[]): string {
-    return this.#take(this.#decode(ids));
-  }
-
-  #take(text: string): string {
-    if (text.length <= this.#printed) return "";
-    const fresh = text.slice(this.#printed);
-    this.#printed = text.length;
-    return fresh;
-  }
-}
 
 await runCli(async () => {
   const flags = parseFlags(Deno.args, "deno task sample", {
@@ -65,6 +36,11 @@ await runCli(async () => {
     seed: { type: "string", help: "Seeds the sampling", default: "1337" },
     stop_at_eot: { type: "string", help: "Stop a sample at <|endoftext|> (default: yes for BPE tokenizers)" },
     dtype: { type: "string", help: "Compute precision: f32 or f16", default: "f32" },
+    init_from: {
+      type: "string",
+      help: "hf:DIR samples from a Hugging Face LLaMA folder instead of a checkpoint",
+    },
+    tokenizer: { type: "string", help: "With hf:DIR, use this tokenizer instead of DIR/tokenizer.json" },
   });
   if (!flags) return;
   const number = (name: string, integer = false) => {
@@ -91,52 +67,38 @@ await runCli(async () => {
   const dtype = String(flags.dtype);
   if (dtype !== "f32" && dtype !== "f16") throw new UsageError(`--dtype must be f32 or f16, got "${dtype}"`);
 
-  const path = (flags.ckpt as string | undefined) ?? join(String(flags.out_dir), "ckpt.safetensors");
-  const checkpoint = await loadCheckpoint(path);
-  const tokenizer = await tokenizerFromMeta(checkpoint.tokenizer);
+  const { model, tokenizer } = await loadModel(flags);
   const prompt = await readPrompt(String(flags.start));
-  let context: number[];
   try {
-    context = tokenizer.encode(prompt);
+    promptTokens(tokenizer, prompt); // refuse a prompt the tokenizer cannot encode before starting the GPU
   } catch (error) {
-    throw new UsageError(
-      `The prompt cannot be encoded by the model's ${tokenizer.name} tokenizer: ${(error as Error).message}`,
-    );
+    throw new UsageError((error as Error).message);
   }
-  if (context.length === 0) {
-    context = tokenizer.eotId !== null ? [tokenizer.eotId] : tokenizer.encode("\n");
-  }
-  const stopAtEot = flags.stop_at_eot === undefined
-    ? tokenizer.name !== "char"
-    : parseBoolean(String(flags.stop_at_eot));
+  const stopAtEot = flags.stop_at_eot === undefined ? undefined : parseBoolean(String(flags.stop_at_eot));
 
   const gpu = await requestGpu();
   if (dtype === "f16" && !gpu.features.f16) {
     throw new UsageError(`--dtype f16 needs shader-f16, which "${gpu.info.name}" lacks`);
   }
-  const generator = new Generator(gpu, checkpoint, { batchSize: numSamples, dtype });
-  const contexts = Array.from({ length: numSamples }, () => [...context]);
-  const outputs: number[][] = contexts.map(() => []);
-  const stream = new TextStream((ids) => tokenizer.decode(ids));
+  const generator = new Generator(gpu, model, { batchSize: numSamples, dtype });
+  const later = Array.from({ length: numSamples }, () => prompt); // samples after the first print at the end
   const encoder = new TextEncoder();
-  await Deno.stdout.write(encoder.encode(prompt));
-  const rng = new Rng(number("seed", true));
+  const print = (text: string) => Deno.stdout.write(encoder.encode(text));
+  const separator = "\n---------------\n";
+  await print(prompt);
   try {
-    for await (
-      const { tokens } of generator.generate(contexts, {
-        ...sampling,
-        maxNewTokens,
-        stopToken: stopAtEot ? tokenizer.eotId : null,
-      }, rng)
-    ) {
-      tokens.forEach((token, b) => token !== undefined && outputs[b].push(token));
-      const text = stream.push(outputs[0]);
-      if (text) await Deno.stdout.write(encoder.encode(text));
+    const pieces = generateText(generator, tokenizer, prompt, {
+      ...sampling,
+      maxNewTokens,
+      stopAtEot,
+      seed: number("seed", true),
+    });
+    for await (const [first, ...rest] of pieces) {
+      if (first) await print(first);
+      rest.forEach((text, i) => later[i + 1] += text);
     }
-    await Deno.stdout.write(encoder.encode(stream.flush(outputs[0]) + "\n---------------\n"));
-    for (let b = 1; b < numSamples; b++) {
-      await Deno.stdout.write(encoder.encode(prompt + tokenizer.decode(outputs[b]) + "\n---------------\n"));
-    }
+    await print(separator);
+    for (const text of later.slice(1)) await print(text + separator);
   } finally {
     generator.release();
   }
@@ -152,6 +114,32 @@ await runCli(async () => {
       `decode: ${t.decodeTokens} tokens in ${t.decodeMs.toFixed(0)} ms (${rate(t.decodeTokens, t.decodeMs)})`,
   );
 });
+
+/** The checkpoint of --out_dir or --ckpt, or the Hugging Face folder of --init_from hf:DIR, with its tokenizer. */
+async function loadModel(
+  flags: Record<string, unknown>,
+): Promise<{ model: { config: ModelConfig; params: Float32Array }; tokenizer: Tokenizer }> {
+  const name = flags.tokenizer as string | undefined;
+  if (name !== undefined && !isTokenizerName(name)) {
+    throw new UsageError(`Unknown --tokenizer "${name}"; choose from ${TOKENIZER_NAMES.join(", ")}`);
+  }
+  if (flags.init_from !== undefined) {
+    const dir = hfInitDir(String(flags.init_from));
+    if (!dir) {
+      throw new UsageError(
+        `--init_from must be hf:DIR, got "${flags.init_from}"; pick a checkpoint with --out_dir or --ckpt`,
+      );
+    }
+    const model = await loadHfModel(dir, { tokenizer: name });
+    return { model, tokenizer: model.tokenizer };
+  }
+  if (name !== undefined) {
+    throw new UsageError("--tokenizer goes with --init_from hf:DIR; a checkpoint knows its own tokenizer");
+  }
+  const path = (flags.ckpt as string | undefined) ?? join(String(flags.out_dir), "ckpt.safetensors");
+  const checkpoint = await loadCheckpoint(path);
+  return { model: checkpoint, tokenizer: await tokenizerFromMeta(checkpoint.tokenizer) };
+}
 
 /** The prompt: the text itself (with \n and \t escapes), or FILE:path. */
 async function readPrompt(start: string): Promise<string> {

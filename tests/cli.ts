@@ -22,14 +22,24 @@ export interface CliResult {
  * @param args Its arguments.
  * @param env Extra environment variables.
  */
-export async function runTask(
+export function runTask(
   task: string,
   args: string[] = [],
   env: Record<string, string> = {},
 ): Promise<CliResult> {
+  return runDeno(["task", "-q", task, ...args], env);
+}
+
+/**
+ * Runs `deno ...args` from the project root.
+ *
+ * @param args The deno subcommand and its arguments, e.g. ["doc", "--lint", "mod.ts"].
+ * @param env Extra environment variables.
+ */
+export async function runDeno(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   const root = new URL("..", import.meta.url).pathname;
   const output = await new Deno.Command("deno", {
-    args: ["task", "-q", task, ...args],
+    args,
     cwd: root,
     env: { NO_COLOR: "1", ...env },
     stdout: "piped",
