@@ -5,6 +5,7 @@ import { loadHfModel } from "../model/hf.ts";
 import { exportHfModel } from "../model/hf_export.ts";
 import { HfTokenizer } from "../model/hf_tokenizer.ts";
 import { paramLayout } from "../model/params.ts";
+import { runTask } from "./cli.ts";
 
 const DIR = "tests/tmp/hf_tokenizer";
 
@@ -136,4 +137,22 @@ Deno.test("loadHfModel reads the folder's tokenizer.json with the model's eos as
   assert.deepEqual(model.tokenizer.encode("hello"), [HELLO]);
   const named = await loadHfModel(dir, { tokenizer: "gpt2" }).catch((error) => error);
   assert.match(String(named), /50257 ids but the model .* only 263/);
+});
+
+Deno.test("deno task sample --init_from hf:DIR samples with the folder's tokenizer.json", async () => {
+  const dir = join(DIR, "model"); // written by the test above
+  const sampled = await runTask("sample", [
+    `--init_from=hf:${dir}`,
+    "--start=hello world",
+    "--max_new_tokens=3",
+    "--num_samples=1",
+  ]);
+  assert.equal(sampled.code, 0, sampled.stderr);
+  assert.match(sampled.stdout, /^hello world/);
+  const wrong = await runTask("sample", [`--init_from=${dir}`]);
+  assert.equal(wrong.code, 2);
+  assert.match(
+    wrong.stderr,
+    /^error: --init_from must be hf:DIR, got "tests\/tmp\/hf_tokenizer\/model"; .*\n$/,
+  );
 });

@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { loadCheckpoint } from "../model/checkpoint.ts";
+import { prepareDataset } from "../model/prepare.ts";
+import { runTask } from "./cli.ts";
+
+const DIR = "tests/tmp/hf_cli";
+const TINY = [
+  "--n_layer=1",
+  "--n_head=2",
+  "--n_embd=32",
+  "--block_size=16",
+  "--batch_size=4",
+  "--eval_iters=1",
+  "--log_interval=1",
+  "--peak_flops=1e12",
+];
+
+Deno.test("train draws loss.svg at each evaluation; export and train --init_from hf: carry the weights over exactly", async () => {
+  await Deno.remove(DIR, { recursive: true }).catch(() => {});
+  await Deno.mkdir(DIR, { recursive: true });
+  const text = await Deno.readTextFile("data/shakespeare_char/input.txt");
+  await Deno.writeTextFile(join(DIR, "input.txt"), text.slice(0, 20_000));
+  const data = join(DIR, "data");
+  await prepareDataset({ input: join(DIR, "input.txt"), out: data, force: true });
+
+  const first = join(DIR, "first");
+  const trained = await runTask("train", [
+    ...TINY,
+    `--dataset=${data}`,
+    `--out_dir=${first}`,
+    "--max_iters=4",
+    "--eval_interval=2",
+  ]);
+  assert.equal(trained.code, 0, trained.stderr);
+  const svg = await Deno.readTextFile(join(first, "loss.svg"));
+  const val = svg.match(/data-name="val"[^>]* points="([^"]*)"/);
+  assert.ok(val, "a val series");
+  assert.equal(val[1].split(" ").length, 3, "evaluations at iterations 0, 2 and 4");
+
+  const hf = join(DIR, "hf");
+  const exported = await runTask("export", ["--out_dir", first, "--hf", hf]);
+  assert.equal(exported.code, 0, exported.stderr);
+  for (const file of ["config.json", "model.safetensors", "generation_config.json"]) {
+    assert.ok((await Deno.stat(join(hf, file))).isFile, file);
+  }
+
+  const second = join(DIR, "second");
+  const continued = await runTask("train", [
+    ...TINY,
+    `--dataset=${data}`,
+    `--out_dir=${second}`,
+    `--init_from=hf:${hf}`,
+    "--max_iters=0",
+  ]);
+  assert.equal(continued.code, 0, continued.stderr);
+  assert.match(continued.stdout, /starting from the weights in tests\/tmp\/hf_cli\/hf/);
+  assert.match(continued.stdout, /note: the dataset's char tokenizer could not be checked/);
+  const before = await loadCheckpoint(join(first, "ckpt.safetensors"));
+  const after = await loadCheckpoint(join(second, "ckpt.safetensors"));
+  assert.deepEqual(after.config, before.config);
+  assert.deepEqual(after.params, before.params, "weights unchanged through export and import");
+
+  const tooLong = await runTask("train", [
+    ...TINY.filter((flag) => !flag.startsWith("--block_size")),
+    "--block_size=32",
+    `--dataset=${data}`,
+    `--out_dir=${join(DIR, "third")}`,
+    `--init_from=hf:${hf}`,
+  ]);
+  assert.equal(tooLong.code, 1);
+  assert.match(
+    tooLong.stderr,
+    /^error: block_size 32 exceeds the max_position_embeddings 16 of .*; lower --block_size\n$/,
+  );
+});
