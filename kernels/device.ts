@@ -25,10 +25,26 @@ import { Recorder, type RecorderOptions } from "./recorder.ts";
 import { readBack, writeTensor } from "./transfer.ts";
 import { checkF16, measureLoopLimit } from "./selftest.ts";
 
-/** How to treat an optional WebGPU feature: use it if present, demand it, or leave it off. */
+/**
+ * How to treat an optional WebGPU feature: use it if present (`"auto"`), demand
+ * it (`"require"`: {@link requestGpu} throws without it), or leave it off.
+ *
+ * @example
+ * ```ts
+ * const gpu = await requestGpu({ f16: "require", timestamps: "off" });
+ * ```
+ */
 export type FeatureWish = "auto" | "require" | "off";
 
-/** Options of {@link requestGpu}. */
+/**
+ * Options of {@link requestGpu}: which optional features to use and which adapter to prefer.
+ *
+ * @example
+ * ```ts
+ * const options: GpuOptions = { f16: "off", timestamps: "auto", powerPreference: "low-power" };
+ * const gpu = await requestGpu(options);
+ * ```
+ */
 export interface GpuOptions {
   /** `shader-f16`: f16 storage and arithmetic in WGSL. Default `"auto"`. */
   f16?: FeatureWish;
@@ -38,7 +54,16 @@ export interface GpuOptions {
   powerPreference?: GPUPowerPreference;
 }
 
-/** The features that are on for a {@link Gpu}. */
+/**
+ * The features that are on for a {@link Gpu} (`gpu.features`), e.g. to choose
+ * the training precision.
+ *
+ * @example
+ * ```ts
+ * if (!gpu.features.f16) console.warn(`f16 is off: ${gpu.f16Problem || "the adapter lacks shader-f16"}`);
+ * const config = trainConfig({ dtype: gpu.features.f16 ? "f16" : "f32" });
+ * ```
+ */
 export interface GpuFeatures {
   /** `shader-f16` is enabled and passed the start-up check against the CPU. */
   f16: boolean;
@@ -48,7 +73,16 @@ export interface GpuFeatures {
   subgroups: boolean;
 }
 
-/** What the adapter says of itself, plus what we infer. */
+/**
+ * What the adapter says of itself, plus what we infer (`gpu.info`), for logs and
+ * for warning when training would run on the CPU.
+ *
+ * @example
+ * ```ts
+ * const { name, backend, fallback } = gpu.info;
+ * if (fallback) console.warn(`${name} (${backend}) is a software adapter: expect slow training`);
+ * ```
+ */
 export interface AdapterSummary {
   /** Human-readable name, e.g. `NVIDIA H200` or `llvmpipe (LLVM 15.0.6, 256 bits)`. */
   name: string;
@@ -64,7 +98,16 @@ export interface AdapterSummary {
   features: string[];
 }
 
-/** The limits this project cares about, as granted to the device. */
+/**
+ * The limits this project cares about, as granted to the device (`gpu.limits`):
+ * they bound the largest tensor and the kernels' workgroup shapes.
+ *
+ * @example
+ * ```ts
+ * const floats = gpu.limits.maxStorageBufferBindingSize / 4;
+ * console.log(`one tensor can hold up to ${floats} f32 values`);
+ * ```
+ */
 export interface GpuLimits {
   /** Largest storage buffer binding, bytes. */
   maxStorageBufferBindingSize: number;
@@ -86,7 +129,18 @@ export interface GpuLimits {
   minStorageBufferOffsetAlignment: number;
 }
 
-/** Counters of GPU objects created, to show a training step creates none. */
+/**
+ * Counters of GPU objects created (`gpu.stats`), to show a training step creates
+ * none and to see how much memory a model holds.
+ *
+ * @example
+ * ```ts
+ * const before = { ...gpu.stats };
+ * await trainer.step();
+ * console.log(gpu.stats.buffers - before.buffers); // 0: a step reuses its buffers
+ * console.log(gpu.stats.dispatches - before.dispatches); // the kernels one step records
+ * ```
+ */
 export interface GpuStats {
   /** Buffers allocated. */
   buffers: number;
@@ -115,7 +169,17 @@ const LIMIT_NAMES: (keyof GpuLimits)[] = [
 ];
 
 /**
- * A WebGPU device with caches and error reporting. Get one with {@link requestGpu}.
+ * A WebGPU device with caches and error reporting: it allocates tensors, copies
+ * data in and out, records GPU work, and throws what went wrong at the next
+ * synchronisation point. Get one with {@link requestGpu}.
+ *
+ * @example
+ * ```ts
+ * const gpu = await requestGpu();
+ * const x = gpu.tensor([4], "f32", { label: "x", data: [1, 2, 3, 4] });
+ * console.log(gpu.info.name, gpu.features.f16, await gpu.read(x));
+ * gpu.release(x);
+ * ```
  */
 export class Gpu {
   /** The underlying WebGPU device. */
@@ -215,6 +279,8 @@ export class Gpu {
    * Throws the first error the device reported since the last check: a lost
    * device, a shader that failed to compile, an allocation that failed, or a
    * validation error.
+   *
+   * @returns Resolves when no error is pending.
    */
   async check(): Promise<void> {
     const pending = this.#pending;
@@ -226,7 +292,11 @@ export class Gpu {
     if (errors.length > 0) throw errors[0];
   }
 
-  /** Waits for all submitted work, then {@link Gpu.check}s for errors. */
+  /**
+   * Waits for all submitted work, then {@link Gpu.check}s for errors.
+   *
+   * @returns Resolves once the submitted work is done and no error is pending.
+   */
   async sync(): Promise<void> {
     if (!this.#lost) await this.queue.onSubmittedWorkDone();
     await this.check();

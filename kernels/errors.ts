@@ -5,7 +5,21 @@
  * @module
  */
 
-/** Any failure of the GPU layer: no adapter, a bad shader, out of memory, a lost device. */
+/**
+ * Any failure of the GPU layer: no adapter, a bad shader, out of memory, a lost
+ * device. Catch it to print the one-line message (and the detail lines, if any)
+ * instead of a stack trace.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await gpu.sync();
+ * } catch (error) {
+ *   if (error instanceof GpuError) console.error(`error: ${error.message}\n${error.detail}`);
+ *   else throw error;
+ * }
+ * ```
+ */
 export class GpuError extends Error {
   /** Extra lines (WGSL source around a compile error, say) shown below the message. */
   readonly detail: string;
@@ -27,7 +41,19 @@ export class GpuError extends Error {
   }
 }
 
-/** No WebGPU adapter could be had at all. */
+/**
+ * No WebGPU adapter could be had at all; the message names the driver to install.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await requestGpu();
+ * } catch (error) {
+ *   if (!(error instanceof NoAdapterError)) throw error;
+ *   console.error(error.message); // "No WebGPU adapter found; install a GPU driver with Vulkan support, ..."
+ * }
+ * ```
+ */
 export class NoAdapterError extends GpuError {
   /**
    * Creates the error.
@@ -45,7 +71,17 @@ export class NoAdapterError extends GpuError {
   }
 }
 
-/** The adapter lacks a feature the caller required. */
+/**
+ * The adapter lacks a feature the caller marked `"require"` in {@link GpuOptions}.
+ *
+ * @example
+ * ```ts
+ * const gpu = await requestGpu({ f16: "require" }).catch((error) => {
+ *   if (error instanceof MissingFeatureError) return requestGpu({ f16: "off" }); // feature: "shader-f16"
+ *   throw error;
+ * });
+ * ```
+ */
 export class MissingFeatureError extends GpuError {
   /** The WebGPU feature name, e.g. `shader-f16`. */
   readonly feature: string;
@@ -67,7 +103,19 @@ export class MissingFeatureError extends GpuError {
   }
 }
 
-/** A WGSL module failed to compile. */
+/**
+ * A WGSL module failed to compile; reported at the next {@link Gpu.check} after
+ * its pipeline was created, with the offending lines in `detail`.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await gpu.check();
+ * } catch (error) {
+ *   if (error instanceof ShaderCompileError) console.error(`${error.message}\n${error.detail}`);
+ * }
+ * ```
+ */
 export class ShaderCompileError extends GpuError {
   /**
    * Creates the error.
@@ -82,7 +130,21 @@ export class ShaderCompileError extends GpuError {
   }
 }
 
-/** A buffer could not be allocated: over a device limit, or out of memory. */
+/**
+ * A buffer could not be allocated: over a device limit (thrown at once), or out
+ * of memory (thrown at the next {@link Gpu.check}). The message says what to lower.
+ *
+ * @example
+ * ```ts
+ * const config = trainConfig({ batch_size: 512, n_embd: 2048, n_head: 16 });
+ * try {
+ *   Trainer.create(gpu, config, modelConfigFor(config, data.meta.vocab_size), data);
+ *   await gpu.check();
+ * } catch (error) {
+ *   if (error instanceof GpuOutOfMemoryError) console.error(error.message); // "...; lower batch_size, ..."
+ * }
+ * ```
+ */
 export class GpuOutOfMemoryError extends GpuError {
   /**
    * Creates the error.
@@ -96,7 +158,20 @@ export class GpuOutOfMemoryError extends GpuError {
   }
 }
 
-/** The device was lost (driver reset, GPU removed, or destroyed while in use). */
+/**
+ * The device was lost (driver reset, GPU removed, or destroyed while in use); the
+ * {@link Gpu} cannot be used again. Thrown at the next synchronisation point and
+ * passed to {@link Gpu.onLost} listeners.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await trainer.step({ read: true });
+ * } catch (error) {
+ *   if (error instanceof DeviceLostError) console.error(error.message); // "...; check the driver ..."
+ * }
+ * ```
+ */
 export class DeviceLostError extends GpuError {
   /**
    * Creates the error.

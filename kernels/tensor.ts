@@ -8,10 +8,28 @@
 
 import { GpuError } from "./errors.ts";
 
-/** Element types a tensor can hold. */
+/**
+ * Element types a tensor can hold: floats for weights and activations (f16
+ * needs `shader-f16`), u32 for token ids and counts, i32 for signed indices.
+ *
+ * @example
+ * ```ts
+ * const dtype: DType = gpu.features.f16 ? "f16" : "f32";
+ * const hidden = gpu.tensor([12, 64, 128], dtype, { label: "hidden" });
+ * ```
+ */
 export type DType = "f32" | "f16" | "u32" | "i32";
 
-/** Host data accepted for uploads. */
+/**
+ * Host data accepted for uploads: a typed array or a plain array with one value
+ * per element, converted to the tensor's dtype on the way.
+ *
+ * @example
+ * ```ts
+ * const data: TensorData = Uint32Array.from(tokenizer.encode("ROMEO:"));
+ * const tokens = gpu.tensor([1, data.length], "u32", { label: "prompt", data });
+ * ```
+ */
 export type TensorData =
   | Float32Array
   | Float64Array
@@ -22,7 +40,19 @@ export type TensorData =
 
 const BYTES: Record<DType, number> = { f32: 4, f16: 2, u32: 4, i32: 4 };
 
-/** A shaped, typed range of a GPU buffer. */
+/**
+ * A shaped, typed range of a GPU buffer: what every kernel reads and writes.
+ * Allocate one with `gpu.tensor()`, read it with `gpu.read()`, and free its
+ * buffer with `gpu.release()`.
+ *
+ * @example
+ * ```ts
+ * const x = gpu.tensor([2, 3], "f32", { label: "x", data: [1, 2, 3, 4, 5, 6] });
+ * const row = x.view(3, [3], "x row 1");
+ * console.log(row.byteOffset, await gpu.read(row)); // 12 Float32Array(3) [4, 5, 6]
+ * gpu.release(x);
+ * ```
+ */
 export class Tensor {
   /** The buffer holding the data. */
   readonly buffer: GPUBuffer;

@@ -11,7 +11,17 @@ import type { Gpu } from "../kernels/device.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { headSize, type ModelConfig } from "./config.ts";
 
-/** What the forward saves for one layer. N = B·T rows. */
+/**
+ * What the forward saves for one layer, N = B·T rows: read one to inspect a
+ * layer's intermediate values after a forward.
+ *
+ * @example
+ * ```ts
+ * await model.logits([tokenizer.encode("ROMEO:")]);
+ * const layer0: LayerActivations = model.acts.layers[0];
+ * const rstd = await gpu.read(layer0.rstd1); // 1/rms of each row entering layer 0
+ * ```
+ */
 export interface LayerActivations {
   /** Residual stream entering the layer (N, C). */
   resid: Tensor;
@@ -37,7 +47,17 @@ export interface LayerActivations {
   hidden: Tensor;
 }
 
-/** Every activation of one (B, T) shape. */
+/**
+ * Every activation of one (B, T) shape (`model.acts`), allocated once with the
+ * model and overwritten by each forward.
+ *
+ * @example
+ * ```ts
+ * const acts: Activations = model.acts;
+ * await model.logits([tokenizer.encode("ROMEO:")]);
+ * const hidden = await gpu.read(acts.lnf); // (B, T, C): each position's final hidden state
+ * ```
+ */
 export interface Activations {
   /** Rows N = B·T. */
   rows: number;

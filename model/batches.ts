@@ -10,7 +10,16 @@ import { ConfigError } from "./config.ts";
 import type { TokenArray } from "./meta.ts";
 import type { Rng } from "./rng.ts";
 
-/** One micro-batch on the host, rows of T tokens laid end to end. */
+/**
+ * One micro-batch on the host, rows of T tokens laid end to end, each target the
+ * token after its input.
+ *
+ * @example
+ * ```ts
+ * const ids = Uint32Array.from(tokenizer.encode("First Citizen:"));
+ * const batch: HostBatch = { tokens: ids.subarray(0, 8), targets: ids.subarray(1, 9) }; // B = 1, T = 8
+ * ```
+ */
 export interface HostBatch {
   /** Inputs (B·T). */
   tokens: Uint32Array;

@@ -15,7 +15,16 @@
  * @module
  */
 
-/** The tiktoken vocabularies we ship. */
+/**
+ * The tiktoken vocabularies we ship: GPT-2's, and GPT-3.5/4's and GPT-4o's.
+ *
+ * @example
+ * ```ts
+ * const name: BpeName = "gpt2";
+ * const tokenizer = await loadTokenizer(name);
+ * tokenizer.encode("Hello<|endoftext|>"); // [15496, 50256]
+ * ```
+ */
 export type BpeName = "gpt2" | "cl100k_base" | "o200k_base";
 
 /** A js-tiktoken rank file: the split regex, the special tokens, and the base64 tokens by rank. */

@@ -6,7 +6,19 @@
  * @module
  */
 
-/** A bad setting; the message names it, its value and what to do. */
+/**
+ * A bad setting; the message names it, its value and what to do.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   modelConfigFor(trainConfig({ n_embd: 100, n_head: 3 }), 65);
+ * } catch (error) {
+ *   if (error instanceof ConfigError) console.error(error.message); // "n_embd 100 is not divisible ..."
+ *   else throw error;
+ * }
+ * ```
+ */
 export class ConfigError extends Error {
   /**
    * Creates the error.
@@ -19,7 +31,19 @@ export class ConfigError extends Error {
   }
 }
 
-/** Everything that fixes the model's parameters and computation. */
+/**
+ * Everything that fixes the model's parameters and computation; checkpoints
+ * store it, and {@link resolveModelConfig} fills its defaults.
+ *
+ * @example
+ * ```ts
+ * const config: ModelConfig = resolveModelConfig({
+ *   n_layer: 4, n_head: 4, n_embd: 128, block_size: 64, vocab_size: 65,
+ * });
+ * const model = Llama.create(gpu, config, { batchSize: 1 });
+ * console.log(config.mlp_hidden, config.n_kv_head); // 384 4
+ * ```
+ */
 export interface ModelConfig {
   /** Transformer blocks. */
   n_layer: number;

@@ -6,7 +6,20 @@
  * @module
  */
 
-/** Bad input data, an unwritable output, or token files that do not match their meta.json. */
+/**
+ * Bad input data, an unwritable output, or token files that do not match their
+ * meta.json; the message names the file and the fix.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await loadDataset("data/mine");
+ * } catch (error) {
+ *   if (error instanceof DataError) console.error(error.message); // "...; run deno task prepare ..."
+ *   else throw error;
+ * }
+ * ```
+ */
 export class DataError extends Error {
   /**
    * Creates the error.

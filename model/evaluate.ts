@@ -13,7 +13,17 @@ import type { ModelConfig } from "./config.ts";
 import type { TokenArray } from "./meta.ts";
 import { Llama } from "./model.ts";
 
-/** A whole-split loss. */
+/**
+ * A whole-split loss, as {@link splitLoss} computes it and `deno task eval` prints it.
+ *
+ * @example
+ * ```ts
+ * const checkpoint = await loadCheckpoint("out/ckpt.safetensors");
+ * const val = await readTokens("data/shakespeare_char", "val");
+ * const result: SplitLoss = await splitLoss(gpu, checkpoint, val);
+ * console.log(`val loss ${result.loss.toFixed(4)} over ${result.tokens} tokens`);
+ * ```
+ */
 export interface SplitLoss {
   /** Mean cross-entropy per predicted token (nats). */
   loss: number;

@@ -21,7 +21,17 @@ import { type KvCache, Llama } from "./model.ts";
 import type { Rng } from "./rng.ts";
 import { sampleToken, type SamplingOptions } from "./sampling.ts";
 
-/** Options of {@link Generator.generate}. */
+/**
+ * Options of {@link Generator.generate}: how many tokens, when to stop, and how to sample.
+ *
+ * @example
+ * ```ts
+ * const options: GenerateOptions = { maxNewTokens: 200, stopToken: tokenizer.eotId, temperature: 0.8 };
+ * for await (const step of generator.generate([tokenizer.encode("ROMEO:")], options, new Rng(7))) {
+ *   console.log(step.tokens[0]);
+ * }
+ * ```
+ */
 export interface GenerateOptions extends SamplingOptions {
   /** Tokens to add to each sequence. */
   maxNewTokens: number;
@@ -31,13 +41,38 @@ export interface GenerateOptions extends SamplingOptions {
   recompute?: boolean;
 }
 
-/** One decoding step's output. */
+/**
+ * One decoding step's output: the token each sequence gained.
+ *
+ * @example
+ * ```ts
+ * const ids: number[] = [];
+ * for await (const step of generator.generate([prompt], { maxNewTokens: 50 }, rng)) {
+ *   if (step.tokens[0] !== undefined) ids.push(step.tokens[0]);
+ * }
+ * console.log(tokenizer.decode(ids));
+ * ```
+ */
 export interface GenerateStep {
   /** The new token of each sequence (undefined for a sequence that has stopped). */
   tokens: (number | undefined)[];
 }
 
-/** Prefill and decode for `batchSize` sequences of one model. */
+/**
+ * Prefill and decode for `batchSize` sequences of one model, with a KV cache on
+ * the GPU; it yields token ids ({@link generateText} turns them into text).
+ *
+ * @example
+ * ```ts
+ * const checkpoint = await loadCheckpoint("out/ckpt.safetensors");
+ * const generator = new Generator(gpu, checkpoint, { batchSize: 2 });
+ * const prompt = [0]; // a line break in shakespeare_char
+ * for await (const { tokens } of generator.generate([prompt, prompt], { maxNewTokens: 100 }, new Rng(1))) {
+ *   console.log(tokens); // [id, id]
+ * }
+ * generator.release();
+ * ```
+ */
 export class Generator {
   /** The device. */
   readonly gpu: Gpu;

@@ -13,10 +13,28 @@
 import { headSize, type ModelConfig } from "./config.ts";
 import type { Rng } from "./rng.ts";
 
-/** How a tensor is initialised. */
+/**
+ * How a tensor is initialised: normal(0, 0.02), the residual projections'
+ * depth-scaled normal, or ones for norm gains.
+ *
+ * @example
+ * ```ts
+ * const gains = paramLayout(config).tensors.filter((t) => t.init === "ones").map((t) => t.name);
+ * // ["model.layers.0.input_layernorm.weight", ..., "model.norm.weight"]
+ * ```
+ */
 export type ParamInit = "normal" | "residual" | "ones";
 
-/** One parameter tensor's place in the flat buffers. */
+/**
+ * One parameter tensor's place in the flat buffers, under its Hugging Face name.
+ *
+ * @example
+ * ```ts
+ * const params = await model.download();
+ * const embedding: ParamTensor = model.layout.embedding; // shape [vocab_size, n_embd]
+ * const row0 = params.subarray(embedding.offset, embedding.offset + embedding.shape[1]);
+ * ```
+ */
 export interface ParamTensor {
   /** Hugging Face name, e.g. `model.layers.0.self_attn.q_proj.weight`. */
   name: string;
@@ -32,7 +50,15 @@ export interface ParamTensor {
   init: ParamInit;
 }
 
-/** Offsets of one layer's tensors and fused groups. */
+/**
+ * Offsets of one layer's tensors and fused groups (q/k/v and gate/up stacked).
+ *
+ * @example
+ * ```ts
+ * const layer0: LayerParams = paramLayout(config).layers[0];
+ * console.log(layer0.attnOut.name, layer0.qkv.rows); // model.layers.0.self_attn.o_proj.weight 384
+ * ```
+ */
 export interface LayerParams {
   /** input_layernorm gain [C]. */
   attnNorm: ParamTensor;
@@ -48,7 +74,17 @@ export interface LayerParams {
   down: ParamTensor;
 }
 
-/** Where every parameter lives. */
+/**
+ * Where every parameter lives in the flat buffers of parameters, gradients and
+ * AdamW moments; also the checkpoint's list of tensors.
+ *
+ * @example
+ * ```ts
+ * const layout: ParamLayout = paramLayout(config);
+ * for (const t of layout.tensors) console.log(t.name, t.shape, t.offset);
+ * console.log(layout.count, layout.total); // real parameters; elements with alignment padding
+ * ```
+ */
 export interface ParamLayout {
   /** All tensors in buffer order. */
   tensors: ParamTensor[];
@@ -143,7 +179,13 @@ export function paramLayout(config: ModelConfig): ParamLayout {
  * Parameter counts as nanoGPT prints them.
  *
  * @param layout The layout.
- * @returns Total parameters, and without the token embedding (nanoGPT's "non-embedding" count; an untied lm_head still counts).
+ * @returns Total parameters, and without the token embedding (nanoGPT's "non-embedding" count;
+ *   an untied lm_head still counts).
+ * @example
+ * ```ts
+ * const { total, nonEmbedding } = parameterCounts(paramLayout(config));
+ * console.log(`${(total / 1e6).toFixed(2)}M parameters, ${nonEmbedding} outside the embedding`);
+ * ```
  */
 export function parameterCounts(layout: ParamLayout): { total: number; nonEmbedding: number } {
   return { total: layout.count, nonEmbedding: layout.count - layout.embedding.length };

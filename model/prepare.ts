@@ -21,7 +21,15 @@ import { DATASET_FILES, type DatasetMeta, tokenBytes, tokenDType } from "./meta.
 import { listSources, readTextChunks, type TextStreamOptions } from "./text_stream.ts";
 import { EOT, isTokenizerName, loadTokenizer, type TokenizerName } from "./tokenizer.ts";
 
-/** What to prepare and how. */
+/**
+ * What {@link prepareDataset} reads, where it writes, and how it tokenizes and splits.
+ *
+ * @example
+ * ```ts
+ * const options: PrepareOptions = { input: "my_corpus/", out: "data/mine", tokenizer: "gpt2", eot: true };
+ * await prepareDataset({ ...options, valFraction: 0.05, onWarning: (line) => console.warn(line) });
+ * ```
+ */
 export interface PrepareOptions {
   /** A text file, a folder of text files, or an http(s) URL (downloaded to `<out>/input.txt`). */
   input: string;
@@ -51,7 +59,18 @@ export interface PrepareOptions {
   signal?: AbortSignal;
 }
 
-/** Where a run is. */
+/**
+ * Where a {@link prepareDataset} run is, as passed to its `onProgress` callback.
+ *
+ * @example
+ * ```ts
+ * const onProgress = (p: PrepareProgress) => {
+ *   const percent = p.bytesTotal > 0 ? ((100 * p.bytesDone) / p.bytesTotal).toFixed(0) : "?";
+ *   console.log(`${p.phase} ${percent}% ${p.tokens} tokens`);
+ * };
+ * await prepareDataset({ input: "input.txt", out: "data/mine", onProgress });
+ * ```
+ */
 export interface PrepareProgress {
   /** `download` (URL input), `scan` (first pass) or `encode` (second pass). */
   phase: "download" | "scan" | "encode";
@@ -65,7 +84,15 @@ export interface PrepareProgress {
   elapsedMs: number;
 }
 
-/** What a run produced. */
+/**
+ * What a {@link prepareDataset} run produced: the folder, its meta.json and the warnings.
+ *
+ * @example
+ * ```ts
+ * const result: PrepareResult = await prepareDataset({ input: "input.txt", out: "data/mine" });
+ * console.log(result.out, result.meta.vocab_size, result.warnings.length);
+ * ```
+ */
 export interface PrepareResult {
   /** The dataset folder. */
   out: string;

@@ -8,7 +8,17 @@
 
 import type { Rng } from "./rng.ts";
 
-/** How to pick tokens. */
+/**
+ * How to pick each next token from the logits; shared by {@link GenerateOptions}
+ * and {@link TextGenerationOptions}. Every field is optional: the defaults draw
+ * from the model's plain distribution.
+ *
+ * @example
+ * ```ts
+ * const sampling: SamplingOptions = { temperature: 0.8, topK: 200, repetitionPenalty: 1.3 };
+ * const stream = generateText(generator, tokenizer, "ROMEO:", { ...sampling, maxNewTokens: 100 });
+ * ```
+ */
 export interface SamplingOptions {
   /** Divides the logits; 0 picks the most likely token (greedy). Default 1. */
   temperature?: number;

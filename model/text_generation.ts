@@ -14,7 +14,17 @@ import { Rng } from "./rng.ts";
 import type { SamplingOptions } from "./sampling.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
-/** Options of {@link generateText}. */
+/**
+ * Options of {@link generateText}: length, sampling controls, stop rule and seed.
+ *
+ * @example
+ * ```ts
+ * const options: TextGenerationOptions = { maxNewTokens: 300, temperature: 0.7, topP: 0.9, seed: 7 };
+ * for await (const [text] of generateText(generator, tokenizer, "ROMEO:", options)) {
+ *   await Deno.stdout.write(new TextEncoder().encode(text));
+ * }
+ * ```
+ */
 export interface TextGenerationOptions extends SamplingOptions {
   /** Tokens to generate per sample. */
   maxNewTokens: number;

@@ -14,13 +14,32 @@ import type { DatasetMeta } from "./meta.ts";
 /** The end-of-text marker as written in text: documents are joined with it. */
 export const EOT = "<|endoftext|>";
 
-/** A tokenizer's name as written in meta.json and given to `--tokenizer`. */
+/**
+ * A tokenizer's name as written in meta.json and given to `--tokenizer`.
+ *
+ * @example
+ * ```ts
+ * const name: TokenizerName = "cl100k_base";
+ * await prepareDataset({ input: "sanguo.txt", out: "data/sanguo", tokenizer: name });
+ * ```
+ */
 export type TokenizerName = "char" | BpeName;
 
 /** Every tokenizer, in the order the CLI lists them. */
 export const TOKENIZER_NAMES: readonly TokenizerName[] = ["char", "gpt2", "cl100k_base", "o200k_base"];
 
-/** Text to token ids and back. */
+/**
+ * Text to token ids and back: what prepare encodes with and what sampling
+ * decodes with. Get one with {@link loadTokenizer} or {@link tokenizerFromMeta}.
+ *
+ * @example
+ * ```ts
+ * const tokenizer: Tokenizer = await tokenizerFromMeta(checkpoint.tokenizer);
+ * const ids = tokenizer.encode("ROMEO:");
+ * const logits = await model.logits([ids]); // ids.length rows of tokenizer.vocabSize logits
+ * console.log(tokenizer.decode(ids), tokenizer.eotId);
+ * ```
+ */
 export interface Tokenizer {
   /** Which tokenizer this is: a {@link TokenizerName}, or `tokenizer.json` for a Hugging Face model's own. */
   readonly name: string;

@@ -9,7 +9,15 @@ import type { Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "./config.ts";
 import type { ParamLayout, ParamTensor } from "./params.ts";
 
-/** One layer's tensors as views of a flat buffer. */
+/**
+ * One layer's tensors as views of a flat buffer, ready to bind to kernels.
+ *
+ * @example
+ * ```ts
+ * const layer0: LayerViews = model.views.layer(model.params, 0);
+ * console.log(layer0.qkv.shape, await gpu.read(layer0.attnNorm)); // [384, 128] Float32Array(128) [1, 1, ...]
+ * ```
+ */
 export interface LayerViews {
   /** input_layernorm gain (C). */
   attnNorm: Tensor;
@@ -25,7 +33,17 @@ export interface LayerViews {
   down: Tensor;
 }
 
-/** Views of the model's tensors in any flat buffer with the parameter layout. */
+/**
+ * Views of the model's tensors in any flat buffer with the parameter layout:
+ * the same calls address the parameters, the gradients and the f16 weights.
+ *
+ * @example
+ * ```ts
+ * const views: FlatViews = model.views;
+ * const embedding = views.embedding(model.params); // (V, C)
+ * const dEmbedding = views.embedding(model.grads!); // its gradient, same shape
+ * ```
+ */
 export class FlatViews {
   #layout: ParamLayout;
   #width: number;
@@ -41,17 +59,32 @@ export class FlatViews {
     this.#width = config.n_embd;
   }
 
-  /** model.embed_tokens.weight (V, C). @param flat A flat buffer. @returns The view. */
+  /**
+   * model.embed_tokens.weight (V, C).
+   *
+   * @param flat A flat buffer with the parameter layout.
+   * @returns The view.
+   */
   embedding(flat: Tensor): Tensor {
     return view(flat, this.#layout.embedding);
   }
 
-  /** lm_head.weight (V, C), the embedding itself when tied. @param flat A flat buffer. @returns The view. */
+  /**
+   * lm_head.weight (V, C), the embedding itself when tied.
+   *
+   * @param flat A flat buffer with the parameter layout.
+   * @returns The view.
+   */
   lmHead(flat: Tensor): Tensor {
     return view(flat, this.#layout.lmHead);
   }
 
-  /** model.norm.weight (C). @param flat A flat buffer. @returns The view. */
+  /**
+   * model.norm.weight (C).
+   *
+   * @param flat A flat buffer with the parameter layout.
+   * @returns The view.
+   */
   finalNorm(flat: Tensor): Tensor {
     return view(flat, this.#layout.finalNorm);
   }
