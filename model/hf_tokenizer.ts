@@ -12,7 +12,7 @@
 import { join } from "node:path";
 import { BytePairEncoding } from "./bpe.ts";
 import { DataError } from "./errors.ts";
-import { EOT, TOKENIZER_NAMES, type Tokenizer } from "./tokenizer.ts";
+import { EOT, type Tokenizer, TOKENIZER_NAMES } from "./tokenizer.ts";
 
 /** The GPT-2 split pattern, which a ByteLevel pre-tokenizer with use_regex applies. */
 const GPT2_PATTERN = String.raw`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`;
