@@ -8,11 +8,41 @@
  * @module
  */
 
-import { join } from "node:path";
-import { saveCheckpoint } from "./checkpoint.ts";
-import type { StepResult, Trainer } from "./trainer.ts";
+import type { StepResult } from "./trainer.ts";
+import type { TrainConfig } from "./train_config.ts";
 
-/** One log line's numbers. */
+/** What {@link runTraining} drives: a `Trainer`, or a `LoraTrainer`. */
+export interface TrainingRun {
+  /** The settings (out_dir, intervals, max_iters...). */
+  readonly config: TrainConfig;
+  /** Optimizer steps taken. */
+  iteration: number;
+  /** Best validation loss seen. */
+  bestValLoss: number;
+  /** Tokens consumed per optimizer step. */
+  readonly tokensPerStep: number;
+  /** The scheduled learning rate at an iteration. */
+  learningRate(iteration: number): number;
+  /** One optimizer step; its loss when `read`. */
+  step(options?: { read?: boolean }): Promise<StepResult | null>;
+  /** Mean train and val loss. */
+  evaluate(): Promise<{ train: number; val: number }>;
+  /** Writes what a resume needs into out_dir; returns the file a user wants (checkpoint or adapter). */
+  save(): Promise<string>;
+}
+
+/**
+ * One log line's numbers, passed to {@link TrainingHooks.onLog} every log_interval iterations.
+ *
+ * @example
+ * ```ts
+ * const onLog = (m: LogMetrics) => {
+ *   console.log(`iter ${m.iteration}: loss ${m.loss.toFixed(4)}, lr ${m.lr}`);
+ *   console.log(`${m.msPerIter.toFixed(0)} ms/iter, ${m.tokensPerSecond.toFixed(0)} tokens/s`);
+ * };
+ * await runTraining(trainer, { onLog });
+ * ```
+ */
 export interface LogMetrics extends StepResult {
   /** Iteration just completed (0-based, nanoGPT's iter_num). */
   iteration: number;
@@ -22,7 +52,18 @@ export interface LogMetrics extends StepResult {
   tokensPerSecond: number;
 }
 
-/** One evaluation's numbers. */
+/**
+ * One evaluation's numbers, passed to {@link TrainingHooks.onEval} every eval_interval iterations.
+ *
+ * @example
+ * ```ts
+ * const onEval = (m: EvalMetrics) => {
+ *   const saved = m.saved ? " (checkpoint saved)" : "";
+ *   console.log(`step ${m.iteration}: train ${m.trainLoss.toFixed(4)}, val ${m.valLoss.toFixed(4)}${saved}`);
+ * };
+ * await runTraining(trainer, { onEval });
+ * ```
+ */
 export interface EvalMetrics {
   /** Iteration at which it ran. */
   iteration: number;
@@ -36,7 +77,18 @@ export interface EvalMetrics {
   saved: boolean;
 }
 
-/** Callbacks and stop control of {@link runTraining}. */
+/**
+ * Callbacks and stop control of {@link runTraining}: how a CLI, a notebook or a
+ * test sees progress and ends a run early.
+ *
+ * @example
+ * ```ts
+ * let stop = false;
+ * Deno.addSignalListener("SIGINT", () => stop = true); // Ctrl-C: save and stop
+ * const hooks: TrainingHooks = { onEval: (m) => console.log(m.valLoss), shouldStop: () => stop };
+ * await runTraining(trainer, hooks);
+ * ```
+ */
 export interface TrainingHooks {
   /** Every log_interval iterations. */
   onLog?: (metrics: LogMetrics) => void | Promise<void>;
@@ -48,7 +100,15 @@ export interface TrainingHooks {
   shouldStop?: () => boolean;
 }
 
-/** How a run ended. */
+/**
+ * How a {@link runTraining} run ended, and where its checkpoint went.
+ *
+ * @example
+ * ```ts
+ * const outcome: TrainingOutcome = await runTraining(trainer);
+ * console.log(`${outcome.reason} at ${outcome.iteration}`, outcome.checkpoint ?? "(nothing saved)");
+ * ```
+ */
 export interface TrainingOutcome {
   /** Iterations completed. */
   iteration: number;
@@ -61,7 +121,7 @@ export interface TrainingOutcome {
 /**
  * Trains until max_iters (or until stopped), evaluating, logging and saving.
  *
- * @param trainer A trainer (fresh or resumed).
+ * @param trainer A trainer (fresh or resumed), full or LoRA.
  * @param hooks Callbacks and a stop check.
  * @returns How it ended.
  * @example
@@ -69,13 +129,8 @@ export interface TrainingOutcome {
  * await runTraining(trainer, { onLog: (m) => console.log(m.iteration, m.loss) });
  * ```
  */
-export async function runTraining(trainer: Trainer, hooks: TrainingHooks = {}): Promise<TrainingOutcome> {
+export async function runTraining(trainer: TrainingRun, hooks: TrainingHooks = {}): Promise<TrainingOutcome> {
   const { config } = trainer;
-  const path = join(config.out_dir, "ckpt.safetensors");
-  const save = async () => {
-    await Deno.mkdir(config.out_dir, { recursive: true });
-    await saveCheckpoint(path, await trainer.checkpoint());
-  };
   let lastLogTime = performance.now();
   let lastLogIteration = trainer.iteration;
   while (true) {
@@ -85,7 +140,7 @@ export async function runTraining(trainer: Trainer, hooks: TrainingHooks = {}): 
       const improved = losses.val < trainer.bestValLoss;
       if (improved) trainer.bestValLoss = losses.val;
       const saved = !config.eval_only && iteration > 0 && (improved || config.always_save_checkpoint);
-      if (saved) await save();
+      if (saved) await trainer.save();
       await hooks.onEval?.({
         iteration,
         trainLoss: losses.train,
@@ -115,7 +170,7 @@ export async function runTraining(trainer: Trainer, hooks: TrainingHooks = {}): 
       });
     }
   }
-  await save();
+  const path = await trainer.save();
   const reason = trainer.iteration >= config.max_iters ? "finished" : "stopped";
   return { iteration: trainer.iteration, reason, checkpoint: path };
 }

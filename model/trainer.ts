@@ -17,7 +17,8 @@ import { LossScaler, type LossScalerOptions } from "../kernels/loss_scale.ts";
 import { GradNorm } from "../kernels/reduce.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { checkSplit, type HostBatch, randomBatch } from "./batches.ts";
-import type { Checkpoint } from "./checkpoint.ts";
+import { join } from "node:path";
+import { type Checkpoint, saveCheckpoint } from "./checkpoint.ts";
 import { ConfigError, type ModelConfig } from "./config.ts";
 import type { DatasetMeta, TokenArray } from "./meta.ts";
 import { type Batch, Llama } from "./model.ts";
@@ -25,7 +26,20 @@ import { initialParameters } from "./params.ts";
 import { Rng } from "./rng.ts";
 import { learningRate, type TrainConfig } from "./train_config.ts";
 
-/** The tokens a trainer reads. */
+/**
+ * The tokens a trainer reads: both splits and the meta.json that says how they
+ * were made. {@link loadDataset} reads one from a prepared folder.
+ *
+ * @example
+ * ```ts
+ * const meta = await readMeta("data/shakespeare_char");
+ * const data: TrainingData = {
+ *   train: await readTokens("data/shakespeare_char", "train", meta),
+ *   val: await readTokens("data/shakespeare_char", "val", meta),
+ *   meta,
+ * };
+ * ```
+ */
 export interface TrainingData {
   /** train.bin. */
   train: TokenArray;
@@ -35,7 +49,15 @@ export interface TrainingData {
   meta: DatasetMeta;
 }
 
-/** What a step reports when its loss is read back. */
+/**
+ * What a step reports when its loss is read back (`trainer.step({ read: true })`).
+ *
+ * @example
+ * ```ts
+ * const result: StepResult | null = await trainer.step({ read: true });
+ * if (result) console.log(`loss ${result.loss.toFixed(4)}, grad norm ${result.gradNorm.toFixed(2)}`);
+ * ```
+ */
 export interface StepResult {
   /** Mean training loss over the step's micro-batches. */
   loss: number;
@@ -47,7 +69,20 @@ export interface StepResult {
   lossScale?: { scale: number; skipped: number };
 }
 
-/** Trains one model; create with {@link Trainer.create}. */
+/**
+ * Trains one model: owns the model, the optimizer state and the batch generator,
+ * takes optimizer steps and evaluates. Create with {@link Trainer.create}; drive
+ * with {@link runTraining}, or step it yourself.
+ *
+ * @example
+ * ```ts
+ * const config = trainConfig({ max_iters: 200 });
+ * const data = await loadDataset("data/shakespeare_char");
+ * const trainer = Trainer.create(gpu, config, modelConfigFor(config, data.meta.vocab_size), data);
+ * await runTraining(trainer, { onLog: (m) => console.log(m.iteration, m.loss) });
+ * trainer.release();
+ * ```
+ */
 export class Trainer {
   /** The device. */
   readonly gpu: Gpu;
@@ -278,6 +313,7 @@ export class Trainer {
    *
    * @param batch Tokens and targets (batch_size × block_size; IGNORE targets allowed).
    * @param accumulate Add to the running sum instead of starting a new one.
+   * @returns Resolves once the work is submitted; read the sum with {@link Trainer.lossSum}.
    */
   async forwardLoss(batch: HostBatch, accumulate: boolean): Promise<void> {
     const micro = this.#micro[0];
@@ -288,7 +324,11 @@ export class Trainer {
     await Promise.resolve();
   }
 
-  /** Reads the loss sum of the last {@link Trainer.forwardLoss} calls. @returns The sum of their mean losses. */
+  /**
+   * Reads the loss sum of the last {@link Trainer.forwardLoss} calls.
+   *
+   * @returns The sum of their mean losses.
+   */
   async lossSum(): Promise<number> {
     return (await this.gpu.readFloats(this.#lossSum))[0];
   }
@@ -312,6 +352,18 @@ export class Trainer {
         ...(this.#scaler ? { lossScale: await this.#scaler.read() } : {}),
       },
     };
+  }
+
+  /**
+   * Writes {@link Trainer.checkpoint} to `<out_dir>/ckpt.safetensors` (atomically).
+   *
+   * @returns The file written.
+   */
+  async save(): Promise<string> {
+    const path = join(this.config.out_dir, "ckpt.safetensors");
+    await Deno.mkdir(this.config.out_dir, { recursive: true });
+    await saveCheckpoint(path, await this.checkpoint());
+    return path;
   }
 
   /** Frees the model and every buffer the trainer owns. */

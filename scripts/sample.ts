@@ -9,6 +9,7 @@
 import { join } from "node:path";
 import { requestGpu } from "../kernels/device.ts";
 import { loadCheckpoint } from "../model/checkpoint.ts";
+import { mergeAdapterFile } from "../model/lora_file.ts";
 import { Generator } from "../model/generate.ts";
 import { type SamplingOptions, samplingProblem } from "../model/sampling.ts";
 import { generateText, promptTokens } from "../model/text_generation.ts";
@@ -41,6 +42,7 @@ await runCli(async () => {
       help: "hf:DIR samples from a Hugging Face LLaMA folder instead of a checkpoint",
     },
     tokenizer: { type: "string", help: "With hf:DIR, use this tokenizer instead of DIR/tokenizer.json" },
+    lora: { type: "string", help: "A LoRA adapter (deno task finetune) to apply to the checkpoint" },
   });
   if (!flags) return;
   const number = (name: string, integer = false) => {
@@ -68,6 +70,10 @@ await runCli(async () => {
   if (dtype !== "f32" && dtype !== "f16") throw new UsageError(`--dtype must be f32 or f16, got "${dtype}"`);
 
   const { model, tokenizer } = await loadModel(flags);
+  if (flags.lora !== undefined) {
+    const base = String(flags.init_from ?? flags.ckpt ?? join(String(flags.out_dir), "ckpt.safetensors"));
+    model.params = await mergeAdapterFile(String(flags.lora), { ...model, path: base });
+  }
   const prompt = await readPrompt(String(flags.start));
   try {
     promptTokens(tokenizer, prompt); // refuse a prompt the tokenizer cannot encode before starting the GPU
