@@ -98,6 +98,7 @@ export type { SplitLoss } from "./model/evaluate.ts";
 
 // Checkpoints.
 export { loadCheckpoint, saveCheckpoint } from "./model/checkpoint.ts";
+export { SafetensorsError } from "./model/safetensors.ts";
 export type { Checkpoint, TrainingState } from "./model/checkpoint.ts";
 
 // Generation.

@@ -22,7 +22,16 @@ import {
   writeSafetensors,
 } from "./safetensors.ts";
 
-/** Training progress stored with the weights, so `init_from resume` continues exactly. */
+/**
+ * Training progress stored with the weights, so `init_from resume` continues exactly.
+ *
+ * @example
+ * ```ts
+ * const checkpoint = await loadCheckpoint("out/ckpt.safetensors");
+ * const state: TrainingState | undefined = checkpoint.training;
+ * console.log(state?.iteration, state?.bestValLoss, state?.trainConfig.dataset);
+ * ```
+ */
 export interface TrainingState {
   /** Optimizer steps taken. */
   iteration: number;
@@ -36,7 +45,17 @@ export interface TrainingState {
   lossScale?: LossScaleState;
 }
 
-/** What a checkpoint holds. */
+/**
+ * What a checkpoint holds: enough to sample (config, tokenizer, parameters) and,
+ * when a trainer saved it, to resume (moments, training state).
+ *
+ * @example
+ * ```ts
+ * const checkpoint: Checkpoint = await loadCheckpoint("out/ckpt.safetensors");
+ * const generator = new Generator(gpu, checkpoint, { batchSize: 1 });
+ * const tokenizer = await tokenizerFromMeta(checkpoint.tokenizer);
+ * ```
+ */
 export interface Checkpoint {
   /** The architecture. */
   config: ModelConfig;
@@ -58,6 +77,7 @@ const EXP_AVG_SQ = "optimizer.exp_avg_sq";
  *
  * @param path Destination, e.g. `out/ckpt.safetensors`.
  * @param checkpoint Config, tokenizer, parameters and optionally moments and training state.
+ * @returns Resolves once the file is renamed into place.
  * @example
  * ```ts
  * await saveCheckpoint("out/ckpt.safetensors", { config, tokenizer: meta, params });
@@ -97,6 +117,12 @@ export async function saveCheckpoint(path: string, checkpoint: Checkpoint): Prom
  * @param path The checkpoint file.
  * @returns The checkpoint.
  * @throws {SafetensorsError} Naming the file and the problem.
+ * @example
+ * ```ts
+ * const checkpoint = await loadCheckpoint("out/ckpt.safetensors");
+ * console.log(checkpoint.config.n_layer, checkpoint.tokenizer.tokenizer, checkpoint.training?.iteration);
+ * const model = Llama.fromCheckpoint(gpu, checkpoint, { batchSize: 1 });
+ * ```
  */
 export async function loadCheckpoint(path: string): Promise<Checkpoint> {
   let file: Deno.FsFile;
@@ -122,6 +148,13 @@ export async function loadCheckpoint(path: string): Promise<Checkpoint> {
       tokenizer = checkMeta(parseJson(header.metadata.tokenizer, "tokenizer", path), `${path} tokenizer`);
     } catch (error) {
       throw new SafetensorsError(path, `has an invalid tokenizer: ${(error as Error).message}`);
+    }
+    if (config.n_layer > header.tensors.size) {
+      // Before building the layout: a crafted n_layer must not make us loop or allocate for a billion layers.
+      throw new SafetensorsError(
+        path,
+        `has a config of ${config.n_layer} layers but ${header.tensors.size} tensors`,
+      );
     }
     const layout = paramLayout(config);
     for (const t of layout.tensors) {

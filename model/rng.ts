@@ -56,7 +56,11 @@ export class Rng {
     return rng;
   }
 
-  /** The state, for checkpoints. @returns Four u32 words. */
+  /**
+   * The state, for checkpoints.
+   *
+   * @returns Four u32 words; {@link Rng.fromState} continues from them.
+   */
   state(): number[] {
     return [...this.#s];
   }

@@ -25,7 +25,19 @@ const DTYPE_BYTES: Record<SafetensorsDType, number> = {
 /** Largest header we accept: real headers are kilobytes; a crafted one must not make us allocate gigabytes. */
 export const MAX_HEADER_BYTES = 64 * 1024 * 1024;
 
-/** A malformed or unreadable safetensors file; the message names the file and the problem. */
+/**
+ * A malformed or unreadable safetensors file; the message names the file and the problem.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await loadCheckpoint("out/ckpt.safetensors");
+ * } catch (error) {
+ *   if (error instanceof SafetensorsError) console.error(error.message); // "out/ckpt.safetensors: ..."
+ *   else throw error;
+ * }
+ * ```
+ */
 export class SafetensorsError extends Error {
   /**
    * Creates the error.

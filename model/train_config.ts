@@ -267,7 +267,7 @@ export function validateTrainConfig(config: TrainConfig): void {
  *
  * @param settings The settings to change, by nanoGPT's names.
  * @returns The config.
- * @throws {ConfigError} When a value is out of range.
+ * @throws {ConfigError} When a value is out of range or the model's shape is inconsistent.
  * @example
  * ```ts
  * const config = trainConfig({ n_layer: 2, n_embd: 64, max_iters: 500, out_dir: "out-small" });
@@ -279,6 +279,7 @@ export function trainConfig(settings: Partial<TrainConfig> = {}): TrainConfig {
   }
   const config = { ...TRAIN_DEFAULTS, ...settings };
   validateTrainConfig(config);
+  modelConfigFor(config, 1); // the model's shape too, before any data is read (the vocabulary comes later)
   return config;
 }
 

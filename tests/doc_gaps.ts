@@ -88,8 +88,14 @@ function signatureGaps(where: string, jsDoc: Json, signature: Json): string[] {
     const name = param.kind === "assign" ? param.left?.name : param.name;
     if (name && !documented.has(name)) gaps.push(`${where}: no @param ${name}`);
   }
-  const returns = signature.returnType?.repr ?? "";
-  const returnsNothing = ["void", "Promise<void>", ""].includes(returns.replace(/\s/g, ""));
+  const returnsNothing = isNothing(signature.returnType);
   if (!returnsNothing && !tags.some((tag: Json) => tag.kind === "return")) gaps.push(`${where}: no @returns`);
   return gaps;
+}
+
+/** `void`, `Promise<void>` or no declared type (`deno doc` spells Promise<void> as a typeRef "Promise"). */
+function isNothing(type: Json): boolean {
+  if (!type || type.repr === "void" || type.repr === "") return true;
+  const params = type.kind === "typeRef" && type.value?.typeName === "Promise" ? type.value.typeParams : null;
+  return params?.length === 1 && params[0].repr === "void";
 }
