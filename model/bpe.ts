@@ -55,6 +55,15 @@ const SMALL_PIECE = 64;
 /**
  * A byte-level BPE vocabulary given as merges (Hugging Face tokenizer.json style) rather than tiktoken ranks.
  * Tokens are byte strings written one char per byte (Latin-1).
+ *
+ * @example
+ * ```ts
+ * const vocabulary: MergeVocabulary = {
+ *   name: "tiny", pattern: String.raw`\S+|\s+`, specials: new Map(), wholePieceFirst: false,
+ *   tokens: new Map([["a", 0], ["b", 1], ["ab", 2]]), merges: [["a", "b"]],
+ * };
+ * BytePairEncoding.fromMerges(vocabulary).encodeOrdinary("abba"); // [2, 1, 0]
+ * ```
  */
 export interface MergeVocabulary {
   /** Names the vocabulary in messages. */
@@ -71,7 +80,15 @@ export interface MergeVocabulary {
   wholePieceFirst: boolean;
 }
 
-/** Encoder and decoder of one byte-level BPE vocabulary (ordinary text; special tokens are the caller's). */
+/**
+ * Encoder and decoder of one byte-level BPE vocabulary (ordinary text; special tokens are the caller's).
+ *
+ * @example
+ * ```ts
+ * const bpe = await BytePairEncoding.load("gpt2");
+ * new TextDecoder().decode(bpe.decodeBytes(bpe.encodeOrdinary("Hello world"))); // "Hello world"
+ * ```
+ */
 export class BytePairEncoding {
   /** The vocabulary's name. */
   readonly name: string;

@@ -14,10 +14,25 @@ import { HfTokenizer } from "./hf_tokenizer.ts";
 import type { DatasetMeta, TokenArray } from "./meta.ts";
 import { loadTokenizer, type Tokenizer, tokenizerFromMeta, type TokenizerName } from "./tokenizer.ts";
 
-/** The prefix of an `init_from` value that names a Hugging Face folder. */
+/**
+ * The prefix of an `init_from` value that names a Hugging Face folder.
+ *
+ * @example
+ * ```ts
+ * `${HF_PREFIX}models/tiny-llama`; // "hf:models/tiny-llama"
+ * ```
+ */
 export const HF_PREFIX = "hf:";
 
-/** A Hugging Face model with the tokenizer to run it with. */
+/**
+ * A Hugging Face model with the tokenizer to run it with.
+ *
+ * @example
+ * ```ts
+ * const model: HfModel = await loadHfModel("models/tiny-llama");
+ * model.tokenizer.encode("Hello");
+ * ```
+ */
 export interface HfModel extends HfWeights {
   /** tokenizer.json's byte-level BPE ({@link HfTokenizer}), or the named tokenizer given instead. */
   tokenizer: Tokenizer;
@@ -29,6 +44,11 @@ export interface HfModel extends HfWeights {
  * @param initFrom E.g. `hf:models/tiny`, `scratch`, `resume`.
  * @returns The folder for `hf:DIR`, else null.
  * @throws {ConfigError} For `hf:` with no folder.
+ * @example
+ * ```ts
+ * hfInitDir("hf:models/tiny"); // "models/tiny"
+ * hfInitDir("resume"); // null
+ * ```
  */
 export function hfInitDir(initFrom: string): string | null {
   if (!initFrom.startsWith(HF_PREFIX)) return null;

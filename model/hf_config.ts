@@ -9,7 +9,15 @@
 
 import { ConfigError, headSize, type ModelConfig, resolveModelConfig } from "./config.ts";
 
-/** The config.json fields we write (a subset of transformers' `LlamaConfig`). */
+/**
+ * The config.json fields we write (a subset of transformers' `LlamaConfig`).
+ *
+ * @example
+ * ```ts
+ * const json: HfLlamaConfig = hfConfig(config, null);
+ * await Deno.writeTextFile("out/hf/config.json", JSON.stringify(json));
+ * ```
+ */
 export interface HfLlamaConfig {
   /** `["LlamaForCausalLM"]`. */
   architectures: string[];
@@ -107,6 +115,10 @@ export function hfConfig(config: ModelConfig, eotId: number | null): HfLlamaConf
  * @param where The file, for messages.
  * @returns The model config (dropout 0).
  * @throws {ConfigError} Naming the unsupported or missing field.
+ * @example
+ * ```ts
+ * const config = modelConfigFromHf(JSON.parse(await Deno.readTextFile("m/config.json")), "m/config.json");
+ * ```
  */
 export function modelConfigFromHf(json: unknown, where: string): ModelConfig {
   if (typeof json !== "object" || json === null || Array.isArray(json)) {

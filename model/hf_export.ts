@@ -15,7 +15,14 @@ import { hfConfig } from "./hf_config.ts";
 import { paramLayout } from "./params.ts";
 import { type TensorToWrite, writeSafetensors } from "./safetensors.ts";
 
-/** The files of an exported folder. */
+/**
+ * The files of a Hugging Face model folder.
+ *
+ * @example
+ * ```ts
+ * const config = JSON.parse(await Deno.readTextFile(`out/hf/${HF_FILES.config}`));
+ * ```
+ */
 export const HF_FILES = {
   config: "config.json",
   weights: "model.safetensors",

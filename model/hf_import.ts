@@ -16,7 +16,16 @@ import { modelConfigFromHf } from "./hf_config.ts";
 import { paramLayout } from "./params.ts";
 import { readSafetensorsHeader, readTensorBytes, SafetensorsError, toFloat32 } from "./safetensors.ts";
 
-/** A Hugging Face model's architecture and weights in our flat layout. */
+/**
+ * A Hugging Face model's architecture and weights in our flat layout.
+ *
+ * @example
+ * ```ts
+ * const { config, params }: HfWeights = await loadHfWeights("models/tiny-llama");
+ * const model = new Llama(gpu, config, { batchSize: 1, training: false });
+ * model.upload(params);
+ * ```
+ */
 export interface HfWeights {
   /** The architecture (dropout 0, block_size = max_position_embeddings). */
   config: ModelConfig;

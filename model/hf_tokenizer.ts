@@ -30,6 +30,10 @@ const INSTEAD = `pass --tokenizer NAME instead if the model's vocabulary is one 
  * byte-level vocabularies.
  *
  * @returns Character for each byte 0..255.
+ * @example
+ * ```ts
+ * byteLevelAlphabet()[32]; // "Ġ", the space
+ * ```
  */
 export function byteLevelAlphabet(): string[] {
   const printable = (b: number) =>
@@ -40,7 +44,15 @@ export function byteLevelAlphabet(): string[] {
   return chars;
 }
 
-/** A byte-level BPE tokenizer read from tokenizer.json. */
+/**
+ * A byte-level BPE tokenizer read from tokenizer.json.
+ *
+ * @example
+ * ```ts
+ * const tokenizer = await HfTokenizer.load("models/tiny-llama");
+ * tokenizer.decode(tokenizer.encode("Hello world")); // "Hello world"
+ * ```
+ */
 export class HfTokenizer implements Tokenizer {
   /** `tokenizer.json`, naming it in messages. */
   readonly name = "tokenizer.json";

@@ -10,7 +10,15 @@ import { join } from "node:path";
 import { DataError } from "./errors.ts";
 import { type Chart, type Series, svgCharts } from "./svg_chart.ts";
 
-/** The numbers of one run's metrics.jsonl, ordered by iteration. */
+/**
+ * The numbers of one run's metrics.jsonl, ordered by iteration.
+ *
+ * @example
+ * ```ts
+ * const run: RunMetrics = await readRunMetrics("out");
+ * console.log(run.eval.map((e) => e.valLoss));
+ * ```
+ */
 export interface RunMetrics {
   /** Names the run in the legend (its folder). */
   name: string;
@@ -20,7 +28,14 @@ export interface RunMetrics {
   eval: { iter: number; trainLoss: number; valLoss: number; lr: number; tokens: number }[];
 }
 
-/** The metrics file of a run folder. */
+/**
+ * The metrics file of a run folder.
+ *
+ * @example
+ * ```ts
+ * const lines = (await Deno.readTextFile(`out/${METRICS_FILE}`)).split("\n");
+ * ```
+ */
 export const METRICS_FILE = "metrics.jsonl";
 
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
@@ -94,6 +109,10 @@ export async function readRunMetrics(dir: string): Promise<RunMetrics> {
  *
  * @param runs One or more runs, each drawn in its own colour.
  * @returns The charts.
+ * @example
+ * ```ts
+ * const svg = svgCharts(lossCharts([await readRunMetrics("out")]));
+ * ```
  */
 export function lossCharts(runs: RunMetrics[]): Chart[] {
   const lossSeries = (x: "iter" | "tokens") =>
@@ -156,6 +175,7 @@ export function lossCharts(runs: RunMetrics[]): Chart[] {
  *
  * @param dirs The runs' out_dirs.
  * @param path The SVG to write.
+ * @returns Once the file is in place.
  * @example
  * ```ts
  * await writeLossPlot(["out", "out-big"], "loss.svg");

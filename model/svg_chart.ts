@@ -5,7 +5,14 @@
  * @module
  */
 
-/** One line of a chart. */
+/**
+ * One line of a chart.
+ *
+ * @example
+ * ```ts
+ * const val: Series = { name: "val", color: "#d62728", dots: true, points: [[0, 4.2], [250, 2.1]] };
+ * ```
+ */
 export interface Series {
   /** Legend text. */
   name: string;
@@ -23,7 +30,14 @@ export interface Series {
   points: [number, number][];
 }
 
-/** One panel. */
+/**
+ * One panel.
+ *
+ * @example
+ * ```ts
+ * const chart: Chart = { title: "Loss", xLabel: "iteration", yLabel: "loss", series: [val] };
+ * ```
+ */
 export interface Chart {
   /** Above the plot area. */
   title: string;
@@ -46,6 +60,10 @@ const MARGIN = { left: 80, right: 230, top: 40, bottom: 50 };
  * @param max Upper end (> min).
  * @param count Ticks wanted.
  * @returns The ticks, ascending.
+ * @example
+ * ```ts
+ * niceTicks(1.93, 4.1); // [2, 2.5, 3, 3.5, 4]
+ * ```
  */
 export function niceTicks(min: number, max: number, count = 6): number[] {
   const raw = (max - min) / Math.max(1, count - 1);
