@@ -204,6 +204,48 @@ export class BytePairEncoding {
   }
 
   /**
+   * The vocabulary as Hugging Face BPE merges, in rank order: each token of two or
+   * more bytes is split where merging its bytes with only lower ranks leaves two
+   * parts (how transformers converts tiktoken vocabularies; GPT-2's merges.txt).
+   *
+   * @returns The split pattern, every ordinary token's bytes (one char per byte) with its id, and the merges.
+   * @throws {Error} When a token cannot be reached by merges (not a BPE vocabulary).
+   * @example
+   * ```ts
+   * const { merges } = (await BytePairEncoding.load("gpt2")).toMerges();
+   * merges[0]; // ["Ġ", "t"] as bytes: [" ", "t"]
+   * ```
+   */
+  toMerges(): { pattern: string; tokens: Map<string, number>; merges: [string, string][] } {
+    const tokens = new Map<string, number>();
+    const merges: [number, string, string][] = [];
+    const specialIds = new Set(this.#specials.values());
+    this.#tokens.forEach((bytes, id) => {
+      if (bytes === undefined || specialIds.has(id)) return;
+      tokens.set(bytes, id);
+      const rank = this.#ranks.get(bytes);
+      if (bytes.length < 2 || rank === undefined) return;
+      const parts = [...bytes];
+      for (;;) {
+        let best = -1;
+        let bestRank = rank;
+        for (let i = 0; i + 1 < parts.length; i++) {
+          const pairRank = this.#ranks.get(parts[i] + parts[i + 1]) ?? Infinity;
+          if (pairRank < bestRank) [best, bestRank] = [i, pairRank];
+        }
+        if (best < 0) break;
+        parts.splice(best, 2, parts[best] + parts[best + 1]);
+      }
+      if (parts.length !== 2) {
+        throw new Error(`Token ${id} of ${this.name} is not the merge of two lower-ranked tokens`);
+      }
+      merges.push([rank, parts[0], parts[1]]);
+    });
+    merges.sort((a, b) => a[0] - b[0]);
+    return { pattern: this.#pattern.source, tokens, merges: merges.map(([, left, right]) => [left, right]) };
+  }
+
+  /**
    * Encodes text with no special tokens (tiktoken's `encode_ordinary`): `<|endoftext|>` here is 7 pieces.
    *
    * @param text Any string.

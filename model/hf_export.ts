@@ -2,9 +2,10 @@
  * A checkpoint as a Hugging Face model folder that `transformers` loads as
  * `LlamaForCausalLM`: config.json, model.safetensors (f32, our tensor names are
  * already the Hugging Face ones, weights [out_features, in_features]; q/k/v and
- * gate/up are separate tensors that merely sit back to back in our flat buffer)
- * and generation_config.json. A tied lm_head is left out, as `save_pretrained`
- * does; transformers ties it back from tie_word_embeddings.
+ * gate/up are separate tensors that merely sit back to back in our flat buffer),
+ * generation_config.json, and for byte-pair vocabularies tokenizer.json and
+ * tokenizer_config.json. A tied lm_head is left out, as `save_pretrained` does;
+ * transformers ties it back from tie_word_embeddings.
  *
  * @module
  */
@@ -12,6 +13,7 @@
 import { join } from "node:path";
 import type { Checkpoint } from "./checkpoint.ts";
 import { hfConfig } from "./hf_config.ts";
+import { hfTokenizerFiles } from "./hf_tokenizer_json.ts";
 import { paramLayout } from "./params.ts";
 import { type TensorToWrite, writeSafetensors } from "./safetensors.ts";
 
@@ -29,6 +31,7 @@ export const HF_FILES = {
   index: "model.safetensors.index.json",
   generation: "generation_config.json",
   tokenizer: "tokenizer.json",
+  tokenizerConfig: "tokenizer_config.json",
 } as const;
 
 /**
@@ -67,6 +70,12 @@ export async function exportHfModel(checkpoint: Checkpoint, dir: string): Promis
   await writeSafetensors(files[0], tensors, { format: "pt" });
   await writeJsonAtomically(files[1], hfConfig(config, eotId));
   await writeJsonAtomically(files[2], generation);
+  const tokenizer = await hfTokenizerFiles(checkpoint.tokenizer, config.block_size);
+  if (tokenizer) {
+    files.push(join(dir, HF_FILES.tokenizer), join(dir, HF_FILES.tokenizerConfig));
+    await writeJsonAtomically(files[3], tokenizer.tokenizer);
+    await writeJsonAtomically(files[4], tokenizer.tokenizerConfig);
+  }
   return files;
 }
 

@@ -36,8 +36,11 @@ function randomCheckpoint(config = CONFIG, seed = 3): Checkpoint {
   for (const t of layout.tensors) {
     for (let i = 0; i < t.length; i++) params[t.offset + i] += 0.6 * (rng.uniform() - 0.5);
   }
+  // Character level: exports without a tokenizer.json; the last id is the end of text.
+  const chars = Array.from({ length: config.vocab_size - 1 }, (_, i) => String.fromCharCode(97 + i));
   const tokenizer = {
-    tokenizer: "gpt2" as const,
+    tokenizer: "char" as const,
+    chars,
     vocab_size: config.vocab_size,
     dtype: "uint16" as const,
     eot_id: config.vocab_size - 1,

@@ -4,7 +4,9 @@ import { resolveModelConfig } from "../model/config.ts";
 import { loadHfModel } from "../model/hf.ts";
 import { exportHfModel } from "../model/hf_export.ts";
 import { HfTokenizer } from "../model/hf_tokenizer.ts";
+import { tokenDType } from "../model/meta.ts";
 import { paramLayout } from "../model/params.ts";
+import { loadTokenizer } from "../model/tokenizer.ts";
 import { runTask } from "./cli.ts";
 
 const DIR = "tests/tmp/hf_tokenizer";
@@ -121,7 +123,8 @@ Deno.test("loadHfModel reads the folder's tokenizer.json with the model's eos as
   const config = resolveModelConfig({ n_layer: 1, n_head: 2, n_embd: 8, block_size: 4, vocab_size: 263 });
   const params = new Float32Array(paramLayout(config).total).fill(0.5);
   const tokenizer = {
-    tokenizer: "gpt2" as const,
+    tokenizer: "char" as const, // no tokenizer.json of its own: the test writes one
+    chars: ["a", "b", "c", "d", "e"],
     vocab_size: 263,
     dtype: "uint16" as const,
     eot_id: 5,
@@ -155,4 +158,48 @@ Deno.test("deno task sample --init_from hf:DIR samples with the folder's tokeniz
     wrong.stderr,
     /^error: --init_from must be hf:DIR, got "tests\/tmp\/hf_tokenizer\/model"; .*\n$/,
   );
+});
+
+Deno.test("an export of a gpt2 or cl100k_base model carries a tokenizer.json that encodes as tiktoken does", async () => {
+  const texts = [
+    "Hello world! It's 2024; naïve café, 12345 tokens.\n\n  indented\tTabs   and  spaces ",
+    "三国演义：滚滚长江东逝水，浪花淘尽英雄。<|endoftext|>Next document 😀 ✓",
+    "  ''s don't I'LL  \r\n\r\n x",
+  ];
+  for (const [name, vocabSize] of [["gpt2", 50304], ["cl100k_base", 100352]] as const) {
+    const dir = join(DIR, `export-${name}`);
+    const config = resolveModelConfig({
+      n_layer: 1,
+      n_head: 1,
+      n_embd: 2,
+      block_size: 8,
+      vocab_size: vocabSize,
+    });
+    const ours = await loadTokenizer(name);
+    const meta = {
+      tokenizer: name,
+      vocab_size: ours.vocabSize,
+      dtype: tokenDType(ours.vocabSize),
+      eot_id: ours.eotId,
+      train_tokens: 0,
+      val_tokens: 0,
+      val_fraction: 0.1,
+    };
+    const files = await exportHfModel({
+      config,
+      tokenizer: meta,
+      params: new Float32Array(paramLayout(config).total),
+    }, dir);
+    assert.ok(files.includes(join(dir, "tokenizer.json")), `${name}: tokenizer.json written`);
+    const tokenizerConfig = JSON.parse(await Deno.readTextFile(join(dir, "tokenizer_config.json")));
+    assert.equal(tokenizerConfig.eos_token, "<|endoftext|>");
+    const theirs = (await loadHfModel(dir)).tokenizer;
+    assert.equal(theirs.vocabSize, ours.vocabSize);
+    assert.equal(theirs.eotId, ours.eotId);
+    for (const text of texts) {
+      const ids = ours.encode(text);
+      assert.deepEqual(theirs.encode(text), ids, `${name}: ${JSON.stringify(text)}`);
+      assert.equal(theirs.decode(ids), text);
+    }
+  }
 });
