@@ -85,7 +85,7 @@ export interface TensorToWrite {
 
 /**
  * Writes a safetensors file atomically: `path.tmp` is written, synced and renamed
- * over `path`.
+ * over `path`, and the folder is synced so the rename survives a power cut.
  *
  * @param path Destination.
  * @param tensors Tensors in the order their bytes are laid out.
@@ -134,6 +134,22 @@ export async function writeSafetensors(
   }
   file.close();
   await Deno.rename(temporary, path);
+  await syncFolder(path);
+}
+
+/** Makes the rename itself durable (a power cut after it must not bring the old file back). */
+async function syncFolder(path: string): Promise<void> {
+  const folder = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
+  try {
+    const handle = await Deno.open(folder, { read: true });
+    try {
+      await handle.sync();
+    } finally {
+      handle.close();
+    }
+  } catch {
+    // Some platforms (Windows) cannot open or sync a folder; the data itself is already synced.
+  }
 }
 
 async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
