@@ -74,3 +74,20 @@ Deno.test("train draws loss.svg at each evaluation; export and train --init_from
     /^error: block_size 32 exceeds the max_position_embeddings 16 of .*; lower --block_size\n$/,
   );
 });
+
+Deno.test("export refuses a missing --hf or checkpoint in one line", async () => {
+  const noTarget = await runTask("export", ["--out_dir", DIR]);
+  assert.equal(noTarget.code, 2);
+  assert.match(noTarget.stderr, /^error: --hf is required: the folder to write, e\.g\. --hf out\/hf\n$/);
+  const noCheckpoint = await runTask("export", [
+    "--out_dir",
+    join(DIR, "nothing"),
+    "--hf",
+    join(DIR, "never"),
+  ]);
+  assert.equal(noCheckpoint.code, 1);
+  assert.match(
+    noCheckpoint.stderr,
+    /^error: tests\/tmp\/hf_cli\/nothing\/ckpt\.safetensors: not found; .*\n$/,
+  );
+});
