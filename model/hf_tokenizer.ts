@@ -61,14 +61,16 @@ export class HfTokenizer implements Tokenizer {
   /** The end-of-text id: the model's eos, else `<|endoftext|>` when it is an added token, else null. */
   readonly eotId: number | null;
   #bpe: BytePairEncoding;
-  #added: string[]; // longest first, so a token that contains another wins
+  #added: RegExp | null; // every added token, longest first so that one containing another wins
   #addPrefixSpace: boolean;
   #utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
 
   private constructor(bpe: BytePairEncoding, addPrefixSpace: boolean, eotId: number | null) {
     this.#bpe = bpe;
     this.#addPrefixSpace = addPrefixSpace;
-    this.#added = [...bpe.specials.keys()].sort((a, b) => b.length - a.length);
+    const added = [...bpe.specials.keys()].sort((a, b) => b.length - a.length);
+    const escape = (token: string) => token.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+    this.#added = added.length > 0 ? new RegExp(added.map(escape).join("|"), "gu") : null;
     this.vocabSize = bpe.vocabSize;
     this.eotId = eotId ?? bpe.specials.get(EOT) ?? null;
   }
@@ -193,16 +195,10 @@ export class HfTokenizer implements Tokenizer {
   encode(text: string): number[] {
     const ids: number[] = [];
     let start = 0;
-    for (let at = 0; at < text.length;) {
-      const added = this.#added.find((token) => text.startsWith(token, at));
-      if (added === undefined) {
-        at++;
-        continue;
-      }
-      this.#encodeStretch(text.slice(start, at), ids);
-      ids.push(this.#bpe.specials.get(added)!);
-      at += added.length;
-      start = at;
+    for (const match of this.#added ? text.matchAll(this.#added) : []) {
+      this.#encodeStretch(text.slice(start, match.index), ids);
+      ids.push(this.#bpe.specials.get(match[0])!);
+      start = match.index + match[0].length;
     }
     this.#encodeStretch(text.slice(start), ids);
     return ids;

@@ -88,6 +88,17 @@ Deno.test("a byte-level BPE tokenizer.json merges by merge priority, GPT-2 split
   assert.equal(tokenizer.decode([0xe2, 0x9c]), "\uFFFD", "a cut character decodes as U+FFFD");
 });
 
+Deno.test("added tokens with regex characters split out, the longest first", () => {
+  const json = tinyTokenizer();
+  json.added_tokens.push(
+    { id: 263, content: "[a-z]+", special: true, normalized: false },
+    { id: 264, content: "<|endoftext|>+", special: true, normalized: false },
+  );
+  const tokenizer = HfTokenizer.fromJson(json, "tokenizer.json", null);
+  assert.deepEqual(tokenizer.encode("he[a-z]+<|endoftext|>+<|endoftext|>"), [256, 263, 264, EOT]);
+  assert.equal(tokenizer.decode([256, 263, 264, EOT]), "he[a-z]+<|endoftext|>+<|endoftext|>");
+});
+
 Deno.test("tokenizer.json variants: merges as pairs, add_prefix_space, a regex Split before ByteLevel", () => {
   const arrays = HfTokenizer.fromJson(tinyTokenizer({ arrayMerges: true }), "t.json", null);
   assert.deepEqual(arrays.encode("hello world"), [HELLO, SPACE_WO, ...bytes("rld")]);
