@@ -18,6 +18,9 @@ import type { ModelConfig } from "../model/config.ts";
 import { isTokenizerName, type Tokenizer, TOKENIZER_NAMES, tokenizerFromMeta } from "../model/tokenizer.ts";
 import { parseFlags, runCli, UsageError } from "./cli.ts";
 
+/** The longest window sampling from a Hugging Face folder uses unless --block_size asks for more. */
+const HF_DEFAULT_WINDOW = 2048;
+
 await runCli(async () => {
   const flags = parseFlags(Deno.args, "deno task sample", {
     out_dir: { type: "string", help: "Folder of ckpt.safetensors", default: "out" },
@@ -42,6 +45,11 @@ await runCli(async () => {
       help: "hf:DIR samples from a Hugging Face LLaMA folder instead of a checkpoint",
     },
     tokenizer: { type: "string", help: "With hf:DIR, use this tokenizer instead of DIR/tokenizer.json" },
+    block_size: {
+      type: "string",
+      help:
+        `Context window, up to the model's (default: the model's; from hf:DIR at most ${HF_DEFAULT_WINDOW})`,
+    },
     lora: { type: "string", help: "A LoRA adapter (deno task finetune) to apply to the checkpoint" },
   });
   if (!flags) return;
@@ -74,6 +82,11 @@ await runCli(async () => {
     const base = String(flags.init_from ?? flags.ckpt ?? join(String(flags.out_dir), "ckpt.safetensors"));
     model.params = await mergeAdapterFile(String(flags.lora), { ...model, path: base });
   }
+  const asked = flags.block_size === undefined ? null : number("block_size", true);
+  model.config = {
+    ...model.config,
+    block_size: contextWindow(asked, model.config.block_size, flags.init_from !== undefined),
+  };
   const prompt = await readPrompt(String(flags.start));
   try {
     promptTokens(tokenizer, prompt); // refuse a prompt the tokenizer cannot encode before starting the GPU
@@ -120,6 +133,24 @@ await runCli(async () => {
       `decode: ${t.decodeTokens} tokens in ${t.decodeMs.toFixed(0)} ms (${rate(t.decodeTokens, t.decodeMs)})`,
   );
 });
+
+/**
+ * The window to sample with: what was asked (up to the model's), else the model's block, except that a Hugging
+ * Face folder's max_position_embeddings (often 8k to 128k) would size a KV cache and activations far beyond need.
+ */
+function contextWindow(asked: number | null, longest: number, fromHf: boolean): number {
+  if (asked === null) {
+    if (!fromHf || longest <= HF_DEFAULT_WINDOW) return longest;
+    console.error(
+      `note: sampling with a ${HF_DEFAULT_WINDOW}-token window of the model's ${longest}; set --block_size for more`,
+    );
+    return HF_DEFAULT_WINDOW;
+  }
+  if (asked < 1 || asked > longest) {
+    throw new UsageError(`--block_size must be between 1 and the model's ${longest}, got ${asked}`);
+  }
+  return asked;
+}
 
 /** The checkpoint of --out_dir or --ckpt, or the Hugging Face folder of --init_from hf:DIR, with its tokenizer. */
 async function loadModel(

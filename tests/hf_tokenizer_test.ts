@@ -163,6 +163,11 @@ Deno.test("deno task sample --init_from hf:DIR samples with the folder's tokeniz
   ]);
   assert.equal(sampled.code, 0, sampled.stderr);
   assert.match(sampled.stdout, /^hello world/);
+  const window = await runTask("sample", [`--init_from=hf:${dir}`, "--block_size=2", "--max_new_tokens=5"]);
+  assert.equal(window.code, 0, window.stderr);
+  const tooLong = await runTask("sample", [`--init_from=hf:${dir}`, "--block_size=5"]);
+  assert.equal(tooLong.code, 2);
+  assert.match(tooLong.stderr, /^error: --block_size must be between 1 and the model's 4, got 5\n$/);
   const wrong = await runTask("sample", [`--init_from=${dir}`]);
   assert.equal(wrong.code, 2);
   assert.match(
