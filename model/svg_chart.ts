@@ -166,13 +166,14 @@ function panel(chart: Chart, top: number): string {
   }
   const legendX = x0 + plotWidth + 16;
   out.push(`<g class="legend">`);
+  const spacing = Math.min(20, (plotHeight - 8) / series.length); // many runs: a tighter legend, still in the panel
   series.forEach((s, i) => {
-    const y = y0 + 8 + i * 20;
+    const y = y0 + 8 + i * spacing;
     const style = `stroke="${s.color}" stroke-width="${s.width ?? 2}" stroke-opacity="${s.opacity ?? 1}"` +
       (s.dash ? ` stroke-dasharray="${s.dash}"` : "");
     out.push(
-      `<line x1="${legendX}" y1="${y}" x2="${legendX + 24}" y2="${y}" ${style}/>`,
-      `<text x="${legendX + 30}" y="${y + 4}">${escapeXml(s.name)}</text>`,
+      `<line x1="${legendX}" y1="${at(y)}" x2="${legendX + 24}" y2="${at(y)}" ${style}/>`,
+      `<text x="${legendX + 30}" y="${at(y + 4)}">${escapeXml(s.name)}</text>`,
     );
   });
   out.push(`</g>`);
