@@ -16,6 +16,7 @@ import { EmbeddingIndexBuffer } from "../kernels/embedding.ts";
 import { LossScaler, type LossScalerOptions } from "../kernels/loss_scale.ts";
 import { GradNorm } from "../kernels/reduce.ts";
 import type { Tensor } from "../kernels/tensor.ts";
+import type { GpuTimer } from "../kernels/timer.ts";
 import { checkSplit, type HostBatch, randomBatch } from "./batches.ts";
 import { join } from "node:path";
 import { type Checkpoint, saveCheckpoint } from "./checkpoint.ts";
@@ -228,10 +229,11 @@ export class Trainer {
    * Takes one optimizer step: one submit holding every micro-batch's forward and
    * backward, the gradient norm and the AdamW update.
    *
-   * @param options `read`: wait for the step and return its loss (costs a GPU round trip).
+   * @param options `read`: wait for the step and return its loss (costs a GPU round trip); `timer`: time
+   * each dispatch (for profiles; each dispatch then gets its own compute pass).
    * @returns The loss, gradient norm and learning rate when read, else null.
    */
-  async step(options: { read?: boolean } = {}): Promise<StepResult | null> {
+  async step(options: { read?: boolean; timer?: GpuTimer } = {}): Promise<StepResult | null> {
     const { config, model, gpu } = this;
     const accumulation = config.gradient_accumulation_steps;
     const lr = learningRate(config, this.iteration);
@@ -240,7 +242,7 @@ export class Trainer {
     }
     this.#dropoutSeed?.set(config.seed, this.iteration);
 
-    const rec = gpu.recorder({ label: `step ${this.iteration}` });
+    const rec = gpu.recorder({ label: `step ${this.iteration}`, timer: options.timer });
     rec.clear(model.grads!);
     // f32: the loss gradient carries 1/accumulation. f16: it carries the loss scale S
     // (on the GPU), and AdamW divides out S and 1/accumulation together.

@@ -15,9 +15,10 @@ import { matmulBenches } from "./bench/matmul.ts";
 import { normBenches } from "./bench/norm.ts";
 import { optimizerBenches } from "./bench/optimizer.ts";
 import { sampleBenchmarks, type SampleResult } from "./bench/sample.ts";
+import { trainBenchmarks, type TrainResult } from "./bench/train.ts";
 import { parseFlags, runCli, UsageError } from "./cli.ts";
 
-const PARTS = ["kernels", "sample"];
+const PARTS = ["kernels", "train", "sample"];
 
 await runCli(async () => {
   const flags = parseFlags(Deno.args, "deno task bench", {
@@ -62,6 +63,32 @@ await runCli(async () => {
       console.log(row(result));
     }
   }
+  let train: TrainResult[] = [];
+  if (!only || only === "train") {
+    console.log(
+      "\ntraining step                                  ms/iter    tokens/s  dispatches  submits  created  cpu ms  vs kernels",
+    );
+    train = await trainBenchmarks(gpu);
+    for (const r of train) {
+      const created = Object.values(r.created_after_first_step).reduce((a, b) => a + b, 0);
+      console.log(
+        [
+          r.config.padEnd(44),
+          r.ms_per_iter.toFixed(1).padStart(9),
+          r.tokens_per_s.toFixed(0).padStart(11),
+          r.dispatches_per_step.toFixed(0).padStart(11),
+          r.submits_per_step.toFixed(0).padStart(8),
+          String(created).padStart(8),
+          r.cpu_encode_ms.toFixed(1).padStart(7),
+          (r.overhead_ratio === null ? "-" : `${r.overhead_ratio.toFixed(2)}x`).padStart(11),
+        ].join(" "),
+      );
+      const total = Object.values(r.breakdown).reduce((a, b) => a + b, 0);
+      const parts = Object.entries(r.breakdown).sort((a, b) => b[1] - a[1])
+        .map(([family, ms]) => `${family} ${ms.toFixed(1)} ms (${(100 * ms / total).toFixed(0)}%)`);
+      if (parts.length) console.log(`  GPU time by kernel family: ${parts.join(", ")}`);
+    }
+  }
   let sample: SampleResult[] = [];
   if (!only || only === "sample") {
     console.log(
@@ -85,6 +112,7 @@ await runCli(async () => {
       adapter: { ...gpu.info, limits: gpu.limits, enabled: gpu.features },
       peak,
       kernels,
+      train,
       sample,
     };
     await writeReport(flags.json as string, report);

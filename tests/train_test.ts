@@ -213,3 +213,24 @@ Deno.test("Ctrl-C during training saves a checkpoint that resumes, and exits cle
   assert.equal(checkpoint.training!.iteration, Number(match[1]));
   assert.ok(checkpoint.training!.iteration >= 3);
 });
+
+Deno.test("a training step is one submit and creates no buffer, pipeline or bind group after the first", async () => {
+  const gpu = await testGpu();
+  const data = await slice();
+  for (const overrides of [{}, { gradient_accumulation_steps: 2, dropout: 0.1 }, { dtype: "f16" }]) {
+    if (overrides.dtype === "f16" && !gpu.features.f16) continue;
+    const config = tinyConfig({ batch_size: 2, ...overrides });
+    const trainer = Trainer.create(gpu, config, modelConfigOf(config, data.meta.vocab_size), data);
+    await trainer.step({ read: true });
+    const before = { ...gpu.stats };
+    for (let i = 0; i < 3; i++) await trainer.step();
+    const what = JSON.stringify(overrides);
+    assert.equal(gpu.stats.submits - before.submits, 3, `${what}: one submit per step (no readback)`);
+    await trainer.step({ read: true });
+    const after = gpu.stats;
+    assert.equal(after.buffers, before.buffers, `${what}: buffers created after the first step`);
+    assert.equal(after.pipelines, before.pipelines, `${what}: pipelines created after the first step`);
+    assert.equal(after.bindGroups, before.bindGroups, `${what}: bind groups created after the first step`);
+    trainer.release();
+  }
+});

@@ -1,0 +1,178 @@
+/**
+ * Training speed of whole optimizer steps, and where the time goes: wall-clock
+ * ms per iteration and tokens/s; dispatches, submits and objects created per
+ * step (a step should submit once and create nothing after the first); the CPU
+ * time to record and submit a step; and, with timestamp queries, each kernel
+ * family's GPU time, whose sum the step's wall time is compared with (the rest
+ * is overhead). Random tokens stand in for data: speed does not depend on them.
+ *
+ * @module
+ */
+
+import type { Gpu, GpuStats } from "../../kernels/device.ts";
+import { GpuTimer } from "../../kernels/timer.ts";
+import type { DatasetMeta } from "../../model/meta.ts";
+import { Rng } from "../../model/rng.ts";
+import {
+  loadConfigFile,
+  modelConfigFor,
+  TRAIN_DEFAULTS,
+  type TrainConfig,
+} from "../../model/train_config.ts";
+import { Trainer } from "../../model/trainer.ts";
+
+/** One configuration's figures, as the JSON report holds them. */
+export interface TrainResult {
+  /** The config file's name, and what was changed to fit a software adapter. */
+  config: string;
+  /** Tokens per optimizer step (batch_size × block_size × accumulation). */
+  tokens_per_step: number;
+  /** Wall-clock milliseconds per optimizer step (median of the timed steps). */
+  ms_per_iter: number;
+  /** Training tokens per second. */
+  tokens_per_s: number;
+  /** Compute dispatches recorded per step. */
+  dispatches_per_step: number;
+  /** Command buffers submitted per step (one is the design). */
+  submits_per_step: number;
+  /** Buffers, pipelines and bind groups created during the timed steps (zero is the design). */
+  created_after_first_step: { buffers: number; pipelines: number; bindGroups: number };
+  /** CPU milliseconds to draw the batch, record the step and submit it. */
+  cpu_encode_ms: number;
+  /** GPU milliseconds per kernel family in one profiled step (empty without timestamp-query). */
+  breakdown: Record<string, number>;
+  /** ms_per_iter over the sum of the breakdown: 1 means no overhead beyond the kernels. */
+  overhead_ratio: number | null;
+}
+
+const FAMILIES: [string, RegExp][] = [
+  ["matmul", /matmul/i],
+  ["attention", /attention|flash/i],
+  ["norm", /rmsnorm/i],
+  ["swiglu", /swiglu/i],
+  ["rope", /rope/i],
+  ["embedding", /embedding/i],
+  ["loss", /cross|entropy|loss mean/i],
+  ["optimizer", /adamw|norm|reduce|stage|loss scale/i],
+];
+
+/**
+ * Which family a pipeline label belongs to.
+ *
+ * @param label A pipeline's label, e.g. "matmul A·Bᵀ 64x64 ...".
+ * @returns The family, or "other" (casts, fills, copies, dropout).
+ */
+export function kernelFamily(label: string): string {
+  return FAMILIES.find(([, pattern]) => pattern.test(label))?.[0] ?? "other";
+}
+
+/**
+ * Times training steps of the shipped baby and shakespeare_char configs.
+ *
+ * @param gpu The device (a software adapter gets shakespeare_char at batch 1, and fewer steps).
+ * @param options `steps`: timed steps per config.
+ * @returns One result per config.
+ */
+export async function trainBenchmarks(gpu: Gpu, options: { steps?: number } = {}): Promise<TrainResult[]> {
+  const software = gpu.info.fallback;
+  const cases: { file: string; overrides: Partial<TrainConfig>; note: string }[] = [
+    { file: "config/baby.json", overrides: {}, note: "" },
+    {
+      file: "config/shakespeare_char.json",
+      overrides: software ? { batch_size: 1 } : {},
+      note: software ? " (batch 1 on a software adapter)" : "",
+    },
+  ];
+  const results: TrainResult[] = [];
+  const timer = GpuTimer.unavailableReason(gpu) ? null : new GpuTimer(gpu, 2048); // the most a query set holds; no release: one per run
+  for (const { file, overrides, note } of cases) {
+    const config: TrainConfig = { ...await loadConfigFile(file, TRAIN_DEFAULTS), ...overrides, dropout: 0 };
+    const steps = options.steps ?? (software && file.includes("shakespeare") ? 2 : 5);
+    results.push(await benchConfig(gpu, timer, config, steps, file.replace(/^config\/|\.json$/g, "") + note));
+  }
+  return results;
+}
+
+async function benchConfig(
+  gpu: Gpu,
+  timer: GpuTimer | null,
+  config: TrainConfig,
+  steps: number,
+  name: string,
+): Promise<TrainResult> {
+  const vocab = 65;
+  const model = modelConfigFor(config, vocab);
+  const trainer = Trainer.create(gpu, config, model, randomData(vocab, config.block_size));
+  try {
+    await trainer.step({ read: true }); // compiles the pipelines and creates the bind groups: all of them
+    const before: GpuStats = { ...gpu.stats };
+    const wall: number[] = [];
+    const encode: number[] = [];
+    for (let i = 0; i < steps; i++) {
+      const start = performance.now();
+      await trainer.step();
+      encode.push(performance.now() - start);
+      await gpu.sync();
+      wall.push(performance.now() - start);
+    }
+    const after: GpuStats = { ...gpu.stats };
+    const breakdown = await profileStep(trainer, timer);
+    const kernelMs = Object.values(breakdown).reduce((a, b) => a + b, 0);
+    const ms = median(wall);
+    return {
+      config: name,
+      tokens_per_step: trainer.tokensPerStep,
+      ms_per_iter: ms,
+      tokens_per_s: trainer.tokensPerStep / (ms / 1000),
+      dispatches_per_step: (after.dispatches - before.dispatches) / steps,
+      submits_per_step: (after.submits - before.submits) / steps,
+      created_after_first_step: {
+        buffers: after.buffers - before.buffers,
+        pipelines: after.pipelines - before.pipelines,
+        bindGroups: after.bindGroups - before.bindGroups,
+      },
+      cpu_encode_ms: median(encode),
+      breakdown,
+      overhead_ratio: kernelMs > 0 ? ms / kernelMs : null,
+    };
+  } finally {
+    trainer.release();
+  }
+}
+
+/** One step with every dispatch timed, summed by family; {} without timestamp-query. */
+async function profileStep(trainer: Trainer, timer: GpuTimer | null): Promise<Record<string, number>> {
+  if (!timer) return {};
+  await trainer.step({ timer });
+  const totals: Record<string, number> = {};
+  for (const { label, ms } of await timer.read()) {
+    const family = kernelFamily(label);
+    totals[family] = (totals[family] ?? 0) + ms;
+  }
+  return totals;
+}
+
+function randomData(
+  vocab: number,
+  blockSize: number,
+): { train: Uint16Array; val: Uint16Array; meta: DatasetMeta } {
+  const rng = new Rng(7);
+  const tokens = (n: number) => Uint16Array.from({ length: n }, () => rng.nextU32() % vocab);
+  const train = tokens(Math.max(20_000, 4 * blockSize));
+  const val = tokens(Math.max(2_000, 2 * blockSize));
+  const meta: DatasetMeta = {
+    tokenizer: "char",
+    vocab_size: vocab,
+    dtype: "uint16",
+    eot_id: null,
+    train_tokens: train.length,
+    val_tokens: val.length,
+    val_fraction: 0.1,
+  };
+  return { train, val, meta };
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
