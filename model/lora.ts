@@ -16,16 +16,44 @@ import { ConfigError, headSize, type ModelConfig } from "./config.ts";
 import { PARAM_ALIGNMENT, paramLayout } from "./params.ts";
 import type { Rng } from "./rng.ts";
 
-/** The projections an adapter can attach to, by their short PEFT target names. */
+/**
+ * The projections an adapter can attach to, by their short PEFT target names.
+ *
+ * @example
+ * ```ts
+ * LORA_TARGETS.includes("q"); // true
+ * ```
+ */
 export const LORA_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"] as const;
 
-/** One of {@link LORA_TARGETS}. */
+/**
+ * One of {@link LORA_TARGETS}.
+ *
+ * @example
+ * ```ts
+ * const target: LoraTarget = "v";
+ * ```
+ */
 export type LoraTarget = typeof LORA_TARGETS[number];
 
-/** Which fused matmul of a layer computes a projection (see `LayerViews`). */
+/**
+ * Which fused matmul of a layer computes a projection (see `LayerViews`).
+ *
+ * @example
+ * ```ts
+ * projectionOf(config, "k").site; // "qkv"
+ * ```
+ */
 export type ProjectionSite = "qkv" | "attnOut" | "gateUp" | "down";
 
-/** An adapter's settings, stored in its file. */
+/**
+ * An adapter's settings, stored in its file.
+ *
+ * @example
+ * ```ts
+ * const lora: LoraConfig = { rank: 16, alpha: 32, dropout: 0.05, targets: ["q", "k", "v", "o"] };
+ * ```
+ */
 export interface LoraConfig {
   /** Rank r of A [r, in] and B [out, r]. */
   rank: number;
@@ -37,7 +65,14 @@ export interface LoraConfig {
   targets: LoraTarget[];
 }
 
-/** PEFT's defaults for a LLaMA: rank 8, alpha 16, no dropout, q and v. */
+/**
+ * PEFT's defaults for a LLaMA: rank 8, alpha 16, no dropout, q and v.
+ *
+ * @example
+ * ```ts
+ * const lora = { ...LORA_DEFAULTS, rank: 4 };
+ * ```
+ */
 export const LORA_DEFAULTS: Readonly<LoraConfig> = Object.freeze({
   rank: 8,
   alpha: 16,
@@ -45,7 +80,14 @@ export const LORA_DEFAULTS: Readonly<LoraConfig> = Object.freeze({
   targets: ["q", "v"] as LoraTarget[],
 });
 
-/** One A or B matrix in the adapter's flat buffers. */
+/**
+ * One A or B matrix in the adapter's flat buffers.
+ *
+ * @example
+ * ```ts
+ * const a = loraLayout(config, LORA_DEFAULTS).tensors[0]; // q_proj.lora_A of layer 0
+ * ```
+ */
 export interface LoraTensor {
   /** PEFT name, e.g. `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`. */
   name: string;
@@ -57,7 +99,14 @@ export interface LoraTensor {
   length: number;
 }
 
-/** One adapted projection of one layer. */
+/**
+ * One adapted projection of one layer.
+ *
+ * @example
+ * ```ts
+ * for (const m of loraLayout(config, LORA_DEFAULTS).modules) console.log(m.layer, m.target, m.a.shape, m.b.shape);
+ * ```
+ */
 export interface LoraModule {
   /** The layer. */
   layer: number;
@@ -79,7 +128,14 @@ export interface LoraModule {
   b: LoraTensor;
 }
 
-/** Every adapter matrix of a model and where it lives. */
+/**
+ * Every adapter matrix of a model and where it lives.
+ *
+ * @example
+ * ```ts
+ * const { count } = loraLayout(config, LORA_DEFAULTS); // trainable parameters
+ * ```
+ */
 export interface LoraLayout {
   /** Modules in layer order, targets in {@link LORA_TARGETS} order within a layer. */
   modules: LoraModule[];
@@ -96,6 +152,10 @@ export interface LoraLayout {
  *
  * @param config The settings.
  * @throws {ConfigError} Naming the bad value and what is allowed.
+ * @example
+ * ```ts
+ * validateLoraConfig({ rank: 0, alpha: 16, dropout: 0, targets: ["q"] }); // throws: lora_rank must be a positive integer
+ * ```
  */
 export function validateLoraConfig(config: LoraConfig): void {
   if (!Number.isInteger(config.rank) || config.rank < 1) {
@@ -136,7 +196,16 @@ export function parseLoraTargets(text: string): LoraTarget[] {
   return LORA_TARGETS.filter((t) => names.includes(t));
 }
 
-/** The scale of the low-rank update, alpha / rank. @param config The settings. @returns alpha / rank. */
+/**
+ * The scale of the low-rank update.
+ *
+ * @param config The settings.
+ * @returns alpha / rank.
+ * @example
+ * ```ts
+ * loraScale({ rank: 8, alpha: 16 }); // 2
+ * ```
+ */
 export function loraScale(config: Pick<LoraConfig, "alpha" | "rank">): number {
   return config.alpha / config.rank;
 }
@@ -157,6 +226,10 @@ const PEFT_MODULE: Record<LoraTarget, string> = {
  * @param model The architecture.
  * @param target The projection.
  * @returns Site, column and in/out features.
+ * @example
+ * ```ts
+ * projectionOf(config, "v"); // { site: "qkv", column: (n_head + n_kv_head)·head_size, ... }
+ * ```
  */
 export function projectionOf(
   model: ModelConfig,
@@ -231,6 +304,10 @@ export function loraLayout(model: ModelConfig, lora: LoraConfig): LoraLayout {
  * @param layout The adapter layout.
  * @param rng Seeded generator.
  * @returns The flat adapter values (layout.total).
+ * @example
+ * ```ts
+ * adapters.upload(initialLoraParameters(adapters.layout, new Rng(1337)));
+ * ```
  */
 export function initialLoraParameters(layout: LoraLayout, rng: Rng): Float32Array {
   const values = new Float32Array(layout.total);
@@ -251,6 +328,10 @@ export function initialLoraParameters(layout: LoraLayout, rng: Rng): Float32Arra
  * @param params The base's flat parameters (not modified).
  * @param adapter The settings and flat values of the adapter.
  * @returns Merged flat parameters in the base's layout.
+ * @example
+ * ```ts
+ * const merged = mergeLora(checkpoint.config, checkpoint.params, await loadLoraAdapter("out-lora/adapter_model.safetensors"));
+ * ```
  */
 export function mergeLora(
   model: ModelConfig,

@@ -40,7 +40,15 @@ import type { DropoutStep } from "./model.ts";
  */
 const LORA_STREAM_BASE = 0x40000000;
 
-/** Adapters for every module of one model, bound to a row count N = B·T. */
+/**
+ * Adapters for every module of one model, bound to a row count N = B·T.
+ *
+ * @example
+ * ```ts
+ * const adapters = new LoraAdapters(gpu, config, LORA_DEFAULTS, { rows: B * T, training: true });
+ * const model = new Llama(gpu, config, { batchSize: B, training: true, lora: adapters });
+ * ```
+ */
 export class LoraAdapters {
   /** The device. */
   readonly gpu: Gpu;
@@ -108,19 +116,22 @@ export class LoraAdapters {
       : null;
   }
 
-  /** Replaces every A and B. @param values Flat values (layout.total). */
+  /**
+   * Replaces every A and B.
+   *
+   * @param values Flat values (layout.total).
+   */
   upload(values: Float32Array): void {
     this.gpu.write(this.params, values);
   }
 
-  /** Reads every A and B back. @returns Flat values (layout.total). */
+  /**
+   * Reads every A and B back.
+   *
+   * @returns Flat values (layout.total).
+   */
   download(): Promise<Float32Array> {
     return this.gpu.readFloats(this.params);
-  }
-
-  /** Whether layer `layer`'s projection `site` has adapters. @param layer The layer. @param site The fused matmul. @returns True if so. */
-  adapts(layer: number, site: ProjectionSite): boolean {
-    return this.#bySite.has(siteKey(layer, site));
   }
 
   /**
@@ -230,6 +241,10 @@ export class LoraAdapters {
  * @param m The module.
  * @param micro The micro-step.
  * @returns The stream number.
+ * @example
+ * ```ts
+ * const stream = loraDropoutStream(layout, layout.modules[0], 0);
+ * ```
  */
 export function loraDropoutStream(layout: LoraLayout, m: LoraModule, micro: number): number {
   return LORA_STREAM_BASE + micro * layout.modules.length + layout.modules.indexOf(m);

@@ -62,6 +62,10 @@ export async function encodeWithBase(
  * @param base The base checkpoint's tokenizer.
  * @param dir The dataset, for the message.
  * @throws {ConfigError} Saying how to fine-tune on that text instead.
+ * @example
+ * ```ts
+ * checkSameTokenizer(await readMeta("data/sanguo"), checkpoint.tokenizer, "data/sanguo"); // throws for a Shakespeare base
+ * ```
  */
 export function checkSameTokenizer(meta: DatasetMeta, base: DatasetMeta, dir: string): void {
   const sameChars = meta.tokenizer !== "char" ||

@@ -19,7 +19,14 @@ import {
   writeSafetensors,
 } from "./safetensors.ts";
 
-/** An adapter as stored. */
+/**
+ * An adapter as stored.
+ *
+ * @example
+ * ```ts
+ * const { config, values } = await loadLoraAdapter("out-lora/adapter_model.safetensors");
+ * ```
+ */
 export interface LoraAdapterFile {
   /** Rank, alpha, dropout, targets. */
   config: LoraConfig;
@@ -67,6 +74,10 @@ export async function baseWeightsHash(base: { config: ModelConfig; params: Float
  *
  * @param path Destination, e.g. `out-lora/adapter_model.safetensors`.
  * @param adapter Settings, base architecture and hash, values.
+ * @example
+ * ```ts
+ * await saveLoraAdapter("out-lora/adapter_model.safetensors", await trainer.adapter());
+ * ```
  */
 export async function saveLoraAdapter(path: string, adapter: LoraAdapterFile): Promise<void> {
   const layout = loraLayout(adapter.base, adapter.config);
@@ -102,6 +113,10 @@ export async function saveLoraAdapter(path: string, adapter: LoraAdapterFile): P
  * @param path The adapter file.
  * @returns The adapter.
  * @throws {SafetensorsError} Naming the file and the problem.
+ * @example
+ * ```ts
+ * const adapter = await loadLoraAdapter("out-lora/adapter_model.safetensors");
+ * ```
  */
 export async function loadLoraAdapter(path: string): Promise<LoraAdapterFile> {
   let file: Deno.FsFile;
@@ -162,6 +177,10 @@ export async function loadLoraAdapter(path: string): Promise<LoraAdapterFile> {
  * @param adapter The loaded adapter, and its file name for the message.
  * @param base The weights to apply it to, and their file name.
  * @throws {ConfigError} Saying which base the adapter needs.
+ * @example
+ * ```ts
+ * await checkAdapterBase({ ...adapter, path: "a.safetensors" }, { ...checkpoint, path: "out/ckpt.safetensors" });
+ * ```
  */
 export async function checkAdapterBase(
   adapter: LoraAdapterFile & { path: string },

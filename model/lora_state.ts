@@ -15,7 +15,14 @@ import {
   writeSafetensors,
 } from "./safetensors.ts";
 
-/** A LoRA run's optimizer state and progress. */
+/**
+ * A LoRA run's optimizer state and progress.
+ *
+ * @example
+ * ```ts
+ * const { iteration } = await loadLoraState("out-lora/lora_state.safetensors");
+ * ```
+ */
 export interface LoraState {
   /** AdamW first moments (the adapter's flat layout). */
   m: Float32Array;
@@ -39,6 +46,10 @@ const V = "optimizer.exp_avg_sq";
  *
  * @param path Destination, e.g. `out-lora/lora_state.safetensors`.
  * @param state Moments and progress.
+ * @example
+ * ```ts
+ * await saveLoraState("out-lora/lora_state.safetensors", { m, v, iteration: 100, bestValLoss: 1.2, rng: rng.state(), trainConfig: {} });
+ * ```
  */
 export async function saveLoraState(path: string, state: LoraState): Promise<void> {
   const progress = {
@@ -59,6 +70,10 @@ export async function saveLoraState(path: string, state: LoraState): Promise<voi
  * @param path The state file.
  * @returns Moments and progress.
  * @throws {SafetensorsError} Naming the file and the problem.
+ * @example
+ * ```ts
+ * const state = await loadLoraState("out-lora/lora_state.safetensors");
+ * ```
  */
 export async function loadLoraState(path: string): Promise<LoraState> {
   let file: Deno.FsFile;

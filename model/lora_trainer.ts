@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { AdamW, buildDecayMask } from "../kernels/adamw.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { DropoutSeed } from "../kernels/dropout.ts";
+import { NonFiniteWatch } from "../kernels/nonfinite.ts";
 import { GradNorm } from "../kernels/reduce.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { checkSplit, type HostBatch, randomBatch } from "./batches.ts";
@@ -26,10 +27,24 @@ import { Rng } from "./rng.ts";
 import { learningRate, type TrainConfig } from "./train_config.ts";
 import type { StepResult, TrainingData } from "./trainer.ts";
 
-/** The file names a LoRA run writes in out_dir. */
+/**
+ * The file names a LoRA run writes in out_dir.
+ *
+ * @example
+ * ```ts
+ * const adapter = join("out-lora", LORA_FILES.adapter); // out-lora/adapter_model.safetensors
+ * ```
+ */
 export const LORA_FILES = { adapter: "adapter_model.safetensors", state: "lora_state.safetensors" } as const;
 
-/** What {@link LoraTrainer.create} needs. */
+/**
+ * What {@link LoraTrainer.create} needs.
+ *
+ * @example
+ * ```ts
+ * const options: LoraTrainerOptions = { base: await loadCheckpoint("out/ckpt.safetensors"), lora: LORA_DEFAULTS, data };
+ * ```
+ */
 export interface LoraTrainerOptions {
   /** The frozen base: architecture and flat weights (a loaded checkpoint). */
   base: { config: ModelConfig; params: Float32Array };
@@ -41,7 +56,15 @@ export interface LoraTrainerOptions {
   resume?: { adapter: LoraAdapterFile; state: LoraState };
 }
 
-/** Fine-tunes adapters on a frozen base; create with {@link LoraTrainer.create}. */
+/**
+ * Fine-tunes adapters on a frozen base; create with {@link LoraTrainer.create}.
+ *
+ * @example
+ * ```ts
+ * const trainer = await LoraTrainer.create(gpu, config, { base, lora: LORA_DEFAULTS, data });
+ * await runTraining(trainer); // writes out_dir/adapter_model.safetensors
+ * ```
+ */
 export class LoraTrainer {
   /** The device. */
   readonly gpu: Gpu;
@@ -69,6 +92,7 @@ export class LoraTrainer {
   #micro: Batch[];
   #adamw: AdamW;
   #gradNorm: GradNorm;
+  #watch: NonFiniteWatch | null = null;
   #dropoutSeed: DropoutSeed | null;
 
   private constructor(gpu: Gpu, config: TrainConfig, options: LoraTrainerOptions, baseHash: string) {
@@ -186,6 +210,8 @@ export class LoraTrainer {
       model.backward(rec, { batch, dropout, scale: 1 / accumulation });
     });
     this.#gradNorm.record(rec, { out: this.#normSquared, grads: adapters.grads! });
+    this.#watch ??= new NonFiniteWatch(gpu, this.iteration);
+    this.#watch.record(rec, { loss: this.#lossSum, normSquared: this.#normSquared });
     this.#adamw.record(rec, {
       params: adapters.params,
       grads: adapters.grads!,
@@ -209,7 +235,8 @@ export class LoraTrainer {
     if (!options.read) return null;
     const lossSum = (await gpu.readFloats(this.#lossSum))[0];
     const normSquared = (await gpu.readFloats(this.#normSquared))[0];
-    return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr };
+    const nonFinite = await this.#watch.read();
+    return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr, nonFinite };
   }
 
   /**
@@ -284,6 +311,7 @@ export class LoraTrainer {
     this.#adamw.release();
     this.#gradNorm.release();
     if (this.#dropoutSeed) this.gpu.release(this.#dropoutSeed.tensor);
+    this.#watch?.release();
   }
 
   #shape(): { batchSize: number; blockSize: number } {
