@@ -63,6 +63,7 @@ export type { BindGroupCache, Binding, PipelineCache } from "./kernels/pipeline.
 export type { EmbeddingIndexBuffer } from "./kernels/embedding.ts";
 export type { DropoutSeed } from "./kernels/dropout.ts";
 export type { LossScaleState } from "./kernels/loss_scale.ts";
+export type { NonFiniteReport } from "./kernels/nonfinite.ts";
 
 // Data and tokenizers.
 export { prepareDataset } from "./model/prepare.ts";
@@ -91,8 +92,14 @@ export type { TrainConfig } from "./model/train_config.ts";
 export { Trainer } from "./model/trainer.ts";
 export type { StepResult, TrainingData } from "./model/trainer.ts";
 export type { HostBatch } from "./model/batches.ts";
-export { runTraining } from "./model/train_loop.ts";
-export type { EvalMetrics, LogMetrics, TrainingHooks, TrainingOutcome } from "./model/train_loop.ts";
+export { runTraining, TrainingFault } from "./model/train_loop.ts";
+export type {
+  EvalMetrics,
+  LogMetrics,
+  TrainingHooks,
+  TrainingOutcome,
+  TrainingRun,
+} from "./model/train_loop.ts";
 export { splitLoss } from "./model/evaluate.ts";
 export type { SplitLoss } from "./model/evaluate.ts";
 

@@ -72,5 +72,7 @@ export { AdamW, buildDecayMask } from "./adamw.ts";
 export type { AdamWHyper, DecayRange } from "./adamw.ts";
 export { GradNorm, Reduction } from "./reduce.ts";
 export type { ReduceOp, ReductionChunk, ReductionOptions } from "./reduce.ts";
+export { NonFiniteWatch } from "./nonfinite.ts";
+export type { NonFiniteReport } from "./nonfinite.ts";
 export { LossScaler } from "./loss_scale.ts";
 export type { LossScalerOptions, LossScaleState } from "./loss_scale.ts";

@@ -32,6 +32,8 @@ export interface TrainConfig {
   eval_only: boolean;
   /** Save at every evaluation, not only when val loss improves. */
   always_save_checkpoint: boolean;
+  /** Skip steps whose loss or gradient is NaN or infinite and go on, instead of stopping at the first. */
+  skip_nonfinite: boolean;
   /** "scratch", "resume" from out_dir's checkpoint, or "hf:DIR" to start from a Hugging Face LLaMA folder. */
   init_from: string;
 
@@ -117,6 +119,7 @@ export const TRAIN_DEFAULTS: Readonly<TrainConfig> = Object.freeze({
   eval_iters: 20,
   eval_only: false,
   always_save_checkpoint: false,
+  skip_nonfinite: false,
   init_from: "scratch",
 
   dataset: "shakespeare_char",

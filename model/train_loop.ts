@@ -8,13 +8,24 @@
  * @module
  */
 
+import type { ModelConfig } from "./config.ts";
 import type { StepResult } from "./trainer.ts";
 import type { TrainConfig } from "./train_config.ts";
 
-/** What {@link runTraining} drives: a `Trainer`, or a `LoraTrainer`. */
+/**
+ * What {@link runTraining} drives: a `Trainer`, or a `LoraTrainer`.
+ *
+ * @example
+ * ```ts
+ * const run: TrainingRun = Trainer.create(gpu, config, modelConfigFor(config, data.meta.vocab_size), data);
+ * await runTraining(run);
+ * ```
+ */
 export interface TrainingRun {
   /** The settings (out_dir, intervals, max_iters...). */
   readonly config: TrainConfig;
+  /** The model trained (its architecture: the vocabulary sets what a diverged loss is). */
+  readonly model: { readonly config: ModelConfig };
   /** Optimizer steps taken. */
   iteration: number;
   /** Best validation loss seen. */
@@ -119,11 +130,44 @@ export interface TrainingOutcome {
 }
 
 /**
+ * A run that went wrong numerically: a NaN or infinite loss or gradient (without
+ * `skip_nonfinite`), or a loss that diverged. Nothing is saved when it is thrown,
+ * so out_dir keeps the last good checkpoint.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await runTraining(trainer);
+ * } catch (error) {
+ *   if (error instanceof TrainingFault) console.error(`stopped at ${error.iteration}: ${error.message}`);
+ *   else throw error;
+ * }
+ * ```
+ */
+export class TrainingFault extends Error {
+  /** The iteration at which the fault happened. */
+  readonly iteration: number;
+
+  /**
+   * Creates the error.
+   *
+   * @param message One line: what happened, where the last good checkpoint is, and what to change.
+   * @param iteration The iteration at which it happened.
+   */
+  constructor(message: string, iteration: number) {
+    super(message);
+    this.name = "TrainingFault";
+    this.iteration = iteration;
+  }
+}
+
+/**
  * Trains until max_iters (or until stopped), evaluating, logging and saving.
  *
  * @param trainer A trainer (fresh or resumed), full or LoRA.
  * @param hooks Callbacks and a stop check.
  * @returns How it ended.
+ * @throws {TrainingFault} On a NaN or infinite loss or gradient (unless `skip_nonfinite`), or a diverged loss.
  * @example
  * ```ts
  * await runTraining(trainer, { onLog: (m) => console.log(m.iteration, m.loss) });
@@ -133,6 +177,7 @@ export async function runTraining(trainer: TrainingRun, hooks: TrainingHooks = {
   const { config } = trainer;
   let lastLogTime = performance.now();
   let lastLogIteration = trainer.iteration;
+  let firstLoss: number | null = null;
   while (true) {
     const iteration = trainer.iteration;
     if (iteration % config.eval_interval === 0 || config.eval_only) {
@@ -168,9 +213,41 @@ export async function runTraining(trainer: TrainingRun, hooks: TrainingHooks = {
         msPerIter,
         tokensPerSecond: (trainer.tokensPerStep * 1000) / msPerIter,
       });
+      firstLoss ??= result.loss;
+      checkHealth(trainer, result, iteration, firstLoss);
     }
   }
   const path = await trainer.save();
   const reason = trainer.iteration >= config.max_iters ? "finished" : "stopped";
   return { iteration: trainer.iteration, reason, checkpoint: path };
+}
+
+/**
+ * Throws a {@link TrainingFault} for a non-finite step (unless skipped by
+ * config) or a loss one nat worse than both guessing uniformly and where this
+ * run started.
+ */
+function checkHealth(trainer: TrainingRun, result: StepResult, iteration: number, firstLoss: number): void {
+  const { config } = trainer;
+  const advice =
+    `lower learning_rate (now ${config.learning_rate}) or raise warmup_iters (now ${config.warmup_iters})`;
+  const kept = `nothing was saved since, so ${config.out_dir} keeps the last good checkpoint (if any)`;
+  const { steps, firstIteration } = result.nonFinite;
+  if (steps > 0 && !config.skip_nonfinite) {
+    throw new TrainingFault(
+      `The loss or gradient became NaN or infinite at iteration ${firstIteration}; that step changed no weight; ` +
+        `${kept}; ${advice}, or pass --skip_nonfinite=true to skip such steps`,
+      firstIteration!,
+    );
+  }
+  const limit = Math.max(Math.log(trainer.model.config.vocab_size), firstLoss) + 1;
+  if (result.loss > limit) {
+    throw new TrainingFault(
+      `Training diverged at iteration ${iteration}: loss ${result.loss.toFixed(3)} is above ${
+        limit.toFixed(3)
+      } ` +
+        `(one nat worse than guessing uniformly and than where the run started); ${kept}; ${advice}`,
+      iteration,
+    );
+  }
 }

@@ -14,6 +14,7 @@ import type { Gpu } from "../kernels/device.ts";
 import { DropoutSeed } from "../kernels/dropout.ts";
 import { EmbeddingIndexBuffer } from "../kernels/embedding.ts";
 import { LossScaler, type LossScalerOptions } from "../kernels/loss_scale.ts";
+import { type NonFiniteReport, NonFiniteWatch } from "../kernels/nonfinite.ts";
 import { GradNorm } from "../kernels/reduce.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import type { GpuTimer } from "../kernels/timer.ts";
@@ -68,6 +69,11 @@ export interface StepResult {
   lr: number;
   /** f16 only: the loss scale the step used, and the steps skipped for overflow so far. */
   lossScale?: { scale: number; skipped: number };
+  /**
+   * Steps of this run whose loss (or, in f32, gradient) was NaN or infinite, and the first one's iteration.
+   * AdamW leaves the weights untouched on such a step.
+   */
+  nonFinite: NonFiniteReport;
 }
 
 /**
@@ -110,6 +116,7 @@ export class Trainer {
   #gradNorm: GradNorm;
   #dropoutSeed: DropoutSeed | null;
   #scaler: LossScaler | null;
+  #watch: NonFiniteWatch | null = null;
 
   private constructor(
     gpu: Gpu,
@@ -253,6 +260,9 @@ export class Trainer {
       model.backward(rec, { batch, dropout, scale: scaler ? scaler.scale : 1 / accumulation });
     });
     this.#gradNorm.record(rec, { out: this.#normSquared, grads: model.grads! });
+    this.#watch ??= new NonFiniteWatch(gpu, this.iteration);
+    // f16 gradients may overflow: the loss scaler skips those steps and lowers the scale.
+    this.#watch.record(rec, { loss: this.#lossSum, normSquared: scaler ? undefined : this.#normSquared });
     this.#adamw.record(rec, {
       params: model.params,
       grads: model.grads!,
@@ -279,13 +289,15 @@ export class Trainer {
     if (!options.read) return null;
     const lossSum = (await gpu.readFloats(this.#lossSum))[0];
     const normSquared = (await gpu.readFloats(this.#normSquared))[0];
-    if (!scaler) return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr };
+    const nonFinite = await this.#watch.read();
+    if (!scaler) return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr, nonFinite };
     const state = await scaler.read();
     return {
       loss: lossSum / accumulation,
       gradNorm: Math.sqrt(normSquared) / (state.lastScale * accumulation),
       lr,
       lossScale: { scale: state.lastScale, skipped: state.skipped },
+      nonFinite,
     };
   }
 
@@ -383,6 +395,7 @@ export class Trainer {
     this.#gradNorm.release();
     if (this.#dropoutSeed) this.gpu.release(this.#dropoutSeed.tensor);
     this.#scaler?.release();
+    this.#watch?.release();
   }
 
   #shape(): { batchSize: number; blockSize: number } {

@@ -121,7 +121,7 @@ await runCli(async () => {
           `iter ${m.iteration}: loss ${m.loss.toFixed(4)}, lr ${m.lr.toExponential(2)}, ` +
             `${m.msPerIter.toFixed(1)} ms/iter, ${Math.round(m.tokensPerSecond)} tok/s, mfu ${
               (100 * mfu).toFixed(2)
-            }%`,
+            }%` + (m.nonFinite.steps > 0 ? `, non-finite steps: ${m.nonFinite.steps}` : ""),
         );
         record({
           type: "train",
@@ -134,6 +134,7 @@ await runCli(async () => {
           mfu,
           tokens: (m.iteration + 1) * trainer.tokensPerStep,
           ...(m.lossScale ? { loss_scale: m.lossScale.scale, skipped_steps: m.lossScale.skipped } : {}),
+          ...(m.nonFinite.steps > 0 ? { nonfinite_steps: m.nonFinite.steps } : {}),
         });
       },
       onEval: async (m) => {
