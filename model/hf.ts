@@ -138,7 +138,15 @@ export async function hfTrainingStart(
     const theirs = await HfTokenizer.load(dir, weights.eosTokenId);
     const ours = await tokenizerFromMeta(data.meta);
     const probe = Array.from(data.val.subarray(0, PROBE_TOKENS));
-    if (theirs.decode(probe) !== ours.decode(probe)) {
+    const decode = (tokenizer: Tokenizer) => {
+      try {
+        return tokenizer.decode(probe);
+      } catch {
+        return null; // an id outside this vocabulary
+      }
+    };
+    const text = decode(ours);
+    if (text === null || decode(theirs) !== text) {
       throw new ConfigError(
         `The dataset's ${data.meta.tokenizer} token ids mean other text to ${dir}/tokenizer.json; ` +
           "prepare the data with the tokenizer the model was trained with",

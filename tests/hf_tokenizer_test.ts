@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { resolveModelConfig } from "../model/config.ts";
-import { loadHfModel } from "../model/hf.ts";
+import { hfTrainingStart, loadHfModel } from "../model/hf.ts";
 import { exportHfModel } from "../model/hf_export.ts";
 import { HfTokenizer } from "../model/hf_tokenizer.ts";
 import { tokenDType } from "../model/meta.ts";
@@ -218,4 +218,36 @@ Deno.test("an export of a gpt2 or cl100k_base model carries a tokenizer.json tha
       assert.equal(theirs.decode(ids), text);
     }
   }
+});
+
+Deno.test("training from a folder checks that the dataset's ids mean the same text to its tokenizer.json", async () => {
+  const dir = join(DIR, "export-gpt2"); // written by the test above, with gpt2's tokenizer.json
+  const gpt2 = await loadTokenizer("gpt2");
+  const val = Uint16Array.from(gpt2.encode("First Citizen:\nBefore we proceed any further, hear me speak."));
+  const meta = {
+    tokenizer: "gpt2" as const,
+    vocab_size: 50257,
+    dtype: "uint16" as const,
+    eot_id: 50256,
+    train_tokens: 0,
+    val_tokens: val.length,
+    val_fraction: 0.1,
+  };
+  const { checkpoint, note } = await hfTrainingStart(dir, { meta, val }, { block_size: 4, dropout: 0.1 });
+  assert.equal(note, null);
+  assert.equal(checkpoint.config.block_size, 4);
+  assert.equal(checkpoint.config.dropout, 0.1);
+  assert.equal(checkpoint.config.vocab_size, 50304);
+
+  const chars = Array.from({ length: 65 }, (_, i) => String.fromCharCode(40 + i));
+  const charMeta = { ...meta, tokenizer: "char" as const, chars, vocab_size: 65, eot_id: null };
+  const charVal = Uint16Array.from({ length: 50 }, (_, i) => i);
+  await assert.rejects(
+    hfTrainingStart(dir, { meta: charMeta, val: charVal }, { block_size: 4, dropout: 0 }),
+    /The dataset's char token ids mean other text to .*tokenizer\.json; prepare the data with the tokenizer/,
+  );
+  await assert.rejects(
+    hfTrainingStart(dir, { meta, val }, { block_size: 16, dropout: 0 }),
+    /block_size 16 exceeds the max_position_embeddings 8 of .*; lower --block_size/,
+  );
 });
