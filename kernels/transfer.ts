@@ -67,6 +67,7 @@ export async function readBack(
     try {
       await staging.mapAsync(GPUMapMode.READ, 0, size);
     } catch (error) {
+      await lossSettled(gpu);
       await gpu.check();
       throw new GpuError(`Reading "${tensor.label}" back failed: ${String(error).split("\n")[0]}`);
     }
@@ -86,6 +87,20 @@ export async function readBack(
   } finally {
     giveBackStaging(gpu, staging);
   }
+}
+
+/**
+ * A lost device fails a pending map at once but reports why a moment later:
+ * wait briefly for that report, so the caller throws the DeviceLostError that
+ * explains it rather than a bare map failure.
+ */
+async function lossSettled(gpu: Gpu): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([
+    gpu.device.lost,
+    new Promise<void>((resolve) => timer = setTimeout(resolve, 200)),
+  ]);
+  clearTimeout(timer);
 }
 
 /** Copies and writes must start and end on 4-byte boundaries. */

@@ -9,6 +9,7 @@
 
 import { join } from "node:path";
 import { requestGpu } from "../kernels/device.ts";
+import { DeviceLostError, GpuError } from "../kernels/errors.ts";
 import { type Checkpoint, loadCheckpoint } from "../model/checkpoint.ts";
 import { ConfigError, MODEL_KEYS, resolveModelConfig } from "../model/config.ts";
 import { hfInitDir, hfTrainingStart } from "../model/hf.ts";
@@ -111,6 +112,7 @@ await runCli(async () => {
   Deno.addSignalListener("SIGINT", interrupt);
   const bar = new ProgressBar(config.max_iters, trainer.iteration, Deno.stderr.isTerminal());
   const started = performance.now();
+  let savedAt: number | null = resume ? trainer.iteration : null;
   try {
     const outcome = await runTraining(trainer, {
       shouldStop: () => stop,
@@ -138,6 +140,7 @@ await runCli(async () => {
         });
       },
       onEval: async (m) => {
+        if (m.saved) savedAt = m.iteration;
         bar.print(
           `step ${m.iteration}: train loss ${m.trainLoss.toFixed(4)}, val loss ${m.valLoss.toFixed(4)}` +
             (m.saved ? ` (saved to ${config.out_dir})` : ""),
@@ -162,6 +165,17 @@ await runCli(async () => {
         `done: ${outcome.iteration} iterations in ${took}; checkpoint saved to ${outcome.checkpoint}`,
       );
     }
+  } catch (error) {
+    bar.clear();
+    if (!(error instanceof DeviceLostError)) throw error;
+    // The weights on the device are gone; say what is safe on disk and how to go on.
+    const checkpoint = join(config.out_dir, "ckpt.safetensors");
+    throw new GpuError(
+      `${error.message}; ` +
+        (savedAt === null
+          ? "no checkpoint of this run was saved yet"
+          : `${checkpoint} from iteration ${savedAt} is intact: continue with --init_from=resume`),
+    );
   } finally {
     Deno.removeSignalListener("SIGINT", interrupt);
     metrics.close();

@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { requestGpu } from "../kernels/device.ts";
+import { DeviceLostError } from "../kernels/errors.ts";
 import { loadCheckpoint } from "../model/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { prepareDataset } from "../model/prepare.ts";
@@ -111,4 +113,30 @@ Deno.test("a loss one nat worse than uniform guessing and than the start is dive
   assert.equal(error.iteration, 3);
   assert.match(error.message, /diverged at iteration 3: loss 6\.000 is above 5\.174/);
   assert.equal(saves, 0);
+});
+
+Deno.test("a device lost mid-run ends training with DeviceLostError; the checkpoint saved before stays whole", async () => {
+  const gpu = await requestGpu(); // its own device: this test destroys it
+  const training = await data();
+  const config = trainConfig({
+    ...TINY,
+    out_dir: `${DIR}/lost`,
+    max_iters: 50,
+    eval_interval: 2,
+    always_save_checkpoint: true,
+  });
+  const trainer = Trainer.create(gpu, config, modelConfigFor(config, training.meta.vocab_size), training);
+  let saved = -1;
+  const outcome = runTraining(trainer, {
+    onEval: (m) => {
+      if (m.saved) saved = m.iteration;
+    },
+    onStep: (iteration) => {
+      if (iteration === 5) gpu.device.destroy(); // what a driver reset looks like to WebGPU
+    },
+  });
+  await assert.rejects(outcome, DeviceLostError);
+  assert.ok(saved >= 2, "a checkpoint was saved before the loss");
+  const checkpoint = await loadCheckpoint(`${DIR}/lost/ckpt.safetensors`);
+  assert.equal(checkpoint.training!.iteration, saved);
 });
