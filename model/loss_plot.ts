@@ -6,7 +6,7 @@
  * @module
  */
 
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { DataError } from "./errors.ts";
 import { type Chart, type Series, svgCharts } from "./svg_chart.ts";
 
@@ -115,10 +115,11 @@ export async function readRunMetrics(dir: string): Promise<RunMetrics> {
  * ```
  */
 export function lossCharts(runs: RunMetrics[]): Chart[] {
+  const labels = runLabels(runs.map((run) => run.name));
   const lossSeries = (x: "iter" | "tokens") =>
     runs.flatMap((run, i): Series[] => {
       const color = COLORS[i % COLORS.length];
-      const prefix = runs.length > 1 ? `${shorten(run.name)}: ` : "";
+      const prefix = runs.length > 1 ? `${labels[i]}: ` : "";
       return [
         {
           name: `${prefix}train (logged)`,
@@ -146,7 +147,7 @@ export function lossCharts(runs: RunMetrics[]): Chart[] {
     const byIter = new Map<number, number>();
     for (const m of [...run.train, ...run.eval]) byIter.set(m.iter, m.lr);
     return {
-      name: runs.length > 1 ? shorten(run.name) : "learning rate",
+      name: runs.length > 1 ? labels[i] : "learning rate",
       color: COLORS[i % COLORS.length],
       points: [...byIter].sort((a, b) => a[0] - b[0]),
     };
@@ -188,6 +189,9 @@ export async function writeLossPlot(dirs: string[], path: string): Promise<void>
   await Deno.rename(temporary, path);
 }
 
-function shorten(name: string): string {
-  return name.length <= 24 ? name : "…" + name.slice(-23);
+/** Legend names of runs: their folder names when those differ, else their paths' ends. */
+function runLabels(dirs: string[]): string[] {
+  const names = dirs.map((dir) => basename(dir) || dir);
+  const distinct = new Set(names).size === names.length;
+  return (distinct ? names : dirs).map((name) => name.length <= 20 ? name : "…" + name.slice(-19));
 }

@@ -49,9 +49,9 @@ export interface Chart {
   series: Series[];
 }
 
-const WIDTH = 900;
+const WIDTH = 960;
 const PANEL_HEIGHT = 300;
-const MARGIN = { left: 80, right: 230, top: 40, bottom: 50 };
+const MARGIN = { left: 80, right: 250, top: 40, bottom: 50 };
 
 /**
  * Up to about `count` round tick values covering [min, max] (1, 2 or 5 times a power of ten apart).

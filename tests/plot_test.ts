@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { readRunMetrics, writeLossPlot } from "../model/loss_plot.ts";
+import { lossCharts, readRunMetrics, writeLossPlot } from "../model/loss_plot.ts";
 import { niceTicks } from "../model/svg_chart.ts";
 import { runTask } from "./cli.ts";
 
@@ -123,7 +123,7 @@ Deno.test("the plot is well-formed SVG with loss by iteration and by tokens, the
   for (const label of ["iteration", "tokens", "loss \\(nats/token\\)", "learning rate"]) {
     assert.match(svg, new RegExp(`>${label}</text>`), `axis label ${label}`);
   }
-  for (const [run, steps, evals] of [[a, 40, 5], [b, 30, 4]] as const) {
+  for (const [run, steps, evals] of [["run-a", 40, 5], ["run-b", 30, 4]] as const) {
     const logged = polylines(svg, `${run}: train \\(logged\\)`);
     const val = polylines(svg, `${run}: val`);
     assert.deepEqual(logged.map((l) => l.length), [steps, steps], "logged loss in both loss panels");
@@ -140,7 +140,15 @@ Deno.test("the plot is well-formed SVG with loss by iteration and by tokens, the
     assert.equal(lr[0].length, steps + 1, "one lr point per iteration logged or evaluated");
   }
   // Both runs share the loss-by-tokens axis: run-b saw 4x the tokens per step, so it ends further right.
-  assert.ok(polylines(svg, `${b}: val`)[1].at(-1)![0] > polylines(svg, `${a}: val`)[1].at(-1)![0]);
+  assert.ok(polylines(svg, "run-b: val")[1].at(-1)![0] > polylines(svg, "run-a: val")[1].at(-1)![0]);
+});
+
+Deno.test("runs are named by folder in the legend, by path when their folders share a name", () => {
+  const run = (name: string) => ({ name, train: [{ iter: 0, loss: 3, lr: 1e-3, tokens: 8 }], eval: [] });
+  const names = (dirs: string[]) => lossCharts(dirs.map(run))[2].series.map((s) => s.name);
+  assert.deepEqual(names(["runs/small", "runs/big"]), ["small", "big"]);
+  assert.deepEqual(names(["a/out", "b/out"]), ["a/out", "b/out"]);
+  assert.deepEqual(names(["runs/out"]), ["learning rate"], "one run: no run names");
 });
 
 Deno.test("axis ticks are round numbers covering the range", () => {
