@@ -14,7 +14,14 @@ import { byteLevelAlphabet } from "./hf_tokenizer.ts";
 import type { DatasetMeta } from "./meta.ts";
 import { EOT } from "./tokenizer.ts";
 
-/** The two tokenizer files of a Hugging Face folder, as JSON values. */
+/**
+ * The two tokenizer files of a Hugging Face folder, as JSON values.
+ *
+ * @example
+ * ```ts
+ * const files: HfTokenizerFiles | null = await hfTokenizerFiles(meta, 1024);
+ * ```
+ */
 export interface HfTokenizerFiles {
   /** tokenizer.json. */
   tokenizer: Record<string, unknown>;
