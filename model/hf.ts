@@ -76,10 +76,10 @@ export async function loadHfModel(
   dir: string,
   options: { tokenizer?: TokenizerName } = {},
 ): Promise<HfModel> {
-  const weights = await loadHfWeights(dir);
   if (options.tokenizer === "char") {
     throw new DataError("--tokenizer char needs a dataset's character list; pick a byte-pair vocabulary");
   }
+  const weights = await loadHfWeights(dir);
   const tokenizer = options.tokenizer
     ? await loadTokenizer(options.tokenizer)
     : await HfTokenizer.load(dir, weights.eosTokenId);
@@ -91,6 +91,10 @@ export async function loadHfModel(
   }
   return { ...weights, tokenizer };
 }
+
+// prepare tokenizes with our vocabularies only, so a model with another one cannot be trained on yet.
+const PREPARE_HINT = "prepare the data with the model's vocabulary (deno task prepare --tokenizer gpt2, " +
+  "cl100k_base or o200k_base, whichever it uses)";
 
 /** Tokens of the dataset decoded to compare the two vocabularies: enough to cover common tokens. */
 const PROBE_TOKENS = 256;
@@ -130,7 +134,7 @@ export async function hfTrainingStart(
   if (data.meta.vocab_size > weights.config.vocab_size) {
     throw new ConfigError(
       `The dataset's vocabulary of ${data.meta.vocab_size} (${data.meta.tokenizer}) is larger than the ` +
-        `${weights.config.vocab_size} of ${dir}; prepare the data with the model's tokenizer`,
+        `${weights.config.vocab_size} of ${dir}; ${PREPARE_HINT}`,
     );
   }
   let note: string | null = null;
@@ -149,7 +153,7 @@ export async function hfTrainingStart(
     if (text === null || decode(theirs) !== text) {
       throw new ConfigError(
         `The dataset's ${data.meta.tokenizer} token ids mean other text to ${dir}/tokenizer.json; ` +
-          "prepare the data with the tokenizer the model was trained with",
+          PREPARE_HINT,
       );
     }
   } catch (error) {
