@@ -244,7 +244,7 @@ Deno.test("training from a folder checks that the dataset's ids mean the same te
   const charVal = Uint16Array.from({ length: 50 }, (_, i) => i);
   await assert.rejects(
     hfTrainingStart(dir, { meta: charMeta, val: charVal }, { block_size: 4, dropout: 0 }),
-    /The dataset's char token ids mean other text to .*tokenizer\.json; prepare the data with the tokenizer/,
+    /The dataset.s char token ids mean other text to .*tokenizer\.json; prepare the data with the model.s vocabulary/,
   );
   await assert.rejects(
     hfTrainingStart(dir, { meta, val }, { block_size: 16, dropout: 0 }),
