@@ -10,7 +10,7 @@
  */
 
 import { ConfigError } from "./config.ts";
-import type { DatasetMeta, TokenArray } from "./meta.ts";
+import { type DatasetMeta, type TokenArray, tokenizerMismatch } from "./meta.ts";
 import { tokenizerFromMeta } from "./tokenizer.ts";
 import type { TrainingData } from "./trainer.ts";
 
@@ -68,13 +68,11 @@ export async function encodeWithBase(
  * ```
  */
 export function checkSameTokenizer(meta: DatasetMeta, base: DatasetMeta, dir: string): void {
-  const sameChars = meta.tokenizer !== "char" ||
-    (meta.chars?.length === base.chars?.length && meta.chars!.every((c, i) => c === base.chars![i]));
-  if (meta.tokenizer !== base.tokenizer || meta.vocab_size !== base.vocab_size || !sameChars) {
+  const mismatch = tokenizerMismatch(base, meta);
+  if (mismatch) {
     throw new ConfigError(
-      `${dir} was prepared with another vocabulary (${meta.tokenizer}, ${meta.vocab_size} ids) than the base ` +
-        `model (${base.tokenizer}, ${base.vocab_size} ids); pass its input text file as --dataset to encode ` +
-        "it with the base's tokenizer",
+      `${dir} was prepared with another vocabulary than the base model (${mismatch}); pass its input text ` +
+        "file as --dataset to encode it with the base's tokenizer",
     );
   }
 }

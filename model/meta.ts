@@ -245,6 +245,33 @@ export async function readTokens(dir: string, split: Split, meta?: DatasetMeta):
 }
 
 /**
+ * Says how two datasets' tokenizers differ, so a checkpoint is never trained or
+ * evaluated on ids that mean other characters or tokens than it learned.
+ *
+ * @param model The checkpoint's meta.json (what the model was trained on).
+ * @param data The dataset's meta.json.
+ * @returns "" when the ids mean the same text, else what differs, in a few words.
+ * @example
+ * ```ts
+ * const problem = tokenizerMismatch(checkpoint.tokenizer, await readMeta("data/shakespeare_char"));
+ * if (problem) throw new Error(`this checkpoint cannot read that dataset: ${problem}`);
+ * ```
+ */
+export function tokenizerMismatch(model: DatasetMeta, data: DatasetMeta): string {
+  if (model.tokenizer !== data.tokenizer) {
+    return `the model uses the ${model.tokenizer} tokenizer, the data ${data.tokenizer}`;
+  }
+  if (model.tokenizer !== "char") return "";
+  const a = model.chars ?? [];
+  const b = data.chars ?? [];
+  const differs = a.findIndex((char, i) => char !== b[i]);
+  if (a.length === b.length && differs < 0 && model.eot_id === data.eot_id) return "";
+  const at = differs < 0 ? Math.min(a.length, b.length) : differs;
+  return `the character vocabularies differ (${a.length} and ${b.length} characters, first at id ${at}: ` +
+    `${JSON.stringify(a[at] ?? null)} vs ${JSON.stringify(b[at] ?? null)})`;
+}
+
+/**
  * Reads a prepared dataset whole: meta.json and both splits, checked against
  * each other, ready for `Trainer.create`.
  *

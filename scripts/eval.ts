@@ -10,7 +10,7 @@ import { requestGpu } from "../kernels/device.ts";
 import { loadCheckpoint } from "../model/checkpoint.ts";
 import { ConfigError } from "../model/config.ts";
 import { splitLoss } from "../model/evaluate.ts";
-import { readTokens } from "../model/meta.ts";
+import { readTokens, tokenizerMismatch } from "../model/meta.ts";
 import { parseFlags, runCli, UsageError } from "./cli.ts";
 import { openDataset } from "./dataset.ts";
 
@@ -36,11 +36,9 @@ await runCli(async () => {
   const datasetName = (flags.dataset as string | undefined) ??
     String(checkpoint.training?.trainConfig.dataset ?? "shakespeare_char");
   const dataset = await openDataset(datasetName);
-  if (dataset.meta.tokenizer !== checkpoint.tokenizer.tokenizer) {
-    throw new ConfigError(
-      `${path} was trained with the ${checkpoint.tokenizer.tokenizer} tokenizer but ${dataset.dir} uses ` +
-        `${dataset.meta.tokenizer}; pass the matching --dataset`,
-    );
+  const mismatch = tokenizerMismatch(checkpoint.tokenizer, dataset.meta);
+  if (mismatch) {
+    throw new ConfigError(`${path} does not match ${dataset.dir}: ${mismatch}; pass the matching --dataset`);
   }
   const data = await readTokens(dataset.dir, split, dataset.meta);
   const gpu = await requestGpu();

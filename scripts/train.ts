@@ -16,7 +16,7 @@ import { hfInitDir, hfTrainingStart } from "../model/hf.ts";
 import { writeLossPlot } from "../model/loss_plot.ts";
 import { flopsPerToken } from "../model/model.ts";
 import { parameterCounts, paramLayout } from "../model/params.ts";
-import { readTokens } from "../model/meta.ts";
+import { readTokens, tokenizerMismatch } from "../model/meta.ts";
 import { Trainer } from "../model/trainer.ts";
 import { runTraining } from "../model/train_loop.ts";
 import {
@@ -65,10 +65,11 @@ await runCli(async () => {
   const resume = config.init_from === "resume"
     ? await loadCheckpoint(join(config.out_dir, "ckpt.safetensors"))
     : undefined;
-  if (resume && resume.tokenizer.tokenizer !== dataset.meta.tokenizer) {
+  const mismatch = resume ? tokenizerMismatch(resume.tokenizer, dataset.meta) : "";
+  if (mismatch) {
     throw new ConfigError(
-      `The checkpoint in ${config.out_dir} was trained with the ${resume.tokenizer.tokenizer} tokenizer ` +
-        `but ${dataset.dir} uses ${dataset.meta.tokenizer}; pick the matching --dataset`,
+      `The checkpoint in ${config.out_dir} does not match ${dataset.dir}: ${mismatch}; ` +
+        "resume with the --dataset it was trained on",
     );
   }
   const train = await readTokens(dataset.dir, "train", dataset.meta);

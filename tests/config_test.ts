@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ConfigError, defaultMlpHidden, resolveModelConfig } from "../model/config.ts";
 import { initialParameters, PARAM_ALIGNMENT, parameterCounts, paramLayout } from "../model/params.ts";
+import { type DatasetMeta, tokenizerMismatch } from "../model/meta.ts";
 import { Rng } from "../model/rng.ts";
 import { applyOverrides, learningRate, TRAIN_DEFAULTS, validateTrainConfig } from "../model/train_config.ts";
 
@@ -131,4 +132,32 @@ Deno.test("the learning rate warms up linearly and decays by cosine to min_lr", 
   assert.ok(Math.abs(learningRate(schedule, 1050) - 5.5e-4) < 1e-9);
   assert.equal(learningRate(schedule, 2001), 1e-4);
   assert.equal(learningRate({ ...schedule, decay_lr: false }, 5), 1e-3);
+});
+
+Deno.test("a checkpoint and a dataset must share the tokenizer, down to the character vocabulary", () => {
+  const char = (chars: string[]): DatasetMeta => ({
+    tokenizer: "char",
+    vocab_size: chars.length,
+    dtype: "uint16",
+    eot_id: null,
+    train_tokens: 1,
+    val_tokens: 1,
+    val_fraction: 0.1,
+    chars,
+  });
+  const gpt2: DatasetMeta = {
+    ...char([]),
+    tokenizer: "gpt2",
+    vocab_size: 50257,
+    eot_id: 50256,
+    chars: undefined,
+  };
+  assert.equal(tokenizerMismatch(char(["a", "b"]), char(["a", "b"])), "");
+  assert.equal(tokenizerMismatch(gpt2, { ...gpt2, train_tokens: 9 }), "");
+  assert.match(tokenizerMismatch(gpt2, char(["a"])), /gpt2 tokenizer, the data char/);
+  assert.match(tokenizerMismatch(char(["a", "b"]), char(["a", "c"])), /first at id 1: "b" vs "c"/);
+  assert.match(
+    tokenizerMismatch(char(["a", "b"]), char(["a", "b", "c"])),
+    /2 and 3 characters, first at id 2/,
+  );
 });
