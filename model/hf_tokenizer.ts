@@ -1,10 +1,11 @@
 /**
  * A Hugging Face tokenizer.json that is a byte-level BPE (GPT-2 style: a vocab
  * of byte-level strings and a list of merges), run by our own merge loop
- * ({@link BytePairEncoding}). What is supported is what GPT-2, Llama 3 and most
- * byte-level BPEs use: no normalizer, a ByteLevel pre-tokenizer (optionally after
- * a regex Split, isolated), added tokens split out first. Anything else is
- * refused with its type named and `--tokenizer` offered instead.
+ * ({@link BytePairEncoding}). What is supported is what GPT-2, Llama 3, Qwen 2,
+ * SmolLM and most byte-level BPEs use: no normalizer or a Unicode normal form, a
+ * ByteLevel pre-tokenizer, optionally after isolating Split regexes and Digits,
+ * added tokens split out first. Anything else is refused with its type named and
+ * `--tokenizer` offered instead.
  *
  * @module
  */
@@ -62,15 +63,14 @@ export class HfTokenizer implements Tokenizer {
   readonly eotId: number | null;
   #bpe: BytePairEncoding;
   #added: RegExp | null; // every added token, longest first so that one containing another wins
-  #addPrefixSpace: boolean;
+  #splitting: Splitting;
   #utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
 
-  private constructor(bpe: BytePairEncoding, addPrefixSpace: boolean, eotId: number | null) {
+  private constructor(bpe: BytePairEncoding, splitting: Splitting, eotId: number | null) {
     this.#bpe = bpe;
-    this.#addPrefixSpace = addPrefixSpace;
+    this.#splitting = splitting;
     const added = [...bpe.specials.keys()].sort((a, b) => b.length - a.length);
-    const escape = (token: string) => token.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
-    this.#added = added.length > 0 ? new RegExp(added.map(escape).join("|"), "gu") : null;
+    this.#added = added.length > 0 ? new RegExp(added.map(escapeRegex).join("|"), "gu") : null;
     this.vocabSize = bpe.vocabSize;
     this.eotId = eotId ?? bpe.specials.get(EOT) ?? null;
   }
@@ -127,13 +127,7 @@ export class HfTokenizer implements Tokenizer {
     if (model.continuing_subword_prefix || model.end_of_word_suffix) {
       throw unsupported("marks subwords with a prefix or suffix");
     }
-    if (json.normalizer) throw unsupported(`has a ${describe(json.normalizer)} normalizer`);
-    const { pattern, addPrefixSpace } = splitting(json.pre_tokenizer, unsupported);
-    try {
-      new RegExp(pattern, "gu");
-    } catch {
-      throw unsupported(`splits with a regex JavaScript cannot run: ${JSON.stringify(pattern)}`);
-    }
+    const splitting = readSplitting(json.normalizer, json.pre_tokenizer, unsupported);
 
     const toBytes = new Map(byteLevelAlphabet().map((char, byte) => [char, String.fromCharCode(byte)]));
     const latin1 = (token: string) => {
@@ -173,7 +167,7 @@ export class HfTokenizer implements Tokenizer {
     try {
       bpe = BytePairEncoding.fromMerges({
         name: path,
-        pattern,
+        pattern: splitting.pattern,
         tokens,
         merges,
         specials,
@@ -182,7 +176,7 @@ export class HfTokenizer implements Tokenizer {
     } catch (error) {
       throw new DataError((error as Error).message);
     }
-    return new HfTokenizer(bpe, addPrefixSpace, eosTokenId);
+    return new HfTokenizer(bpe, splitting, eosTokenId);
   }
 
   /**
@@ -205,8 +199,14 @@ export class HfTokenizer implements Tokenizer {
   }
 
   #encodeStretch(text: string, ids: number[]): void {
-    if (!text) return;
-    this.#bpe.encodeOrdinary(this.#addPrefixSpace && !text.startsWith(" ") ? " " + text : text, ids);
+    const { normalization, isolate, addPrefixSpace } = this.#splitting;
+    if (normalization) text = text.normalize(normalization);
+    let pieces = text ? [text] : [];
+    for (const pattern of isolate) pieces = pieces.flatMap((piece) => isolated(piece, pattern));
+    // ByteLevel's add_prefix_space applies to every piece that reaches it.
+    for (const piece of pieces) {
+      this.#bpe.encodeOrdinary(addPrefixSpace && piece[0] !== " " ? " " + piece : piece, ids);
+    }
   }
 
   /**
@@ -220,11 +220,38 @@ export class HfTokenizer implements Tokenizer {
   }
 }
 
-/** The split pattern and prefix-space rule of a supported pre-tokenizer. */
-function splitting(
+/** How tokenizer.json turns text into the pieces that merge. */
+interface Splitting {
+  /** Unicode normal form applied first (a NFC/NFD/NFKC/NFKD normalizer), or null. */
+  normalization: "NFC" | "NFD" | "NFKC" | "NFKD" | null;
+  /** Regexes whose matches become pieces of their own, in order (Split and Digits steps). */
+  isolate: RegExp[];
+  /** ByteLevel's add_prefix_space. */
+  addPrefixSpace: boolean;
+  /** The pattern ByteLevel splits each piece with: GPT-2's, or the whole piece. */
+  pattern: string;
+}
+
+const NORMAL_FORMS = ["NFC", "NFD", "NFKC", "NFKD"] as const;
+
+/** The supported normalizers and pre-tokenizers as a {@link Splitting}. */
+function readSplitting(
+  normalizer: unknown,
   preTokenizer: unknown,
   unsupported: (what: string) => DataError,
-): { pattern: string; addPrefixSpace: boolean } {
+): Splitting {
+  let normalization: Splitting["normalization"] = null;
+  const forms = (normalizer as { type?: string })?.type === "Sequence"
+    ? (normalizer as { normalizers: unknown[] }).normalizers
+    : normalizer
+    ? [normalizer]
+    : [];
+  if (forms.length > 1) throw unsupported(`has a normalizer sequence (${forms.map(describe).join(", ")})`);
+  if (forms.length === 1) {
+    const type = (forms[0] as { type?: string })?.type;
+    normalization = NORMAL_FORMS.find((form) => form === type) ?? null;
+    if (!normalization) throw unsupported(`has a ${describe(forms[0])} normalizer`);
+  }
   const steps = (preTokenizer as { type?: string })?.type === "Sequence"
     ? (preTokenizer as { pretokenizers: Record<string, unknown>[] }).pretokenizers
     : preTokenizer
@@ -234,22 +261,50 @@ function splitting(
   if (byteLevel?.type !== "ByteLevel") {
     throw unsupported(`has a ${describe(preTokenizer)} pre-tokenizer, not ByteLevel`);
   }
-  const addPrefixSpace = byteLevel.add_prefix_space === true;
-  const useRegex = byteLevel.use_regex !== false;
-  if (steps.length === 1) return { pattern: useRegex ? GPT2_PATTERN : WHOLE_TEXT, addPrefixSpace };
-  const split = steps[0] as {
-    type?: string;
-    pattern?: { Regex?: string };
-    behavior?: string;
-    invert?: boolean;
+  const isolate = steps.slice(0, -1).map((step) => {
+    const pattern = step.pattern as { Regex?: unknown; String?: unknown } | undefined;
+    let source: string | null = null;
+    if (step.type === "Digits") {
+      source = step.individual_digits === true ? String.raw`\p{N}` : String.raw`\p{N}+`;
+    } else if (step.type === "Split" && step.behavior === "Isolated" && step.invert !== true) {
+      if (typeof pattern?.Regex === "string") source = pattern.Regex;
+      else if (typeof pattern?.String === "string") source = escapeRegex(pattern.String);
+    }
+    if (source === null) {
+      throw unsupported(
+        `has a pre-tokenizer sequence we do not implement (${steps.map(describe).join(", ")})`,
+      );
+    }
+    try {
+      return new RegExp(source, "gu");
+    } catch {
+      throw unsupported(`splits with a regex JavaScript cannot run: ${JSON.stringify(source)}`);
+    }
+  });
+  return {
+    normalization,
+    isolate,
+    addPrefixSpace: byteLevel.add_prefix_space === true,
+    pattern: byteLevel.use_regex === false ? WHOLE_TEXT : GPT2_PATTERN,
   };
-  if (
-    steps.length !== 2 || useRegex || split.type !== "Split" || typeof split.pattern?.Regex !== "string" ||
-    split.behavior !== "Isolated" || split.invert === true
-  ) {
-    throw unsupported(`has a pre-tokenizer sequence we do not implement (${steps.map(describe).join(", ")})`);
+}
+
+/** Split with behavior Isolated: each match is a piece, and so is the text between matches. */
+function isolated(text: string, pattern: RegExp): string[] {
+  const pieces: string[] = [];
+  let end = 0;
+  for (const match of text.matchAll(pattern)) {
+    if (!match[0]) continue;
+    if (match.index > end) pieces.push(text.slice(end, match.index));
+    pieces.push(match[0]);
+    end = match.index + match[0].length;
   }
-  return { pattern: split.pattern.Regex, addPrefixSpace };
+  if (end < text.length) pieces.push(text.slice(end));
+  return pieces;
+}
+
+function escapeRegex(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 }
 
 function describe(step: unknown): string {

@@ -64,7 +64,7 @@ function tinyTokenizer(options: { prefixSpace?: boolean; arrayMerges?: boolean; 
       end_of_word_suffix: "",
       byte_fallback: false,
       vocab,
-      merges: options.arrayMerges ? MERGES.map((m) => m.split(" ")) : MERGES,
+      merges: options.arrayMerges ? MERGES.map((m) => m.split(" ")) : [...MERGES],
     },
   };
 }
@@ -110,13 +110,55 @@ Deno.test("tokenizer.json variants: merges as pairs, add_prefix_space, a regex S
   assert.equal(split.decode(split.encode("hello world!")), "hello world!");
 });
 
+Deno.test("tokenizer.json pipelines: Digits before ByteLevel (SmolLM), a string Split, an NFC normalizer", () => {
+  const withDigitMerge = () => {
+    const json = tinyTokenizer();
+    json.model.vocab["12"] = 300;
+    (json.model.merges as string[]).push("1 2");
+    return json;
+  };
+  const plain = HfTokenizer.fromJson(withDigitMerge(), "t.json", null);
+  assert.deepEqual(plain.encode("x123"), [...bytes("x"), 300, ...bytes("3")], "GPT-2 split keeps 123 whole");
+  const digits = withDigitMerge() as Record<string, unknown>;
+  digits.pre_tokenizer = {
+    type: "Sequence",
+    pretokenizers: [
+      { type: "Digits", individual_digits: true },
+      { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
+    ],
+  };
+  const isolatedDigits = HfTokenizer.fromJson(digits, "t.json", null);
+  assert.deepEqual(isolatedDigits.encode("x123 hello"), [...bytes("x123"), ...bytes(" "), HELLO]);
+  const stringSplit = tinyTokenizer() as Record<string, unknown>;
+  stringSplit.pre_tokenizer = {
+    type: "Sequence",
+    pretokenizers: [
+      { type: "Split", pattern: { String: "l" }, behavior: "Isolated", invert: false },
+      { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
+    ],
+  };
+  // Every "l" is its own piece, so no ll, llo or hello: he, l, l, o.
+  assert.deepEqual(HfTokenizer.fromJson(stringSplit, "t.json", null).encode("hello"), [256, ...bytes("llo")]);
+  const nfc = { ...tinyTokenizer(), normalizer: { type: "NFC" } };
+  assert.deepEqual(HfTokenizer.fromJson(nfc, "t.json", null).encode("e\u0301"), bytes("é"));
+  assert.deepEqual(HfTokenizer.fromJson(tinyTokenizer(), "t.json", null).encode("e\u0301"), bytes("e\u0301"));
+});
+
 Deno.test("tokenizers other than byte-level BPE are refused, naming the type and --tokenizer", () => {
   const base = tinyTokenizer();
   const cases: [string, Record<string, unknown>, RegExp][] = [
     ["Unigram", { ...base, model: { type: "Unigram", vocab: [["a", 0]] } }, /is a "Unigram" tokenizer/],
     ["WordPiece", { ...base, model: { type: "WordPiece", vocab: {} } }, /is a "WordPiece" tokenizer/],
     ["byte_fallback", { ...base, model: { ...base.model, byte_fallback: true } }, /SentencePiece-style/],
-    ["normalizer", { ...base, normalizer: { type: "NFC" } }, /"NFC" normalizer/],
+    ["normalizer", { ...base, normalizer: { type: "Lowercase" } }, /"Lowercase" normalizer/],
+    [
+      "Whitespace",
+      {
+        ...base,
+        pre_tokenizer: { type: "Sequence", pretokenizers: [{ type: "Whitespace" }, { type: "ByteLevel" }] },
+      },
+      /pre-tokenizer sequence we do not implement \("Whitespace", "ByteLevel"\)/,
+    ],
     ["Metaspace", { ...base, pre_tokenizer: { type: "Metaspace" } }, /"Metaspace" pre-tokenizer/],
   ];
   for (const [name, json, message] of cases) {
