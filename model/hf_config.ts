@@ -72,6 +72,7 @@ export interface HfLlamaConfig {
  *
  * @param config Our model config.
  * @param eotId The vocabulary's end-of-text id (written as bos and eos), or null.
+ * @param torchDtype How the weights are stored.
  * @returns The `LlamaForCausalLM` config.
  * @example
  * ```ts
@@ -79,7 +80,11 @@ export interface HfLlamaConfig {
  * json.hidden_size === checkpoint.config.n_embd; // true
  * ```
  */
-export function hfConfig(config: ModelConfig, eotId: number | null): HfLlamaConfig {
+export function hfConfig(
+  config: ModelConfig,
+  eotId: number | null,
+  torchDtype: HfLlamaConfig["torch_dtype"] = "float32",
+): HfLlamaConfig {
   return {
     architectures: ["LlamaForCausalLM"],
     model_type: "llama",
@@ -94,7 +99,7 @@ export function hfConfig(config: ModelConfig, eotId: number | null): HfLlamaConf
     rope_theta: config.rope_theta,
     vocab_size: config.vocab_size,
     tie_word_embeddings: config.tie_embeddings,
-    torch_dtype: "float32",
+    torch_dtype: torchDtype,
     hidden_act: "silu",
     attention_bias: false,
     mlp_bias: false,

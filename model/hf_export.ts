@@ -1,6 +1,6 @@
 /**
  * A checkpoint as a Hugging Face model folder that `transformers` loads as
- * `LlamaForCausalLM`: config.json, model.safetensors (f32, our tensor names are
+ * `LlamaForCausalLM`: config.json, model.safetensors (f32, or f16/bf16 rounded to nearest even; our tensor names are
  * already the Hugging Face ones, weights [out_features, in_features]; q/k/v and
  * gate/up are separate tensors that merely sit back to back in our flat buffer),
  * generation_config.json, and for byte-pair vocabularies tokenizer.json and
@@ -16,6 +16,20 @@ import { hfConfig } from "./hf_config.ts";
 import { hfTokenizerFiles } from "./hf_tokenizer_json.ts";
 import { paramLayout } from "./params.ts";
 import { type TensorToWrite, writeSafetensors } from "./safetensors.ts";
+
+/**
+ * Element types an export can store.
+ *
+ * @example
+ * ```ts
+ * const dtype: ExportDType = "bf16";
+ * await exportHfModel(checkpoint, "out/hf", { dtype });
+ * ```
+ */
+export type ExportDType = "f32" | "f16" | "bf16";
+
+const STORED = { f32: "F32", f16: "F16", bf16: "BF16" } as const;
+const TORCH_DTYPE = { f32: "float32", f16: "float16", bf16: "bfloat16" } as const;
 
 /**
  * The files of a Hugging Face model folder.
@@ -40,6 +54,7 @@ export const HF_FILES = {
  *
  * @param checkpoint Config, tokenizer and parameters (moments and training state are not exported).
  * @param dir The folder.
+ * @param options `dtype` of the stored weights: f32 (default, exact), f16 or bf16 (half the size).
  * @returns The files written.
  * @example
  * ```ts
@@ -47,15 +62,23 @@ export const HF_FILES = {
  * // then in Python: LlamaForCausalLM.from_pretrained("out/hf")
  * ```
  */
-export async function exportHfModel(checkpoint: Checkpoint, dir: string): Promise<string[]> {
+export async function exportHfModel(
+  checkpoint: Checkpoint,
+  dir: string,
+  options: { dtype?: ExportDType } = {},
+): Promise<string[]> {
   const { config, params } = checkpoint;
+  const dtype = options.dtype ?? "f32";
   const layout = paramLayout(config);
-  const tensors: TensorToWrite[] = layout.tensors.map((t) => ({
-    name: t.name,
-    dtype: "F32",
-    shape: t.shape,
-    data: params.subarray(t.offset, t.offset + t.length),
-  }));
+  const tensors: TensorToWrite[] = layout.tensors.map((t) => {
+    const values = params.subarray(t.offset, t.offset + t.length);
+    const data = dtype === "f32"
+      ? values
+      : dtype === "f16"
+      ? new Uint16Array(Float16Array.from(values).buffer)
+      : toBfloat16(values);
+    return { name: t.name, dtype: STORED[dtype], shape: t.shape, data };
+  });
   await Deno.mkdir(dir, { recursive: true });
   const eotId = checkpoint.tokenizer.eot_id;
   const generation = {
@@ -68,7 +91,7 @@ export async function exportHfModel(checkpoint: Checkpoint, dir: string): Promis
     join(dir, HF_FILES.generation),
   ];
   await writeSafetensors(files[0], tensors, { format: "pt" });
-  await writeJsonAtomically(files[1], hfConfig(config, eotId));
+  await writeJsonAtomically(files[1], hfConfig(config, eotId, TORCH_DTYPE[dtype]));
   await writeJsonAtomically(files[2], generation);
   const tokenizer = await hfTokenizerFiles(checkpoint.tokenizer, config.block_size);
   if (tokenizer) {
@@ -77,6 +100,27 @@ export async function exportHfModel(checkpoint: Checkpoint, dir: string): Promis
     await writeJsonAtomically(files[4], tokenizer.tokenizerConfig);
   }
   return files;
+}
+
+/**
+ * f32 to bfloat16 bits, rounding to nearest even (as PyTorch's `.to(torch.bfloat16)`); NaN stays NaN.
+ *
+ * @param values f32 values.
+ * @returns The bf16 bit patterns.
+ * @example
+ * ```ts
+ * toBfloat16(new Float32Array([1, 1 + 2 ** -8]))[1]; // 0x3f80: a tie goes to the even neighbour, 1
+ * ```
+ */
+export function toBfloat16(values: Float32Array): Uint16Array {
+  const words = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i];
+    const nan = (w & 0x7f800000) === 0x7f800000 && (w & 0x007fffff) !== 0;
+    out[i] = nan ? (w >>> 16) | 0x0040 : (w + 0x7fff + ((w >>> 16) & 1)) >>> 16;
+  }
+  return out;
 }
 
 async function writeJsonAtomically(path: string, value: unknown): Promise<void> {

@@ -176,6 +176,40 @@ Deno.test("export then import gives identical tensors and the same config", asyn
   }
 });
 
+Deno.test("an f16 or bf16 export stores each weight rounded to the nearest value of that type", async () => {
+  const checkpoint = randomCheckpoint(CONFIG, 61);
+  const values = checkpoint.params;
+  values[0] = 1 + 2 ** -8; // a bf16 tie: goes to the even neighbour, 1
+  values[1] = 1 + 3 * 2 ** -8; // the other tie: up to 1 + 2^-6
+  for (const [dtype, torch] of [["f16", "float16"], ["bf16", "bfloat16"]] as const) {
+    const dir = join(DIR, `export-${dtype}`);
+    await exportHfModel(checkpoint, dir, { dtype });
+    assert.equal(JSON.parse(await Deno.readTextFile(join(dir, "config.json"))).torch_dtype, torch);
+    const loaded = await loadHfWeights(dir);
+    for (const t of paramLayout(CONFIG).tensors) {
+      for (let i = t.offset; i < t.offset + t.length; i++) {
+        const got = loaded.params[i];
+        if (dtype === "f16") {
+          assert.equal(got, Float16Array.of(values[i])[0], `${t.name}[${i - t.offset}] as f16`);
+          continue;
+        }
+        // A bf16 value is an f32 whose low 16 bits are zero; the nearest one has no closer neighbour.
+        const bits = new Uint32Array(Float32Array.of(got).buffer)[0];
+        assert.equal(bits & 0xffff, 0, "representable in bf16");
+        const neighbours = [bits - 0x10000, bits + 0x10000].map((b) =>
+          new Float32Array(Uint32Array.of(b).buffer)[0]
+        );
+        for (const other of neighbours) {
+          assert.ok(Math.abs(other - values[i]) >= Math.abs(got - values[i]), `${t.name}: nearest bf16`);
+        }
+      }
+    }
+    if (dtype === "bf16") {
+      assert.deepEqual([loaded.params[0], loaded.params[1]], [1, 1 + 2 ** -6], "ties to even");
+    }
+  }
+});
+
 /** Writes the exported tensors again as f16 or bf16, split over two shards with an index. */
 async function rewrite(
   from: string,
