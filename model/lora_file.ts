@@ -49,6 +49,40 @@ const PEFT_NAMES: Record<string, string> = {
 };
 
 /**
+ * PEFT's `adapter_config.json` for these settings, so a folder holding it and
+ * `adapter_model.safetensors` loads with `PeftModel.from_pretrained` (on a base
+ * exported with `deno task export`).
+ *
+ * @param config The adapter's settings.
+ * @returns The JSON object.
+ * @example
+ * ```ts
+ * peftAdapterConfig(LORA_DEFAULTS).target_modules; // ["q_proj", "v_proj"]
+ * ```
+ */
+export function peftAdapterConfig(config: LoraConfig): {
+  peft_type: string;
+  task_type: string;
+  r: number;
+  lora_alpha: number;
+  lora_dropout: number;
+  target_modules: string[];
+  bias: string;
+  fan_in_fan_out: boolean;
+} {
+  return {
+    peft_type: "LORA",
+    task_type: "CAUSAL_LM",
+    r: config.rank,
+    lora_alpha: config.alpha,
+    lora_dropout: config.dropout,
+    target_modules: config.targets.map((t) => PEFT_NAMES[t]),
+    bias: "none",
+    fan_in_fan_out: false,
+  };
+}
+
+/**
  * A fingerprint of a base model: SHA-256 over its config and its flat f32 weights.
  * Two checkpoints with the same weights (with or without optimizer state) agree.
  *
@@ -87,20 +121,10 @@ export async function saveLoraAdapter(path: string, adapter: LoraAdapterFile): P
     shape: t.shape,
     data: adapter.values.subarray(t.offset, t.offset + t.length),
   }));
-  const peft = {
-    peft_type: "LORA",
-    task_type: "CAUSAL_LM",
-    r: adapter.config.rank,
-    lora_alpha: adapter.config.alpha,
-    lora_dropout: adapter.config.dropout,
-    target_modules: adapter.config.targets.map((t) => PEFT_NAMES[t]),
-    bias: "none",
-    fan_in_fan_out: false,
-  };
   await writeSafetensors(path, tensors, {
     format: "pt",
     lora: JSON.stringify(adapter.config),
-    adapter_config: JSON.stringify(peft),
+    adapter_config: JSON.stringify(peftAdapterConfig(adapter.config)),
     base_config: JSON.stringify(adapter.base),
     base_sha256: adapter.baseHash,
   });

@@ -3,8 +3,9 @@
  * AdamW with warmup and cosine decay, clipping, evaluation, one submit per
  * optimizer step) over a frozen base. Only the adapters have gradients, AdamW
  * moments and a decay mask; the base weights are uploaded once and never
- * written. Saves `adapter_model.safetensors` (the adapter alone, PEFT names)
- * and `lora_state.safetensors` (moments and progress, for resume) in out_dir.
+ * written. Saves `adapter_model.safetensors` (the adapter alone, PEFT names) with
+ * PEFT's `adapter_config.json`, and `lora_state.safetensors` (moments and
+ * progress, for resume) in out_dir.
  *
  * @module
  */
@@ -20,7 +21,7 @@ import { checkSplit, type HostBatch, randomBatch } from "./batches.ts";
 import { ConfigError, type ModelConfig } from "./config.ts";
 import { initialLoraParameters, type LoraConfig } from "./lora.ts";
 import { LoraAdapters } from "./lora_adapters.ts";
-import { baseWeightsHash, type LoraAdapterFile, saveLoraAdapter } from "./lora_file.ts";
+import { baseWeightsHash, type LoraAdapterFile, peftAdapterConfig, saveLoraAdapter } from "./lora_file.ts";
 import { type LoraState, saveLoraState } from "./lora_state.ts";
 import { type Batch, Llama } from "./model.ts";
 import { Rng } from "./rng.ts";
@@ -35,7 +36,11 @@ import type { StepResult, TrainingData } from "./trainer.ts";
  * const adapter = join("out-lora", LORA_FILES.adapter); // out-lora/adapter_model.safetensors
  * ```
  */
-export const LORA_FILES = { adapter: "adapter_model.safetensors", state: "lora_state.safetensors" } as const;
+export const LORA_FILES = {
+  adapter: "adapter_model.safetensors",
+  config: "adapter_config.json",
+  state: "lora_state.safetensors",
+} as const;
 
 /**
  * What {@link LoraTrainer.create} needs.
@@ -276,8 +281,8 @@ export class LoraTrainer {
   }
 
   /**
-   * Writes `adapter_model.safetensors` and `lora_state.safetensors` into out_dir
-   * (each atomically; the adapter last, so it never runs ahead of its state).
+   * Writes `lora_state.safetensors`, `adapter_config.json` and `adapter_model.safetensors`
+   * into out_dir (the safetensors atomically; the adapter last, so it never runs ahead of its state).
    *
    * @returns The adapter file.
    */
@@ -292,6 +297,8 @@ export class LoraTrainer {
       rng: this.rng.state(),
       trainConfig: { ...this.config },
     });
+    const peft = JSON.stringify(peftAdapterConfig(this.adapters.config), null, 2);
+    await Deno.writeTextFile(join(dir, LORA_FILES.config), peft + "\n");
     const path = join(dir, LORA_FILES.adapter);
     await saveLoraAdapter(path, await this.adapter());
     return path;

@@ -222,6 +222,12 @@ Deno.test("deno task finetune trains, merges, and sample --lora applies the adap
   assert.equal(run.code, 0, run.stderr);
   assert.match(run.stdout, /GPU memory: .* for this LoRA run vs .* for a full fine-tune/);
   assert.match(run.stdout, /adapter saved to .*adapter_model\.safetensors/);
+  const peft = JSON.parse(await Deno.readTextFile(`${out}/adapter_config.json`));
+  assert.deepEqual([peft.peft_type, peft.r, peft.lora_alpha, peft.target_modules], ["LORA", 8, 16, [
+    "q_proj",
+    "v_proj",
+    "gate_proj",
+  ]]);
   const again = await runTask("finetune", [...common, "--max_iters=2"]);
   assert.equal(again.code, 2);
   assert.match(again.stderr, /^error: .*already holds an adapter; pass --resume/);
