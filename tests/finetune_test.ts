@@ -267,3 +267,31 @@ Deno.test("deno task finetune trains, merges, and sample --lora applies the adap
     assert.equal(result.stderr.trim().split("\n").length, 1, result.stderr);
   }
 });
+
+Deno.test("a LoRA step is one submit and creates no buffer, pipeline or bind group after the first", async () => {
+  const gpu = await testGpu();
+  const meta = await shakespeareMeta();
+  const data = await shouted(meta);
+  for (const overrides of [{}, { gradient_accumulation_steps: 2 }]) {
+    const lora = { ...LORA, dropout: "gradient_accumulation_steps" in overrides ? 0.1 : 0 };
+    const trainer = await LoraTrainer.create(gpu, settings({ batch_size: 2, ...overrides }), {
+      base: base(meta),
+      lora,
+      data,
+    });
+    await trainer.step({ read: true });
+    const before = { ...gpu.stats };
+    for (let i = 0; i < 3; i++) await trainer.step();
+    const what = JSON.stringify(overrides);
+    assert.equal(gpu.stats.submits - before.submits, 3, `${what}: one submit per step (no readback)`);
+    await trainer.step({ read: true });
+    assert.equal(gpu.stats.buffers, before.buffers, `${what}: buffers created after the first step`);
+    assert.equal(gpu.stats.pipelines, before.pipelines, `${what}: pipelines created after the first step`);
+    assert.equal(
+      gpu.stats.bindGroups,
+      before.bindGroups,
+      `${what}: bind groups created after the first step`,
+    );
+    trainer.release();
+  }
+});
