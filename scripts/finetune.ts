@@ -10,7 +10,7 @@
 
 import { join, resolve } from "node:path";
 import { requestGpu } from "../kernels/device.ts";
-import { formatBytes } from "../kernels/errors.ts";
+import { formatBytes, GpuOutOfMemoryError } from "../kernels/errors.ts";
 import { type Checkpoint, loadCheckpoint, saveCheckpoint } from "../model/checkpoint.ts";
 import { MODEL_KEYS } from "../model/config.ts";
 import {
@@ -125,7 +125,7 @@ await runCli(async () => {
 
   const gpu = await requestGpu();
   console.log(`adapter: ${gpu.info.name}${gpu.info.fallback ? " (software)" : ""}`);
-  const fullBytes = own.compare_memory === false ? null : fullFineTuneBytes(gpu, config, base, data);
+  const fullBytes = own.compare_memory === false ? null : await fullFineTuneBytes(gpu, config, base, data);
   const before = gpu.stats.bytes;
   const trainer = await LoraTrainer.create(gpu, config, { base, lora, data, resume });
   const loraBytes = gpu.stats.bytes - before;
@@ -142,6 +142,8 @@ await runCli(async () => {
     `GPU memory: ${formatBytes(loraBytes)} for this LoRA run` +
       (fullBytes === null
         ? ""
+        : typeof fullBytes === "string"
+        ? ` (a full fine-tune of the same model and batch does not fit: ${fullBytes})`
         : ` vs ${formatBytes(fullBytes)} for a full fine-tune of the same model and batch`),
   );
   if (resume) console.log(`resuming from iteration ${trainer.iteration} in ${config.out_dir}`);
@@ -216,13 +218,16 @@ async function fineTuningData(dataset: string, base: Checkpoint): Promise<Traini
   return { train: await readTokens(dir, "train", meta), val: await readTokens(dir, "val", meta), meta };
 }
 
-/** GPU bytes a full fine-tune of `base` with these settings allocates (allocated once, then freed). */
-function fullFineTuneBytes(
+/**
+ * GPU bytes a full fine-tune of `base` with these settings allocates (allocated
+ * once, then freed), or why it cannot be allocated on this device.
+ */
+async function fullFineTuneBytes(
   gpu: Awaited<ReturnType<typeof requestGpu>>,
   config: TrainConfig,
   base: Checkpoint,
   data: TrainingData,
-): number {
+): Promise<number | string> {
   const before = gpu.stats.bytes;
   const full = Trainer.create(gpu, config, base.config, data, {
     ...base,
@@ -231,6 +236,12 @@ function fullFineTuneBytes(
   });
   const bytes = gpu.stats.bytes - before;
   full.release();
+  try {
+    await gpu.check(); // an allocation the driver refused is reported here
+  } catch (error) {
+    if (error instanceof GpuOutOfMemoryError) return error.message;
+    throw error;
+  }
   return bytes;
 }
 
