@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { LossScaleState } from "../kernels/loss_scale.ts";
 import {
   readSafetensorsHeader,
   readTensorBytes,
@@ -36,6 +37,8 @@ export interface LoraState {
   rng: number[];
   /** The resolved settings, for the record. */
   trainConfig: Record<string, unknown>;
+  /** f16 training: the dynamic loss scale's state. */
+  lossScale?: LossScaleState;
 }
 
 const M = "optimizer.exp_avg";
@@ -57,6 +60,7 @@ export async function saveLoraState(path: string, state: LoraState): Promise<voi
     bestValLoss: Number.isFinite(state.bestValLoss) ? state.bestValLoss : null,
     rng: state.rng,
     trainConfig: state.trainConfig,
+    ...(state.lossScale ? { lossScale: state.lossScale } : {}),
   };
   await writeSafetensors(path, [
     { name: M, dtype: "F32", shape: [state.m.length], data: state.m },
@@ -97,6 +101,7 @@ export async function loadLoraState(path: string): Promise<LoraState> {
       bestValLoss: number | null;
       rng: number[];
       trainConfig: Record<string, unknown>;
+      lossScale?: LossScaleState;
     };
     try {
       progress = JSON.parse(header.metadata.lora_training ?? "");
@@ -113,6 +118,7 @@ export async function loadLoraState(path: string): Promise<LoraState> {
       bestValLoss: progress.bestValLoss ?? Infinity,
       rng: progress.rng,
       trainConfig: progress.trainConfig ?? {},
+      ...(progress.lossScale ? { lossScale: progress.lossScale } : {}),
     };
   } finally {
     file.close();

@@ -15,6 +15,7 @@ import { AdamW, buildDecayMask } from "../kernels/adamw.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { DropoutSeed } from "../kernels/dropout.ts";
 import { NonFiniteWatch } from "../kernels/nonfinite.ts";
+import { LossScaler } from "../kernels/loss_scale.ts";
 import { GradNorm } from "../kernels/reduce.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { checkSplit, type HostBatch, randomBatch } from "./batches.ts";
@@ -99,14 +100,15 @@ export class LoraTrainer {
   #gradNorm: GradNorm;
   #watch: NonFiniteWatch | null = null;
   #dropoutSeed: DropoutSeed | null;
+  #scaler: LossScaler | null;
 
   private constructor(gpu: Gpu, config: TrainConfig, options: LoraTrainerOptions, baseHash: string) {
     this.gpu = gpu;
     this.config = config;
     this.data = options.data;
     this.#baseHash = baseHash;
-    if (config.dtype !== "f32") {
-      throw new ConfigError(`LoRA fine-tuning runs in f32; drop --dtype ${config.dtype}`);
+    if (config.dtype !== "f32" && config.dtype !== "f16") {
+      throw new ConfigError(`dtype must be "f32" or "f16", got "${config.dtype}"`);
     }
     // The base runs without its own dropout: only the adapters' inputs are dropped, as PEFT's lora_dropout.
     const modelConfig = { ...options.base.config, dropout: 0 };
@@ -116,7 +118,13 @@ export class LoraTrainer {
     const B = config.batch_size;
     const T = modelConfig.block_size;
     this.adapters = new LoraAdapters(gpu, modelConfig, lora, { rows: B * T, training: true });
-    this.model = new Llama(gpu, modelConfig, { batchSize: B, training: true, lora: this.adapters });
+    // f16: the base's matmuls read an f16 copy of its weights; the adapters and their optimizer stay f32.
+    this.model = new Llama(gpu, modelConfig, {
+      batchSize: B,
+      training: true,
+      lora: this.adapters,
+      dtype: config.dtype,
+    });
     const n = this.adapters.layout.total;
     this.#m = gpu.tensor([n], "f32", { label: "lora adam m" });
     this.#v = gpu.tensor([n], "f32", { label: "lora adam v" });
@@ -133,6 +141,7 @@ export class LoraTrainer {
     this.#adamw = new AdamW(gpu, n);
     this.#gradNorm = new GradNorm(gpu, n);
     this.#dropoutSeed = lora.dropout > 0 ? new DropoutSeed(gpu) : null;
+    this.#scaler = config.dtype === "f16" ? new LossScaler(gpu) : null;
     this.rng = new Rng(config.seed);
   }
 
@@ -167,6 +176,7 @@ export class LoraTrainer {
       trainer.iteration = resume.state.iteration;
       trainer.bestValLoss = resume.state.bestValLoss;
       trainer.rng = Rng.fromState(resume.state.rng);
+      if (resume.state.lossScale) trainer.#scaler?.reset(resume.state.lossScale);
     } else {
       trainer.adapters.upload(initialLoraParameters(trainer.adapters.layout, new Rng(config.seed)));
       const zeros = new Float32Array(n);
@@ -209,14 +219,16 @@ export class LoraTrainer {
 
     const rec = gpu.recorder({ label: `lora step ${this.iteration}` });
     rec.clear(adapters.grads!);
+    // As the trainer: f16 gradients carry the loss scale S, which AdamW divides out with 1/accumulation.
+    const scaler = this.#scaler;
     this.#micro.forEach((batch, micro) => {
       const dropout = this.#dropoutSeed ? { seed: this.#dropoutSeed, micro } : undefined;
       model.forward(rec, { batch, loss: this.#lossSum, accumulateLoss: micro > 0, dropout });
-      model.backward(rec, { batch, dropout, scale: 1 / accumulation });
+      model.backward(rec, { batch, dropout, scale: scaler ? scaler.scale : 1 / accumulation });
     });
     this.#gradNorm.record(rec, { out: this.#normSquared, grads: adapters.grads! });
     this.#watch ??= new NonFiniteWatch(gpu, this.iteration);
-    this.#watch.record(rec, { loss: this.#lossSum, normSquared: this.#normSquared });
+    this.#watch.record(rec, { loss: this.#lossSum, normSquared: scaler ? undefined : this.#normSquared });
     this.#adamw.record(rec, {
       params: adapters.params,
       grads: adapters.grads!,
@@ -232,16 +244,26 @@ export class LoraTrainer {
         weightDecay: config.weight_decay,
         maxGradNorm: config.grad_clip,
         step: this.iteration + 1,
-        gradScale: 1,
+        gradScale: scaler ? 1 / accumulation : 1,
       },
+      lossScale: scaler?.scale,
     });
+    scaler?.record(rec, { normSquared: this.#normSquared });
     rec.submit();
     this.iteration++;
     if (!options.read) return null;
     const lossSum = (await gpu.readFloats(this.#lossSum))[0];
     const normSquared = (await gpu.readFloats(this.#normSquared))[0];
     const nonFinite = await this.#watch.read();
-    return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr, nonFinite };
+    if (!scaler) return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr, nonFinite };
+    const state = await scaler.read();
+    return {
+      loss: lossSum / accumulation,
+      gradNorm: Math.sqrt(normSquared) / (state.lastScale * accumulation),
+      lr,
+      lossScale: { scale: state.lastScale, skipped: state.skipped },
+      nonFinite,
+    };
   }
 
   /**
@@ -296,6 +318,7 @@ export class LoraTrainer {
       bestValLoss: this.bestValLoss,
       rng: this.rng.state(),
       trainConfig: { ...this.config },
+      ...(this.#scaler ? { lossScale: await this.#scaler.read() } : {}),
     });
     const peft = JSON.stringify(peftAdapterConfig(this.adapters.config), null, 2);
     await Deno.writeTextFile(join(dir, LORA_FILES.config), peft + "\n");
@@ -319,6 +342,7 @@ export class LoraTrainer {
     this.#gradNorm.release();
     if (this.#dropoutSeed) this.gpu.release(this.#dropoutSeed.tensor);
     this.#watch?.release();
+    this.#scaler?.release();
   }
 
   #shape(): { batchSize: number; blockSize: number } {

@@ -100,9 +100,6 @@ await runCli(async () => {
       : LORA_DEFAULTS.targets,
   };
   validateLoraConfig(lora);
-  if (config.dtype !== "f32") {
-    throw new UsageError(`LoRA fine-tuning runs in f32; drop --dtype ${config.dtype}`);
-  }
   if (!config.dataset) {
     throw new UsageError(
       "Name the fine-tuning text: --dataset FILE.txt (or a folder prepared with the base's vocabulary)",
@@ -125,6 +122,11 @@ await runCli(async () => {
 
   const gpu = await requestGpu();
   console.log(`adapter: ${gpu.info.name}${gpu.info.fallback ? " (software)" : ""}`);
+  if (config.dtype === "f16" && !gpu.features.f16) {
+    const why = gpu.f16Problem || `"${gpu.info.name}" has no shader-f16`;
+    console.log(`note: f16 compute is unavailable (${why}); fine-tuning in f32`);
+    config.dtype = "f32";
+  }
   const fullBytes = own.compare_memory === false ? null : await fullFineTuneBytes(gpu, config, base, data);
   const before = gpu.stats.bytes;
   const trainer = await LoraTrainer.create(gpu, config, { base, lora, data, resume });

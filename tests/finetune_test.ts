@@ -272,7 +272,7 @@ Deno.test("a LoRA step is one submit and creates no buffer, pipeline or bind gro
   const gpu = await testGpu();
   const meta = await shakespeareMeta();
   const data = await shouted(meta);
-  for (const overrides of [{}, { gradient_accumulation_steps: 2 }]) {
+  for (const overrides of [{}, { gradient_accumulation_steps: 2 }, { dtype: "f16" }]) {
     const lora = { ...LORA, dropout: "gradient_accumulation_steps" in overrides ? 0.1 : 0 };
     const trainer = await LoraTrainer.create(gpu, settings({ batch_size: 2, ...overrides }), {
       base: base(meta),
@@ -284,7 +284,9 @@ Deno.test("a LoRA step is one submit and creates no buffer, pipeline or bind gro
     for (let i = 0; i < 3; i++) await trainer.step();
     const what = JSON.stringify(overrides);
     assert.equal(gpu.stats.submits - before.submits, 3, `${what}: one submit per step (no readback)`);
-    await trainer.step({ read: true });
+    const last = await trainer.step({ read: true });
+    assert.ok(Number.isFinite(last!.loss) && last!.nonFinite.steps === 0, `${what}: finite steps`);
+    assert.deepEqual(await trainer.model.download(), base(meta).params, `${what}: the base is untouched`);
     assert.equal(gpu.stats.buffers, before.buffers, `${what}: buffers created after the first step`);
     assert.equal(gpu.stats.pipelines, before.pipelines, `${what}: pipelines created after the first step`);
     assert.equal(

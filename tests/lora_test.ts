@@ -119,15 +119,18 @@ Deno.test("with B at zero, the adapted model's logits equal the base model's bit
 
 async function adapterGradients(
   config: LoraConfig,
-  options: { dropout?: { run: number; step: number } } = {},
+  options: { dropout?: { run: number; step: number }; f16?: boolean } = {},
 ): Promise<void> {
   const gpu = await testGpu();
+  const dtype = options.f16 ? "f16" : "f32";
+  // f16: the loss gradient carries a loss scale of 1024 (a GPU tensor, as the trainer passes it).
+  const lossScale = options.f16 ? 1024 : 0.5;
   const params = baseParameters(7);
   const values = trainedAdapter(config, 8);
   const data = randomTokens(9);
   const adapters = new LoraAdapters(gpu, CONFIG, config, { rows: B * T, training: true });
   adapters.upload(values);
-  const model = new Llama(gpu, CONFIG, { batchSize: B, training: true, lora: adapters });
+  const model = new Llama(gpu, CONFIG, { batchSize: B, training: true, lora: adapters, dtype });
   model.upload(params);
   assert.equal(model.grads, null, "a frozen base has no gradient buffer");
   const seed = options.dropout ? new DropoutSeed(gpu) : null;
@@ -136,12 +139,14 @@ async function adapterGradients(
   const got = await withBatch(model, data, async (batch) => {
     const loss = gpu.tensor([1], "f32");
     const rec = gpu.recorder();
+    const scale = options.f16 ? gpu.tensor([1], "f32", { data: [lossScale] }) : lossScale;
     rec.clear(adapters.grads!);
     model.forward(rec, { batch, loss, dropout });
-    model.backward(rec, { batch, dropout, scale: 0.5 });
+    model.backward(rec, { batch, dropout, scale });
     rec.submit();
     const result = { loss: (await gpu.readFloats(loss))[0], grads: await gpu.readFloats(adapters.grads!) };
     gpu.release(loss);
+    if (typeof scale !== "number") gpu.release(scale);
     return result;
   });
   const drop = options.dropout ? { p: 0, ...options.dropout, micro: 1 } : undefined;
@@ -151,17 +156,21 @@ async function adapterGradients(
     B,
     T,
     projections: ref.hook,
-  }, 0.5);
-  assertClose([got.loss], [want.loss], { atol: 1e-5, rtol: 1e-5 }, "loss");
-  // f32 through ~30 kernels: each tensor's gradient to 1e-5 + 1e-4·(its largest) + 1e-3·|ref|.
+  }, lossScale);
+  // f32 through ~30 kernels: loss to 1e-5, each tensor's gradient to 1e-5 + 1e-4·(its largest) + 1e-3·|ref|.
+  // f16 activations and base weights (11 significant bits): loss to 1e-2, gradients to 3e-2 of the largest.
+  const tolerance = options.f16
+    ? { loss: 1e-2, largest: 3e-2, rtol: 3e-2 }
+    : { loss: 1e-5, largest: 1e-4, rtol: 1e-3 };
+  assertClose([got.loss], [want.loss], { atol: tolerance.loss, rtol: tolerance.loss }, "loss");
   for (const t of adapters.layout.tensors) {
     const slice = ref.grads.subarray(t.offset, t.offset + t.length);
     const largest = Math.max(...slice.map(Math.abs));
     assert.ok(largest > 0, `${t.name} has a gradient`);
     assertClose(got.grads.subarray(t.offset, t.offset + t.length), slice, {
-      atol: 1e-5 + 1e-4 * largest,
-      rtol: 1e-3,
-    }, `d ${t.name}`);
+      atol: (options.f16 ? 0 : 1e-5) + tolerance.largest * largest,
+      rtol: tolerance.rtol,
+    }, `${dtype} d ${t.name}`);
   }
   model.release();
   adapters.release();
@@ -176,6 +185,10 @@ Deno.test("with adapter dropout, the gradients match the reference with the same
   await adapterGradients({ rank: 2, alpha: 5, dropout: 0.3, targets: ["q", "v", "down"] }, {
     dropout: { run: 41, step: 6 },
   });
+});
+
+Deno.test("with f16 compute and a loss scale, adapter gradients match the reference to f16 precision", async () => {
+  await adapterGradients(ALL, { f16: true });
 });
 
 Deno.test("the reference adapter gradient agrees with finite differences", () => {
