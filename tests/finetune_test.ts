@@ -231,6 +231,18 @@ Deno.test("deno task finetune trains, merges, and sample --lora applies the adap
   const again = await runTask("finetune", [...common, "--max_iters=2"]);
   assert.equal(again.code, 2);
   assert.match(again.stderr, /^error: .*already holds an adapter; pass --resume/);
+  // Resume, reading the same text as a folder prepared with the base's vocabulary.
+  const resumed = await runTask("finetune", [
+    ...common.map((a) => a === `${DIR}/shout.txt` ? `${DIR}/data` : a),
+    "--resume",
+    "--max_iters=3",
+    "--eval_iters=1",
+    "--compare_memory=false",
+  ]);
+  assert.equal(resumed.code, 0, resumed.stderr);
+  assert.match(resumed.stdout, /resuming from iteration 2 in /);
+  assert.match(resumed.stdout, /targets q,v,gate/, "the saved adapter's settings apply");
+  assert.match(resumed.stdout, /done: 3 iterations/);
 
   const adapter = `${out}/adapter_model.safetensors`;
   const merged = `${DIR}/merged.safetensors`;
