@@ -21,6 +21,7 @@ import { ropeBackward } from "../kernels/rope.ts";
 import { swigluBackward } from "../kernels/swiglu.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { linearBackward } from "./linear.ts";
+import type { LoraAdapters } from "./lora_adapters.ts";
 import { type Batch, type DropoutStep, dropoutStream, type Llama } from "./model.ts";
 
 /**
@@ -28,14 +29,16 @@ import { type Batch, type DropoutStep, dropoutStream, type Llama } from "./model
  *
  * @param model A model created with `training: true`.
  * @param rec The recorder (after the forward).
- * @param args The batch with its embedding index, the forward's dropout, and the loss-gradient scale.
+ * @param args The batch with its embedding index, the forward's dropout, the loss-gradient scale,
+ *   and the model's LoRA adapters (when its base is frozen).
  */
 export function recordBackward(
   model: Llama,
   rec: Recorder,
-  args: { batch: Batch; dropout?: DropoutStep; scale: number | Tensor },
+  args: { batch: Batch; dropout?: DropoutStep; scale: number | Tensor; lora: LoraAdapters | null },
 ): void {
-  const { config, acts, views, grads, lora } = model;
+  const { config, acts, views, grads } = model;
+  const { lora } = args;
   const g = acts.grad;
   if (!g || (!grads && !lora?.grads) || (grads && !args.batch.index)) {
     throw new Error("backward needs a model created with training: true and a batch with an embedding index");

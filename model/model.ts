@@ -139,8 +139,6 @@ export class Llama {
   readonly params: Tensor;
   /** All gradients, f32 (layout.total); null for inference and for a frozen base under LoRA. */
   readonly grads: Tensor | null;
-  /** LoRA adapters on the projections (the base is then frozen), or null. */
-  readonly lora: LoraAdapters | null;
   /** With f16 compute: an f16 copy of the parameters that the matmuls read; else null. */
   readonly weights16: Tensor | null;
   /** Sequences per forward. */
@@ -152,6 +150,8 @@ export class Llama {
   /** Named views of the flat buffers (parameters, gradients, f16 weights). */
   readonly views: FlatViews;
   #sharesWeights: boolean;
+  /** LoRA adapters on the projections (the base is then frozen), or null. */
+  #lora: LoraAdapters | null;
 
   /**
    * Allocates parameters (uninitialised: see {@link Llama.upload}), gradients
@@ -180,8 +180,8 @@ export class Llama {
     this.blockSize = options.blockSize ?? config.block_size;
     this.#sharesWeights = options.weightsFrom !== undefined;
     this.params = options.weightsFrom?.params ?? gpu.tensor([this.layout.total], "f32", { label: "params" });
-    this.lora = options.lora ?? null;
-    this.grads = options.training && !this.lora
+    this.#lora = options.lora ?? null;
+    this.grads = options.training && !this.#lora
       ? gpu.tensor([this.layout.total], "f32", { label: "grads" })
       : null;
     const dtype = options.dtype ?? "f32";
@@ -410,7 +410,7 @@ export class Llama {
       const w = views.layer(W, l);
       const gains = views.layer(this.params, l);
       linear(rec, { y: a.qkv, x: a.ln1, weight: w.qkv });
-      this.lora?.forward(rec, { layer: l, site: "qkv", x: a.ln1, y: a.qkv, dropout: drop });
+      this.#lora?.forward(rec, { layer: l, site: "qkv", x: a.ln1, y: a.qkv, dropout: drop });
       if (decoding) {
         const kv = { kCache: cache.k[l], vCache: cache.v[l], position: cache.position, ...heads };
         ropeForward(rec, { qkv: a.qkv, ...heads, theta: config.rope_theta, positionOffset: cache.position });
@@ -424,7 +424,7 @@ export class Llama {
         }
       }
       linear(rec, { y: acts.branch, x: a.atty, weight: w.attnOut });
-      this.lora?.forward(rec, { layer: l, site: "attnOut", x: a.atty, y: acts.branch, dropout: drop });
+      this.#lora?.forward(rec, { layer: l, site: "attnOut", x: a.atty, y: acts.branch, dropout: drop });
       drops(acts.branch, 1 + 2 * l);
       residualRmsnormForward(rec, {
         residualOut: a.residMid,
@@ -437,10 +437,10 @@ export class Llama {
       });
 
       linear(rec, { y: a.gateUp, x: a.ln2, weight: w.gateUp });
-      this.lora?.forward(rec, { layer: l, site: "gateUp", x: a.ln2, y: a.gateUp, dropout: drop });
+      this.#lora?.forward(rec, { layer: l, site: "gateUp", x: a.ln2, y: a.gateUp, dropout: drop });
       swigluForward(rec, { out: a.hidden, gateUp: a.gateUp });
       linear(rec, { y: acts.branch, x: a.hidden, weight: w.down });
-      this.lora?.forward(rec, { layer: l, site: "down", x: a.hidden, y: acts.branch, dropout: drop });
+      this.#lora?.forward(rec, { layer: l, site: "down", x: a.hidden, y: acts.branch, dropout: drop });
       drops(acts.branch, 2 + 2 * l);
       const next = l + 1 < config.n_layer ? acts.layers[l + 1] : null;
       residualRmsnormForward(rec, {
@@ -475,7 +475,7 @@ export class Llama {
    *   tensor (the dynamic loss scale of f16 training, read on the GPU).
    */
   backward(rec: Recorder, args: { batch: Batch; dropout?: DropoutStep; scale: number | Tensor }): void {
-    recordBackward(this, rec, args);
+    recordBackward(this, rec, { ...args, lora: this.#lora });
   }
 }
 
