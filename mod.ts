@@ -114,3 +114,12 @@ export type { GenerateOptions, GenerateStep } from "./model/generate.ts";
 export { generateText } from "./model/text_generation.ts";
 export type { TextGenerationOptions } from "./model/text_generation.ts";
 export type { SamplingOptions } from "./model/sampling.ts";
+
+// Hugging Face folders and loss plots.
+export { exportHfModel } from "./model/hf_export.ts";
+export type { ExportDType } from "./model/hf_export.ts";
+export { loadHfModel } from "./model/hf.ts";
+export type { HfModel } from "./model/hf.ts";
+export type { HfWeights } from "./model/hf_import.ts";
+export { readRunMetrics, writeLossPlot } from "./model/loss_plot.ts";
+export type { RunMetrics } from "./model/loss_plot.ts";
