@@ -66,11 +66,12 @@ export class LoraAdapters {
   #scale: number;
   #bySite = new Map<string, LoraModule[]>();
   #hidden = new Map<LoraModule, Tensor>();
-  #delta: Tensor;
-  #dy: Tensor | null;
+  // Scratch, each shared by uses that never overlap: `#wide` (N·max out) holds a module's
+  // h·Bᵀ in the forward and its scaled dy block in the backward; `#dropped` (N·max in) holds
+  // dropout(x), then (after dA has read it) the gradient of dropout(x).
+  #wide: Tensor;
   #dh: Tensor | null;
   #dropped: Tensor | null;
-  #ddropped: Tensor | null;
 
   /**
    * Allocates the adapter buffers (uninitialised: see {@link LoraAdapters.upload}) and
@@ -105,14 +106,10 @@ export class LoraAdapters {
     const maxOut = Math.max(...this.layout.modules.map((m) => m.outFeatures));
     const maxIn = Math.max(...this.layout.modules.map((m) => m.inFeatures));
     const dropping = config.dropout > 0;
-    this.#delta = gpu.tensor([N * maxOut], "f32", { label: "lora delta" });
-    this.#dy = shape.training ? gpu.tensor([N * maxOut], "f32", { label: "lora d out" }) : null;
+    this.#wide = gpu.tensor([N * maxOut], "f32", { label: "lora scratch (N, out)" });
     this.#dh = shape.training ? gpu.tensor([N, r], "f32", { label: "lora d h" }) : null;
     this.#dropped = dropping && shape.training
-      ? gpu.tensor([N * maxIn], "f32", { label: "lora dropped x" })
-      : null;
-    this.#ddropped = dropping && shape.training
-      ? gpu.tensor([N * maxIn], "f32", { label: "lora d dropped x" })
+      ? gpu.tensor([N * maxIn], "f32", { label: "lora scratch (N, in)" })
       : null;
   }
 
@@ -152,7 +149,7 @@ export class LoraAdapters {
       const h = this.#hidden.get(m)!;
       const input = this.#input(rec, m, x, args.dropout);
       matmul(rec, { out: h, a: input, b: this.#a(this.params, m), transposeB: true });
-      const delta = this.#delta.view(0, [N, m.outFeatures], "lora delta");
+      const delta = this.#wide.view(0, [N, m.outFeatures], "lora delta");
       matmul(rec, { out: delta, a: h, b: this.#b(this.params, m), transposeB: true });
       addColumns(rec, { out: y, x: delta, column: m.column, scale: this.#scale });
     }
@@ -171,7 +168,7 @@ export class LoraAdapters {
     args: { layer: number; site: ProjectionSite; x: Tensor; dy: Tensor; dx: Tensor; dropout?: DropoutStep },
   ): void {
     const { grads } = this;
-    if (!grads || !this.#dy || !this.#dh) {
+    if (!grads || !this.#dh) {
       throw new Error("LoRA backward needs adapters built with training: true");
     }
     const x = rows(args.x);
@@ -179,7 +176,7 @@ export class LoraAdapters {
     const dx = rows(args.dx);
     const N = x.shape[0];
     for (const m of this.#bySite.get(siteKey(args.layer, args.site)) ?? []) {
-      const g = this.#dy.view(0, [N, m.outFeatures], "lora d out");
+      const g = this.#wide.view(0, [N, m.outFeatures], "lora d out");
       copyColumns(rec, { out: g, x: dy, column: m.column, scale: this.#scale });
       const h = this.#hidden.get(m)!;
       matmul(rec, { out: this.#b(grads, m), a: g, b: h, transposeA: true, accumulate: true });
@@ -190,7 +187,7 @@ export class LoraAdapters {
       if (stream === null) {
         matmul(rec, { out: dx, a: this.#dh, b: this.#a(this.params, m), accumulate: true });
       } else {
-        const dd = this.#ddropped!.view(0, [N, m.inFeatures], "lora d dropped x");
+        const dd = this.#dropped!.view(0, [N, m.inFeatures], "lora d dropped x");
         matmul(rec, { out: dd, a: this.#dh, b: this.#a(this.params, m) });
         dropoutBackward(rec, {
           dx,
@@ -206,7 +203,7 @@ export class LoraAdapters {
 
   /** Frees every buffer. */
   release(): void {
-    const all = [this.params, this.grads, this.#delta, this.#dy, this.#dh, this.#dropped, this.#ddropped];
+    const all = [this.params, this.grads, this.#wide, this.#dh, this.#dropped];
     for (const t of [...all, ...this.#hidden.values()]) if (t) this.gpu.release(t);
   }
 
