@@ -150,6 +150,11 @@ await runCli(async () => {
   );
   if (resume) console.log(`resuming from iteration ${trainer.iteration} in ${config.out_dir}`);
 
+  await Deno.mkdir(config.out_dir, { recursive: true });
+  // The same records as train's, so deno task plot draws a fine-tune too.
+  const metrics = await Deno.open(join(config.out_dir, "metrics.jsonl"), { append: true, create: true });
+  const record = (entry: Record<string, unknown>) =>
+    metrics.writeSync(new TextEncoder().encode(JSON.stringify(entry) + "\n"));
   let stop = false;
   const interrupt = () => stop = true;
   Deno.addSignalListener("SIGINT", interrupt);
@@ -159,16 +164,36 @@ await runCli(async () => {
     const outcome = await runTraining(trainer, {
       shouldStop: () => stop,
       onStep: (iteration) => bar.update(iteration),
-      onLog: (m) =>
+      onLog: (m) => {
         bar.print(
           `iter ${m.iteration}: loss ${m.loss.toFixed(4)}, lr ${m.lr.toExponential(2)}, ` +
             `${m.msPerIter.toFixed(1)} ms/iter, ${Math.round(m.tokensPerSecond)} tok/s`,
-        ),
-      onEval: (m) =>
+        );
+        record({
+          type: "train",
+          iter: m.iteration,
+          loss: m.loss,
+          lr: m.lr,
+          grad_norm: m.gradNorm,
+          ms_per_iter: m.msPerIter,
+          tokens_per_s: m.tokensPerSecond,
+          tokens: (m.iteration + 1) * trainer.tokensPerStep,
+        });
+      },
+      onEval: (m) => {
         bar.print(
           `step ${m.iteration}: train loss ${m.trainLoss.toFixed(4)}, val loss ${m.valLoss.toFixed(4)}` +
             (m.saved ? ` (saved to ${config.out_dir})` : ""),
-        ),
+        );
+        record({
+          type: "eval",
+          iter: m.iteration,
+          train_loss: m.trainLoss,
+          val_loss: m.valLoss,
+          lr: m.lr,
+          tokens: m.iteration * trainer.tokensPerStep,
+        });
+      },
     });
     bar.clear();
     const took = formatDuration((performance.now() - started) / 1000);
@@ -179,6 +204,7 @@ await runCli(async () => {
     }
   } finally {
     Deno.removeSignalListener("SIGINT", interrupt);
+    metrics.close();
     trainer.release();
   }
 });

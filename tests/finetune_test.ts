@@ -222,6 +222,10 @@ Deno.test("deno task finetune trains, merges, and sample --lora applies the adap
   assert.equal(run.code, 0, run.stderr);
   assert.match(run.stdout, /GPU memory: .* for this LoRA run vs .* for a full fine-tune/);
   assert.match(run.stdout, /adapter saved to .*adapter_model\.safetensors/);
+  const records = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n").map((l) =>
+    JSON.parse(l)
+  );
+  assert.deepEqual(records.map((r) => r.type), ["eval", "train", "train"]);
   const peft = JSON.parse(await Deno.readTextFile(`${out}/adapter_config.json`));
   assert.deepEqual([peft.peft_type, peft.r, peft.lora_alpha, peft.target_modules], ["LORA", 8, 16, [
     "q_proj",
