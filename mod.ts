@@ -123,3 +123,20 @@ export type { HfModel } from "./model/hf.ts";
 export type { HfWeights } from "./model/hf_import.ts";
 export { readRunMetrics, writeLossPlot } from "./model/loss_plot.ts";
 export type { RunMetrics } from "./model/loss_plot.ts";
+
+// LoRA fine-tuning.
+export { LORA_DEFAULTS, LORA_TARGETS, mergeLora } from "./model/lora.ts";
+export type {
+  LoraConfig,
+  LoraLayout,
+  LoraModule,
+  LoraTarget,
+  LoraTensor,
+  ProjectionSite,
+} from "./model/lora.ts";
+export type { LoraAdapters } from "./model/lora_adapters.ts";
+export { LoraTrainer } from "./model/lora_trainer.ts";
+export type { LoraTrainerOptions } from "./model/lora_trainer.ts";
+export { loadLoraAdapter, mergeAdapterFile, saveLoraAdapter } from "./model/lora_file.ts";
+export type { LoraAdapterFile } from "./model/lora_file.ts";
+export type { LoraState } from "./model/lora_state.ts";

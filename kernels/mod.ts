@@ -48,6 +48,7 @@ export { runSelfTest } from "./selftest.ts";
 export type { SelfTestResult } from "./selftest.ts";
 
 export { add, cast, fill, scale } from "./elementwise.ts";
+export { addColumns, copyColumns } from "./columns.ts";
 export { matmul, matmulNaive } from "./matmul.ts";
 export type { MatmulArgs, MatmulTile } from "./matmul.ts";
 export { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "./rmsnorm.ts";
