@@ -11,21 +11,17 @@
  */
 
 import { join } from "node:path";
-import { AdamW, buildDecayMask } from "../kernels/adamw.ts";
 import type { Gpu } from "../kernels/device.ts";
-import { DropoutSeed } from "../kernels/dropout.ts";
-import { NonFiniteWatch } from "../kernels/nonfinite.ts";
-import { LossScaler } from "../kernels/loss_scale.ts";
-import { GradNorm } from "../kernels/reduce.ts";
-import type { Tensor } from "../kernels/tensor.ts";
-import { checkSplit, type HostBatch, randomBatch } from "./batches.ts";
+import type { GpuTimer } from "../kernels/timer.ts";
+import { checkSplit } from "./batches.ts";
 import { ConfigError, type ModelConfig } from "./config.ts";
 import { initialLoraParameters, type LoraConfig } from "./lora.ts";
 import { LoraAdapters } from "./lora_adapters.ts";
 import { baseWeightsHash, type LoraAdapterFile, peftAdapterConfig, saveLoraAdapter } from "./lora_file.ts";
 import { type LoraState, saveLoraState } from "./lora_state.ts";
-import { type Batch, Llama } from "./model.ts";
+import { Llama } from "./model.ts";
 import { Rng } from "./rng.ts";
+import { StepRunner } from "./step_runner.ts";
 import { learningRate, type TrainConfig } from "./train_config.ts";
 import type { StepResult, TrainingData } from "./trainer.ts";
 
@@ -90,17 +86,7 @@ export class LoraTrainer {
   rng: Rng;
 
   #baseHash: string;
-  #m: Tensor;
-  #v: Tensor;
-  #decayMask: Tensor;
-  #normSquared: Tensor;
-  #lossSum: Tensor;
-  #micro: Batch[];
-  #adamw: AdamW;
-  #gradNorm: GradNorm;
-  #watch: NonFiniteWatch | null = null;
-  #dropoutSeed: DropoutSeed | null;
-  #scaler: LossScaler | null;
+  #runner: StepRunner;
 
   private constructor(gpu: Gpu, config: TrainConfig, options: LoraTrainerOptions, baseHash: string) {
     this.gpu = gpu;
@@ -125,23 +111,12 @@ export class LoraTrainer {
       lora: this.adapters,
       dtype: config.dtype,
     });
-    const n = this.adapters.layout.total;
-    this.#m = gpu.tensor([n], "f32", { label: "lora adam m" });
-    this.#v = gpu.tensor([n], "f32", { label: "lora adam v" });
-    this.#decayMask = gpu.tensor([Math.ceil(n / 32)], "u32", {
-      label: "lora decay mask",
-      data: buildDecayMask(n, this.adapters.layout.tensors.map((t) => ({ ...t, decay: true }))),
-    });
-    this.#normSquared = gpu.tensor([1], "f32", { label: "lora grad norm squared" });
-    this.#lossSum = gpu.tensor([1], "f32", { label: "loss sum" });
-    this.#micro = Array.from({ length: config.gradient_accumulation_steps }, (_, i) => ({
-      tokens: gpu.tensor([B, T], "u32", { label: `micro ${i} tokens` }),
-      targets: gpu.tensor([B, T], "u32", { label: `micro ${i} targets` }),
-    }));
-    this.#adamw = new AdamW(gpu, n);
-    this.#gradNorm = new GradNorm(gpu, n);
-    this.#dropoutSeed = lora.dropout > 0 ? new DropoutSeed(gpu) : null;
-    this.#scaler = config.dtype === "f16" ? new LossScaler(gpu) : null;
+    this.#runner = new StepRunner(gpu, config, {
+      model: this.model,
+      params: this.adapters.params,
+      grads: this.adapters.grads!,
+      decay: this.adapters.layout.tensors.map((t) => ({ ...t, decay: true })),
+    }, { label: "lora step", embeddingIndex: false, dropout: lora.dropout > 0 });
     this.rng = new Rng(config.seed);
   }
 
@@ -171,17 +146,14 @@ export class LoraTrainer {
         throw new ConfigError("The saved LoRA state does not match its adapter; start a fresh run");
       }
       trainer.adapters.upload(resume.adapter.values);
-      gpu.write(trainer.#m, resume.state.m);
-      gpu.write(trainer.#v, resume.state.v);
+      gpu.write(trainer.#runner.m, resume.state.m);
+      gpu.write(trainer.#runner.v, resume.state.v);
       trainer.iteration = resume.state.iteration;
       trainer.bestValLoss = resume.state.bestValLoss;
       trainer.rng = Rng.fromState(resume.state.rng);
-      if (resume.state.lossScale) trainer.#scaler?.reset(resume.state.lossScale);
+      if (resume.state.lossScale) trainer.#runner.scaler?.reset(resume.state.lossScale);
     } else {
       trainer.adapters.upload(initialLoraParameters(trainer.adapters.layout, new Rng(config.seed)));
-      const zeros = new Float32Array(n);
-      gpu.write(trainer.#m, zeros);
-      gpu.write(trainer.#v, zeros);
     }
     return trainer;
   }
@@ -208,84 +180,18 @@ export class LoraTrainer {
    * @param options `read`: wait for the step and return its loss.
    * @returns The loss, gradient norm and learning rate when read, else null.
    */
-  async step(options: { read?: boolean } = {}): Promise<StepResult | null> {
-    const { config, model, gpu, adapters } = this;
-    const accumulation = config.gradient_accumulation_steps;
-    const lr = this.learningRate(this.iteration);
-    for (const micro of this.#micro) {
-      this.#upload(micro, randomBatch(this.data.train, this.#shape(), this.rng));
-    }
-    this.#dropoutSeed?.set(config.seed, this.iteration);
-
-    const rec = gpu.recorder({ label: `lora step ${this.iteration}` });
-    rec.clear(adapters.grads!);
-    // As the trainer: f16 gradients carry the loss scale S, which AdamW divides out with 1/accumulation.
-    const scaler = this.#scaler;
-    this.#micro.forEach((batch, micro) => {
-      const dropout = this.#dropoutSeed ? { seed: this.#dropoutSeed, micro } : undefined;
-      model.forward(rec, { batch, loss: this.#lossSum, accumulateLoss: micro > 0, dropout });
-      model.backward(rec, { batch, dropout, scale: scaler ? scaler.scale : 1 / accumulation });
-    });
-    this.#gradNorm.record(rec, { out: this.#normSquared, grads: adapters.grads! });
-    this.#watch ??= new NonFiniteWatch(gpu, this.iteration);
-    this.#watch.record(rec, { loss: this.#lossSum, normSquared: scaler ? undefined : this.#normSquared });
-    this.#adamw.record(rec, {
-      params: adapters.params,
-      grads: adapters.grads!,
-      m: this.#m,
-      v: this.#v,
-      decayMask: this.#decayMask,
-      normSquared: this.#normSquared,
-      hyper: {
-        lr,
-        beta1: config.beta1,
-        beta2: config.beta2,
-        eps: 1e-8,
-        weightDecay: config.weight_decay,
-        maxGradNorm: config.grad_clip,
-        step: this.iteration + 1,
-        gradScale: scaler ? 1 / accumulation : 1,
-      },
-      lossScale: scaler?.scale,
-    });
-    scaler?.record(rec, { normSquared: this.#normSquared });
-    rec.submit();
-    this.iteration++;
-    if (!options.read) return null;
-    const lossSum = (await gpu.readFloats(this.#lossSum))[0];
-    const normSquared = (await gpu.readFloats(this.#normSquared))[0];
-    const nonFinite = await this.#watch.read();
-    if (!scaler) return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr, nonFinite };
-    const state = await scaler.read();
-    return {
-      loss: lossSum / accumulation,
-      gradNorm: Math.sqrt(normSquared) / (state.lastScale * accumulation),
-      lr,
-      lossScale: { scale: state.lastScale, skipped: state.skipped },
-      nonFinite,
-    };
+  step(options: { read?: boolean; timer?: GpuTimer } = {}): Promise<StepResult | null> {
+    return this.#runner.step(this.iteration++, this.data.train, this.rng, options);
   }
 
   /**
    * Mean loss over `eval_iters` batches of each split (adapters on, no dropout),
-   * drawn from a generator seeded by the seed and iteration, as the trainer does.
+   * drawn as the trainer draws them.
    *
    * @returns Mean train and val loss.
    */
-  async evaluate(): Promise<{ train: number; val: number }> {
-    const result = { train: 0, val: 0 };
-    const micro = this.#micro[0];
-    for (const split of ["train", "val"] as const) {
-      const rng = new Rng(this.config.seed * 1000003 + this.iteration * 2 + (split === "val" ? 1 : 0));
-      for (let i = 0; i < this.config.eval_iters; i++) {
-        this.#upload(micro, randomBatch(this.data[split], this.#shape(), rng));
-        const rec = this.gpu.recorder({ label: "lora eval" });
-        this.model.forward(rec, { batch: micro, loss: this.#lossSum, accumulateLoss: i > 0 });
-        rec.submit();
-      }
-      result[split] = (await this.gpu.readFloats(this.#lossSum))[0] / this.config.eval_iters;
-    }
-    return result;
+  evaluate(): Promise<{ train: number; val: number }> {
+    return this.#runner.evaluate(this.data, this.iteration);
   }
 
   /**
@@ -312,13 +218,12 @@ export class LoraTrainer {
     const dir = this.config.out_dir;
     await Deno.mkdir(dir, { recursive: true });
     await saveLoraState(join(dir, LORA_FILES.state), {
-      m: await this.gpu.readFloats(this.#m),
-      v: await this.gpu.readFloats(this.#v),
+      ...await this.#runner.moments(),
       iteration: this.iteration,
       bestValLoss: this.bestValLoss,
       rng: this.rng.state(),
       trainConfig: { ...this.config },
-      ...(this.#scaler ? { lossScale: await this.#scaler.read() } : {}),
+      ...(this.#runner.scaler ? { lossScale: await this.#runner.scaler.read() } : {}),
     });
     const peft = JSON.stringify(peftAdapterConfig(this.adapters.config), null, 2);
     await Deno.writeTextFile(join(dir, LORA_FILES.config), peft + "\n");
@@ -331,26 +236,6 @@ export class LoraTrainer {
   release(): void {
     this.model.release();
     this.adapters.release();
-    for (const t of [this.#m, this.#v, this.#decayMask, this.#normSquared, this.#lossSum]) {
-      this.gpu.release(t);
-    }
-    for (const micro of this.#micro) {
-      this.gpu.release(micro.tokens);
-      this.gpu.release(micro.targets);
-    }
-    this.#adamw.release();
-    this.#gradNorm.release();
-    if (this.#dropoutSeed) this.gpu.release(this.#dropoutSeed.tensor);
-    this.#watch?.release();
-    this.#scaler?.release();
-  }
-
-  #shape(): { batchSize: number; blockSize: number } {
-    return { batchSize: this.config.batch_size, blockSize: this.model.config.block_size };
-  }
-
-  #upload(micro: Batch, batch: HostBatch): void {
-    this.gpu.write(micro.tokens, batch.tokens);
-    this.gpu.write(micro.targets, batch.targets);
+    this.#runner.release();
   }
 }

@@ -8,24 +8,20 @@
  * @module
  */
 
-import { AdamW, buildDecayMask } from "../kernels/adamw.ts";
+import { join } from "node:path";
 import { IGNORE_INDEX } from "../kernels/cross_entropy.ts";
 import type { Gpu } from "../kernels/device.ts";
-import { DropoutSeed } from "../kernels/dropout.ts";
-import { EmbeddingIndexBuffer } from "../kernels/embedding.ts";
-import { LossScaler, type LossScalerOptions } from "../kernels/loss_scale.ts";
-import { type NonFiniteReport, NonFiniteWatch } from "../kernels/nonfinite.ts";
-import { GradNorm } from "../kernels/reduce.ts";
-import type { Tensor } from "../kernels/tensor.ts";
+import type { LossScalerOptions } from "../kernels/loss_scale.ts";
+import type { NonFiniteReport } from "../kernels/nonfinite.ts";
 import type { GpuTimer } from "../kernels/timer.ts";
-import { checkSplit, type HostBatch, randomBatch } from "./batches.ts";
-import { join } from "node:path";
+import { checkSplit } from "./batches.ts";
 import { type Checkpoint, saveCheckpoint } from "./checkpoint.ts";
 import { ConfigError, type ModelConfig } from "./config.ts";
 import type { DatasetMeta, TokenArray } from "./meta.ts";
-import { type Batch, Llama } from "./model.ts";
+import { Llama } from "./model.ts";
 import { initialParameters } from "./params.ts";
 import { Rng } from "./rng.ts";
+import { StepRunner } from "./step_runner.ts";
 import { learningRate, type TrainConfig } from "./train_config.ts";
 
 /**
@@ -106,17 +102,7 @@ export class Trainer {
   /** Draws the training batches; its state is checkpointed. */
   rng: Rng;
 
-  #m: Tensor;
-  #v: Tensor;
-  #decayMask: Tensor;
-  #normSquared: Tensor;
-  #lossSum: Tensor;
-  #micro: Batch[];
-  #adamw: AdamW;
-  #gradNorm: GradNorm;
-  #dropoutSeed: DropoutSeed | null;
-  #scaler: LossScaler | null;
-  #watch: NonFiniteWatch | null = null;
+  #runner: StepRunner;
 
   private constructor(
     gpu: Gpu,
@@ -139,33 +125,13 @@ export class Trainer {
       dtype: config.dtype,
     });
     const { layout } = this.model;
-    const n = layout.total;
-    this.#m = gpu.tensor([n], "f32", { label: "adam m" });
-    this.#v = gpu.tensor([n], "f32", { label: "adam v" });
-    this.#decayMask = gpu.tensor([Math.ceil(n / 32)], "u32", {
-      label: "decay mask",
-      data: buildDecayMask(
-        n,
-        layout.tensors.map((t) => ({ offset: t.offset, length: t.length, decay: t.decay })),
-      ),
-    });
-    this.#normSquared = gpu.tensor([1], "f32", { label: "grad norm squared" });
-    this.#lossSum = gpu.tensor([1], "f32", { label: "loss sum" });
-    const B = config.batch_size;
-    const T = modelConfig.block_size;
-    this.#micro = Array.from({ length: config.gradient_accumulation_steps }, (_, i) => ({
-      tokens: gpu.tensor([B, T], "u32", { label: `micro ${i} tokens` }),
-      targets: gpu.tensor([B, T], "u32", { label: `micro ${i} targets` }),
-      index: new EmbeddingIndexBuffer(gpu, {
-        n: B * T,
-        vocabSize: modelConfig.vocab_size,
-        label: `micro ${i} index`,
-      }),
-    }));
-    this.#adamw = new AdamW(gpu, n);
-    this.#gradNorm = new GradNorm(gpu, n);
-    this.#dropoutSeed = modelConfig.dropout > 0 ? new DropoutSeed(gpu) : null;
-    this.#scaler = config.dtype === "f16" ? new LossScaler(gpu, scaling) : null;
+    this.#runner = new StepRunner(gpu, config, {
+      model: this.model,
+      params: this.model.params,
+      grads: this.model.grads!,
+      decay: layout.tensors.map((t) => ({ offset: t.offset, length: t.length, decay: t.decay })),
+      afterUpdate: (rec) => this.model.syncWeights(rec),
+    }, { label: "step", embeddingIndex: true, dropout: modelConfig.dropout > 0, scaling });
     this.rng = new Rng(config.seed);
   }
 
@@ -199,20 +165,17 @@ export class Trainer {
     if (resume) {
       trainer.model.upload(resume.params);
       if (resume.moments) {
-        gpu.write(trainer.#m, resume.moments.m);
-        gpu.write(trainer.#v, resume.moments.v);
+        gpu.write(trainer.#runner.m, resume.moments.m);
+        gpu.write(trainer.#runner.v, resume.moments.v);
       }
       if (resume.training) {
         trainer.iteration = resume.training.iteration;
         trainer.bestValLoss = resume.training.bestValLoss;
         trainer.rng = Rng.fromState(resume.training.rng);
-        if (resume.training.lossScale) trainer.#scaler?.reset(resume.training.lossScale);
+        if (resume.training.lossScale) trainer.#runner.scaler?.reset(resume.training.lossScale);
       }
     } else {
       trainer.model.upload(initialParameters(trainer.model.layout, modelConfig, new Rng(config.seed)));
-      const zeros = new Float32Array(trainer.model.layout.total);
-      gpu.write(trainer.#m, zeros);
-      gpu.write(trainer.#v, zeros);
     }
     return trainer;
   }
@@ -240,65 +203,8 @@ export class Trainer {
    * each dispatch (for profiles; each dispatch then gets its own compute pass).
    * @returns The loss, gradient norm and learning rate when read, else null.
    */
-  async step(options: { read?: boolean; timer?: GpuTimer } = {}): Promise<StepResult | null> {
-    const { config, model, gpu } = this;
-    const accumulation = config.gradient_accumulation_steps;
-    const lr = learningRate(config, this.iteration);
-    for (const micro of this.#micro) {
-      this.#upload(micro, randomBatch(this.data.train, this.#shape(), this.rng));
-    }
-    this.#dropoutSeed?.set(config.seed, this.iteration);
-
-    const rec = gpu.recorder({ label: `step ${this.iteration}`, timer: options.timer });
-    rec.clear(model.grads!);
-    // f32: the loss gradient carries 1/accumulation. f16: it carries the loss scale S
-    // (on the GPU), and AdamW divides out S and 1/accumulation together.
-    const scaler = this.#scaler;
-    this.#micro.forEach((batch, micro) => {
-      const dropout = this.#dropoutSeed ? { seed: this.#dropoutSeed, micro } : undefined;
-      model.forward(rec, { batch, loss: this.#lossSum, accumulateLoss: micro > 0, dropout });
-      model.backward(rec, { batch, dropout, scale: scaler ? scaler.scale : 1 / accumulation });
-    });
-    this.#gradNorm.record(rec, { out: this.#normSquared, grads: model.grads! });
-    this.#watch ??= new NonFiniteWatch(gpu, this.iteration);
-    // f16 gradients may overflow: the loss scaler skips those steps and lowers the scale.
-    this.#watch.record(rec, { loss: this.#lossSum, normSquared: scaler ? undefined : this.#normSquared });
-    this.#adamw.record(rec, {
-      params: model.params,
-      grads: model.grads!,
-      m: this.#m,
-      v: this.#v,
-      decayMask: this.#decayMask,
-      normSquared: this.#normSquared,
-      hyper: {
-        lr,
-        beta1: config.beta1,
-        beta2: config.beta2,
-        eps: 1e-8,
-        weightDecay: config.weight_decay,
-        maxGradNorm: config.grad_clip,
-        step: this.iteration + 1,
-        gradScale: scaler ? 1 / accumulation : 1,
-      },
-      lossScale: scaler?.scale,
-    });
-    scaler?.record(rec, { normSquared: this.#normSquared });
-    model.syncWeights(rec);
-    rec.submit();
-    this.iteration++;
-    if (!options.read) return null;
-    const lossSum = (await gpu.readFloats(this.#lossSum))[0];
-    const normSquared = (await gpu.readFloats(this.#normSquared))[0];
-    const nonFinite = await this.#watch.read();
-    if (!scaler) return { loss: lossSum / accumulation, gradNorm: Math.sqrt(normSquared), lr, nonFinite };
-    const state = await scaler.read();
-    return {
-      loss: lossSum / accumulation,
-      gradNorm: Math.sqrt(normSquared) / (state.lastScale * accumulation),
-      lr,
-      lossScale: { scale: state.lastScale, skipped: state.skipped },
-      nonFinite,
-    };
+  step(options: { read?: boolean; timer?: GpuTimer } = {}): Promise<StepResult | null> {
+    return this.#runner.step(this.iteration++, this.data.train, this.rng, options);
   }
 
   /**
@@ -309,42 +215,8 @@ export class Trainer {
    *
    * @returns Mean train and val loss.
    */
-  async evaluate(): Promise<{ train: number; val: number }> {
-    const result = { train: 0, val: 0 };
-    for (const split of ["train", "val"] as const) {
-      const rng = new Rng(this.config.seed * 1000003 + this.iteration * 2 + (split === "val" ? 1 : 0));
-      for (let i = 0; i < this.config.eval_iters; i++) {
-        await this.forwardLoss(randomBatch(this.data[split], this.#shape(), rng), i > 0);
-      }
-      result[split] = (await this.gpu.readFloats(this.#lossSum))[0] / this.config.eval_iters;
-    }
-    return result;
-  }
-
-  /**
-   * Runs the forward of one host batch (no dropout) and adds its mean loss into
-   * the loss sum, or overwrites it; submits at once.
-   *
-   * @param batch Tokens and targets (batch_size × block_size; IGNORE targets allowed).
-   * @param accumulate Add to the running sum instead of starting a new one.
-   * @returns Resolves once the work is submitted; read the sum with {@link Trainer.lossSum}.
-   */
-  async forwardLoss(batch: HostBatch, accumulate: boolean): Promise<void> {
-    const micro = this.#micro[0];
-    this.#upload(micro, batch, false);
-    const rec = this.gpu.recorder({ label: "eval" });
-    this.model.forward(rec, { batch: micro, loss: this.#lossSum, accumulateLoss: accumulate });
-    rec.submit();
-    await Promise.resolve();
-  }
-
-  /**
-   * Reads the loss sum of the last {@link Trainer.forwardLoss} calls.
-   *
-   * @returns The sum of their mean losses.
-   */
-  async lossSum(): Promise<number> {
-    return (await this.gpu.readFloats(this.#lossSum))[0];
+  evaluate(): Promise<{ train: number; val: number }> {
+    return this.#runner.evaluate(this.data, this.iteration);
   }
 
   /**
@@ -357,13 +229,13 @@ export class Trainer {
       config: this.model.config,
       tokenizer: this.data.meta,
       params: await this.model.download(),
-      moments: { m: await this.gpu.readFloats(this.#m), v: await this.gpu.readFloats(this.#v) },
+      moments: await this.#runner.moments(),
       training: {
         iteration: this.iteration,
         bestValLoss: this.bestValLoss,
         rng: this.rng.state(),
         trainConfig: { ...this.config },
-        ...(this.#scaler ? { lossScale: await this.#scaler.read() } : {}),
+        ...(this.#runner.scaler ? { lossScale: await this.#runner.scaler.read() } : {}),
       },
     };
   }
@@ -383,29 +255,7 @@ export class Trainer {
   /** Frees the model and every buffer the trainer owns. */
   release(): void {
     this.model.release();
-    for (const t of [this.#m, this.#v, this.#decayMask, this.#normSquared, this.#lossSum]) {
-      this.gpu.release(t);
-    }
-    for (const micro of this.#micro) {
-      this.gpu.release(micro.tokens);
-      this.gpu.release(micro.targets);
-      micro.index!.release();
-    }
-    this.#adamw.release();
-    this.#gradNorm.release();
-    if (this.#dropoutSeed) this.gpu.release(this.#dropoutSeed.tensor);
-    this.#scaler?.release();
-    this.#watch?.release();
-  }
-
-  #shape(): { batchSize: number; blockSize: number } {
-    return { batchSize: this.config.batch_size, blockSize: this.model.config.block_size };
-  }
-
-  #upload(micro: Batch, batch: HostBatch, withIndex = true): void {
-    this.gpu.write(micro.tokens, batch.tokens);
-    this.gpu.write(micro.targets, batch.targets);
-    if (withIndex) micro.index!.update(batch.tokens);
+    this.#runner.release();
   }
 }
 
