@@ -26,7 +26,6 @@ import { loadLoraState } from "../model/lora_state.ts";
 import { LORA_FILES, LoraTrainer } from "../model/lora_trainer.ts";
 import { readTokens } from "../model/meta.ts";
 import { Trainer, type TrainingData } from "../model/trainer.ts";
-import { runTraining } from "../model/train_loop.ts";
 import {
   applyOverrides,
   loadConfigFile,
@@ -37,7 +36,7 @@ import {
 } from "../model/train_config.ts";
 import { runCli, UsageError } from "./cli.ts";
 import { openDataset } from "./dataset.ts";
-import { formatDuration, ProgressBar } from "./progress.ts";
+import { trainWithProgress } from "./training_cli.ts";
 
 /** Fine-tuning defaults: short runs, no weight decay (PEFT's), results in out-lora. */
 const FINETUNE_DEFAULTS: Readonly<TrainConfig> = Object.freeze(applyOverrides(TRAIN_DEFAULTS, {
@@ -150,61 +149,14 @@ await runCli(async () => {
   );
   if (resume) console.log(`resuming from iteration ${trainer.iteration} in ${config.out_dir}`);
 
-  await Deno.mkdir(config.out_dir, { recursive: true });
-  // The same records as train's, so deno task plot draws a fine-tune too.
-  const metrics = await Deno.open(join(config.out_dir, "metrics.jsonl"), { append: true, create: true });
-  const record = (entry: Record<string, unknown>) =>
-    metrics.writeSync(new TextEncoder().encode(JSON.stringify(entry) + "\n"));
-  let stop = false;
-  const interrupt = () => stop = true;
-  Deno.addSignalListener("SIGINT", interrupt);
-  const bar = new ProgressBar(config.max_iters, trainer.iteration, Deno.stderr.isTerminal());
-  const started = performance.now();
   try {
-    const outcome = await runTraining(trainer, {
-      shouldStop: () => stop,
-      onStep: (iteration) => bar.update(iteration),
-      onLog: (m) => {
-        bar.print(
-          `iter ${m.iteration}: loss ${m.loss.toFixed(4)}, lr ${m.lr.toExponential(2)}, ` +
-            `${m.msPerIter.toFixed(1)} ms/iter, ${Math.round(m.tokensPerSecond)} tok/s`,
-        );
-        record({
-          type: "train",
-          iter: m.iteration,
-          loss: m.loss,
-          lr: m.lr,
-          grad_norm: m.gradNorm,
-          ms_per_iter: m.msPerIter,
-          tokens_per_s: m.tokensPerSecond,
-          tokens: (m.iteration + 1) * trainer.tokensPerStep,
-        });
-      },
-      onEval: (m) => {
-        bar.print(
-          `step ${m.iteration}: train loss ${m.trainLoss.toFixed(4)}, val loss ${m.valLoss.toFixed(4)}` +
-            (m.saved ? ` (saved to ${config.out_dir})` : ""),
-        );
-        record({
-          type: "eval",
-          iter: m.iteration,
-          train_loss: m.trainLoss,
-          val_loss: m.valLoss,
-          lr: m.lr,
-          tokens: m.iteration * trainer.tokensPerStep,
-        });
-      },
+    await trainWithProgress(trainer, {
+      saves: "adapter",
+      savePath: join(config.out_dir, LORA_FILES.adapter),
+      resumed: resume !== undefined,
+      resumeFlag: "--resume",
     });
-    bar.clear();
-    const took = formatDuration((performance.now() - started) / 1000);
-    if (outcome.reason === "stopped") {
-      console.log(`interrupted at iteration ${outcome.iteration}; adapter saved to ${outcome.checkpoint}`);
-    } else if (outcome.checkpoint) {
-      console.log(`done: ${outcome.iteration} iterations in ${took}; adapter saved to ${outcome.checkpoint}`);
-    }
   } finally {
-    Deno.removeSignalListener("SIGINT", interrupt);
-    metrics.close();
     trainer.release();
   }
 });

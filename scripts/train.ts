@@ -9,16 +9,13 @@
 
 import { join } from "node:path";
 import { requestGpu } from "../kernels/device.ts";
-import { DeviceLostError, GpuError } from "../kernels/errors.ts";
 import { type Checkpoint, loadCheckpoint } from "../model/checkpoint.ts";
 import { ConfigError, MODEL_KEYS, resolveModelConfig } from "../model/config.ts";
 import { hfInitDir, hfTrainingStart } from "../model/hf.ts";
-import { writeLossPlot } from "../model/loss_plot.ts";
 import { flopsPerToken } from "../model/model.ts";
 import { parameterCounts, paramLayout } from "../model/params.ts";
 import { readTokens, tokenizerMismatch } from "../model/meta.ts";
 import { Trainer } from "../model/trainer.ts";
-import { runTraining } from "../model/train_loop.ts";
 import {
   applyOverrides,
   loadConfigFile,
@@ -31,7 +28,7 @@ import {
 import { measurePeak } from "./bench/peak.ts";
 import { runCli, UsageError } from "./cli.ts";
 import { openDataset } from "./dataset.ts";
-import { formatDuration, ProgressBar } from "./progress.ts";
+import { trainWithProgress } from "./training_cli.ts";
 
 /** On a CPU adapter with no arguments: the baby model, cut short so the run takes minutes. */
 const FALLBACK_QUICK_RUN = { max_iters: 200, lr_decay_iters: 200, eval_interval: 100, warmup_iters: 20 };
@@ -101,96 +98,17 @@ await runCli(async () => {
   const trainer = Trainer.create(gpu, config, modelConfig, { train, val, meta: dataset.meta }, start);
   if (resume) console.log(`resuming from iteration ${trainer.iteration} in ${config.out_dir}`);
   if (hfDir) console.log(`starting from the weights in ${hfDir}`);
-  await Deno.mkdir(config.out_dir, { recursive: true });
-  const metrics = await Deno.open(join(config.out_dir, "metrics.jsonl"), { append: true, create: true });
-  const record = (entry: Record<string, unknown>) =>
-    metrics.writeSync(new TextEncoder().encode(JSON.stringify(entry) + "\n"));
-
-  let stop = false;
-  const interrupt = () => {
-    stop = true;
-  };
-  Deno.addSignalListener("SIGINT", interrupt);
-  const bar = new ProgressBar(config.max_iters, trainer.iteration, Deno.stderr.isTerminal());
-  const started = performance.now();
-  let savedAt: number | null = resume ? trainer.iteration : null;
-  try {
-    const outcome = await runTraining(trainer, {
-      shouldStop: () => stop,
-      onStep: (iteration) => bar.update(iteration),
-      onLog: (m) => {
-        const mfu = (flopsPerIter / (m.msPerIter / 1000)) / peakFlops;
-        bar.print(
-          `iter ${m.iteration}: loss ${m.loss.toFixed(4)}, lr ${m.lr.toExponential(2)}, ` +
-            `${m.msPerIter.toFixed(1)} ms/iter, ${Math.round(m.tokensPerSecond)} tok/s, mfu ${
-              (100 * mfu).toFixed(2)
-            }%` + (m.nonFinite.steps > 0 ? `, non-finite steps: ${m.nonFinite.steps}` : ""),
-        );
-        record({
-          type: "train",
-          iter: m.iteration,
-          loss: m.loss,
-          lr: m.lr,
-          grad_norm: m.gradNorm,
-          ms_per_iter: m.msPerIter,
-          tokens_per_s: m.tokensPerSecond,
-          mfu,
-          tokens: (m.iteration + 1) * trainer.tokensPerStep,
-          ...(m.lossScale ? { loss_scale: m.lossScale.scale, skipped_steps: m.lossScale.skipped } : {}),
-          ...(m.nonFinite.steps > 0 ? { nonfinite_steps: m.nonFinite.steps } : {}),
-        });
-      },
-      onEval: async (m) => {
-        if (m.saved) savedAt = m.iteration;
-        bar.print(
-          `step ${m.iteration}: train loss ${m.trainLoss.toFixed(4)}, val loss ${m.valLoss.toFixed(4)}` +
-            (m.saved ? ` (saved to ${config.out_dir})` : ""),
-        );
-        record({
-          type: "eval",
-          iter: m.iteration,
-          train_loss: m.trainLoss,
-          val_loss: m.valLoss,
-          lr: m.lr,
-          tokens: m.iteration * trainer.tokensPerStep,
-        });
-        await refreshPlot(config.out_dir, (line) => bar.print(line));
-      },
-    });
-    bar.clear();
-    const took = formatDuration((performance.now() - started) / 1000);
-    if (outcome.reason === "stopped") {
-      console.log(`interrupted at iteration ${outcome.iteration}; checkpoint saved to ${outcome.checkpoint}`);
-    } else if (outcome.checkpoint) {
-      console.log(
-        `done: ${outcome.iteration} iterations in ${took}; checkpoint saved to ${outcome.checkpoint}`,
-      );
-    }
-  } catch (error) {
-    bar.clear();
-    if (!(error instanceof DeviceLostError)) throw error;
-    // The weights on the device are gone; say what is safe on disk and how to go on.
-    const checkpoint = join(config.out_dir, "ckpt.safetensors");
-    throw new GpuError(
-      `${error.message}; ` +
-        (savedAt === null
-          ? "no checkpoint of this run was saved yet"
-          : `${checkpoint} from iteration ${savedAt} is intact: continue with --init_from=resume`),
-    );
-  } finally {
-    Deno.removeSignalListener("SIGINT", interrupt);
-    metrics.close();
-  }
+  await trainWithProgress(trainer, {
+    saves: "checkpoint",
+    savePath: join(config.out_dir, "ckpt.safetensors"),
+    resumed: resume !== undefined,
+    resumeFlag: "--init_from=resume",
+    logExtras: (m) => {
+      const mfu = (flopsPerIter / (m.msPerIter / 1000)) / peakFlops;
+      return { text: `, mfu ${(100 * mfu).toFixed(2)}%`, fields: { mfu } };
+    },
+  });
 });
-
-/** Redraws `<out_dir>/loss.svg` from metrics.jsonl; a picture that cannot be drawn never stops training. */
-async function refreshPlot(outDir: string, print: (line: string) => void): Promise<void> {
-  try {
-    await writeLossPlot([outDir], join(outDir, "loss.svg"));
-  } catch (error) {
-    print(`note: could not redraw ${join(outDir, "loss.svg")}: ${(error as Error).message}`);
-  }
-}
 
 /** Splits the command line into a config file, `--key=value` overrides and --help. */
 function parseTrainArgs(
