@@ -14,6 +14,7 @@ import { ConfigError, MODEL_KEYS, type ModelConfig, validateModelConfig } from "
 import { checkMeta, type DatasetMeta } from "./meta.ts";
 import { paramLayout } from "./params.ts";
 import {
+  openSafetensors,
   readSafetensorsHeader,
   readTensorBytes,
   SafetensorsError,
@@ -125,15 +126,7 @@ export async function saveCheckpoint(path: string, checkpoint: Checkpoint): Prom
  * ```
  */
 export async function loadCheckpoint(path: string): Promise<Checkpoint> {
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path, { read: true });
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) {
-      throw new SafetensorsError(path, "not found; train a model first (deno task train) or pass --ckpt");
-    }
-    throw error;
-  }
+  const file = await openSafetensors(path, "train a model first (deno task train) or pass --ckpt");
   try {
     const header = await readSafetensorsHeader(file, path);
     const config = parseJson(header.metadata.config, "config", path) as ModelConfig;

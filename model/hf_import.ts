@@ -14,7 +14,13 @@ import { ConfigError, type ModelConfig } from "./config.ts";
 import { HF_FILES } from "./hf_export.ts";
 import { modelConfigFromHf } from "./hf_config.ts";
 import { paramLayout } from "./params.ts";
-import { readSafetensorsHeader, readTensorBytes, SafetensorsError, toFloat32 } from "./safetensors.ts";
+import {
+  openSafetensors,
+  readSafetensorsHeader,
+  readTensorBytes,
+  SafetensorsError,
+  toFloat32,
+} from "./safetensors.ts";
 
 /**
  * A Hugging Face model's architecture and weights in our flat layout.
@@ -59,7 +65,7 @@ export async function loadHfWeights(dir: string): Promise<HfWeights> {
   const params = new Float32Array(layout.total);
   const found = new Set<string>();
   for (const [path, names] of files) {
-    const file = await openFile(path);
+    const file = await openSafetensors(path, "it is listed in the index but missing");
     try {
       const header = await readSafetensorsHeader(file, path);
       for (const name of names ?? header.tensors.keys()) {
@@ -152,17 +158,6 @@ async function readJson(path: string, hint: string): Promise<unknown> {
     return JSON.parse(text);
   } catch {
     throw new ConfigError(`"${path}" is not valid JSON`);
-  }
-}
-
-async function openFile(path: string): Promise<Deno.FsFile> {
-  try {
-    return await Deno.open(path, { read: true });
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) {
-      throw new SafetensorsError(path, "not found (listed in the index)");
-    }
-    throw error;
   }
 }
 

@@ -12,6 +12,7 @@
 import { ConfigError, MODEL_KEYS, type ModelConfig } from "./config.ts";
 import { LORA_TARGETS, type LoraConfig, loraLayout, mergeLora, validateLoraConfig } from "./lora.ts";
 import {
+  openSafetensors,
   readSafetensorsHeader,
   readTensorBytes,
   SafetensorsError,
@@ -143,15 +144,7 @@ export async function saveLoraAdapter(path: string, adapter: LoraAdapterFile): P
  * ```
  */
 export async function loadLoraAdapter(path: string): Promise<LoraAdapterFile> {
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path, { read: true });
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) {
-      throw new SafetensorsError(path, "not found; train an adapter first with deno task finetune");
-    }
-    throw error;
-  }
+  const file = await openSafetensors(path, "train an adapter first with deno task finetune");
   try {
     const header = await readSafetensorsHeader(file, path);
     const { metadata } = header;

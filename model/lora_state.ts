@@ -9,6 +9,7 @@
 
 import type { LossScaleState } from "../kernels/loss_scale.ts";
 import {
+  openSafetensors,
   readSafetensorsHeader,
   readTensorBytes,
   SafetensorsError,
@@ -80,15 +81,7 @@ export async function saveLoraState(path: string, state: LoraState): Promise<voi
  * ```
  */
 export async function loadLoraState(path: string): Promise<LoraState> {
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path, { read: true });
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) {
-      throw new SafetensorsError(path, "not found; there is no LoRA run to resume in that out_dir");
-    }
-    throw error;
-  }
+  const file = await openSafetensors(path, "there is no LoRA run to resume in that out_dir");
   try {
     const header = await readSafetensorsHeader(file, path);
     const m = header.tensors.get(M);

@@ -158,6 +158,29 @@ async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
 }
 
 /**
+ * Opens a safetensors file for reading; a missing file is one line saying what to do.
+ *
+ * @param path The file.
+ * @param whenMissing What to tell the user when it does not exist, e.g. "train a model first".
+ * @returns The open file (close it when done).
+ * @throws {SafetensorsError} When the file does not exist.
+ * @example
+ * ```ts
+ * const file = await openSafetensors("out/ckpt.safetensors", "train a model first");
+ * const header = await readSafetensorsHeader(file, "out/ckpt.safetensors");
+ * file.close();
+ * ```
+ */
+export async function openSafetensors(path: string, whenMissing: string): Promise<Deno.FsFile> {
+  try {
+    return await Deno.open(path, { read: true });
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) throw new SafetensorsError(path, `not found; ${whenMissing}`);
+    throw error;
+  }
+}
+
+/**
  * Reads and validates a safetensors header: its length is bounded and inside the
  * file; it is a JSON object; each tensor has a known dtype, a shape of
  * non-negative integers, and offsets matching its size, inside the data section
