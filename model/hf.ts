@@ -139,23 +139,11 @@ export async function hfTrainingStart(
   }
   let note: string | null = null;
   try {
-    const theirs = await HfTokenizer.load(dir, weights.eosTokenId);
-    const ours = await tokenizerFromMeta(data.meta);
-    const probe = Array.from(data.val.subarray(0, PROBE_TOKENS));
-    const decode = (tokenizer: Tokenizer) => {
-      try {
-        return tokenizer.decode(probe);
-      } catch {
-        return null; // an id outside this vocabulary
-      }
-    };
-    const text = decode(ours);
-    if (text === null || decode(theirs) !== text) {
-      throw new ConfigError(
-        `The dataset's ${data.meta.tokenizer} token ids mean other text to ${dir}/tokenizer.json; ` +
-          PREPARE_HINT,
-      );
-    }
+    await checkDatasetVocabulary(
+      await HfTokenizer.load(dir, weights.eosTokenId),
+      data,
+      `${dir}/tokenizer.json`,
+    );
   } catch (error) {
     if (!(error instanceof DataError)) throw error;
     note = `the dataset's ${data.meta.tokenizer} tokenizer could not be checked against the model's ` +
@@ -163,4 +151,40 @@ export async function hfTrainingStart(
   }
   const config = { ...weights.config, block_size: settings.block_size, dropout: settings.dropout };
   return { checkpoint: { config, tokenizer: data.meta, params: weights.params }, note };
+}
+
+/**
+ * Refuses a prepared dataset whose token ids mean other text to the model's
+ * tokenizer: the start of val.bin is decoded by both and must read the same.
+ *
+ * @param model The model's tokenizer (a Hugging Face folder's tokenizer.json, say).
+ * @param data The dataset's meta.json and val.bin.
+ * @param where Names the model's tokenizer in the message.
+ * @throws {ConfigError} When the two decodings differ.
+ * @throws {DataError} When the dataset's own tokenizer cannot be loaded.
+ * @example
+ * ```ts
+ * await checkDatasetVocabulary(model.tokenizer, { meta, val }, "models/tiny/tokenizer.json");
+ * ```
+ */
+export async function checkDatasetVocabulary(
+  model: Tokenizer,
+  data: { meta: DatasetMeta; val: TokenArray },
+  where: string,
+): Promise<void> {
+  const ours = await tokenizerFromMeta(data.meta);
+  const probe = Array.from(data.val.subarray(0, PROBE_TOKENS));
+  const decode = (tokenizer: Tokenizer) => {
+    try {
+      return tokenizer.decode(probe);
+    } catch {
+      return null; // an id outside this vocabulary
+    }
+  };
+  const text = decode(ours);
+  if (text === null || decode(model) !== text) {
+    throw new ConfigError(
+      `The dataset's ${data.meta.tokenizer} token ids mean other text to ${where}; ${PREPARE_HINT}`,
+    );
+  }
 }

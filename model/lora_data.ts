@@ -11,7 +11,7 @@
 
 import { ConfigError } from "./config.ts";
 import { type DatasetMeta, type TokenArray, tokenizerMismatch } from "./meta.ts";
-import { tokenizerFromMeta } from "./tokenizer.ts";
+import { type Tokenizer, tokenizerFromMeta } from "./tokenizer.ts";
 import type { TrainingData } from "./trainer.ts";
 
 /**
@@ -32,8 +32,30 @@ export async function encodeWithBase(
   base: DatasetMeta,
   options: { source?: string; valFraction?: number } = {},
 ): Promise<TrainingData> {
+  const { train, val } = encodeText(text, await tokenizerFromMeta(base), options);
+  return { train, val, meta: { ...base, train_tokens: train.length, val_tokens: val.length } };
+}
+
+/**
+ * Encodes a text with a model's tokenizer and splits it as prepare does (the
+ * last `valFraction` of the characters is val).
+ *
+ * @param text The corpus.
+ * @param tokenizer The model's tokenizer (a checkpoint's, or a Hugging Face folder's).
+ * @param options `source` names the text in messages; `valFraction` (default 0.1) goes to val.
+ * @returns Train and val token ids.
+ * @throws {ConfigError} When the tokenizer cannot encode the text.
+ * @example
+ * ```ts
+ * const { train, val } = encodeText(await Deno.readTextFile("notes.txt"), (await loadHfModel("models/tiny")).tokenizer);
+ * ```
+ */
+export function encodeText(
+  text: string,
+  tokenizer: Tokenizer,
+  options: { source?: string; valFraction?: number } = {},
+): { train: TokenArray; val: TokenArray } {
   const source = options.source ?? "the text";
-  const tokenizer = await tokenizerFromMeta(base);
   const characters = Array.from(text);
   const cut = Math.floor(characters.length * (1 - (options.valFraction ?? 0.1)));
   const encode = (part: string): TokenArray => {
@@ -42,17 +64,14 @@ export async function encodeWithBase(
       ids = tokenizer.encode(part);
     } catch (error) {
       throw new ConfigError(
-        `${source} cannot be encoded with the base model's ${base.tokenizer} tokenizer: ${
+        `${source} cannot be encoded with the base model's ${tokenizer.name} tokenizer: ${
           (error as Error).message
         } (remove such characters, e.g. with tr -d, or pick a text in the base's vocabulary)`,
       );
     }
-    return base.vocab_size <= 65536 ? Uint16Array.from(ids) : Uint32Array.from(ids);
+    return tokenizer.vocabSize <= 65536 ? Uint16Array.from(ids) : Uint32Array.from(ids);
   };
-  const train = encode(characters.slice(0, cut).join(""));
-  const val = encode(characters.slice(cut).join(""));
-  const meta: DatasetMeta = { ...base, train_tokens: train.length, val_tokens: val.length };
-  return { train, val, meta };
+  return { train: encode(characters.slice(0, cut).join("")), val: encode(characters.slice(cut).join("")) };
 }
 
 /**

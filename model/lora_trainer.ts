@@ -53,7 +53,9 @@ export interface LoraTrainerOptions {
   /** Rank, alpha, dropout, targets (ignored on resume: the saved adapter's are used). */
   lora: LoraConfig;
   /** Training and validation tokens, in the base's tokenizer. */
-  data: TrainingData;
+  data: Pick<TrainingData, "train" | "val">;
+  /** Tokens per training sequence (default: the base's block_size, which it may not exceed). */
+  blockSize?: number;
   /** A previous run's adapter and state, to continue. */
   resume?: { adapter: LoraAdapterFile; state: LoraState };
 }
@@ -77,7 +79,7 @@ export class LoraTrainer {
   /** The adapters being trained. */
   readonly adapters: LoraAdapters;
   /** The data. */
-  readonly data: TrainingData;
+  readonly data: Pick<TrainingData, "train" | "val">;
   /** Optimizer steps taken. */
   iteration = 0;
   /** Best validation loss seen. */
@@ -98,15 +100,19 @@ export class LoraTrainer {
     }
     // The base runs without its own dropout: only the adapters' inputs are dropped, as PEFT's lora_dropout.
     const modelConfig = { ...options.base.config, dropout: 0 };
-    checkSplit(options.data.train, "train.bin", modelConfig.block_size, modelConfig.vocab_size);
-    checkSplit(options.data.val, "val.bin", modelConfig.block_size, modelConfig.vocab_size);
+    const T = options.blockSize ?? modelConfig.block_size;
+    if (!Number.isInteger(T) || T < 1 || T > modelConfig.block_size) {
+      throw new ConfigError(`block_size must be between 1 and the base's ${modelConfig.block_size}, got ${T}`);
+    }
+    checkSplit(options.data.train, "train.bin", T, modelConfig.vocab_size);
+    checkSplit(options.data.val, "val.bin", T, modelConfig.vocab_size);
     const lora = options.resume?.adapter.config ?? options.lora;
     const B = config.batch_size;
-    const T = modelConfig.block_size;
     this.adapters = new LoraAdapters(gpu, modelConfig, lora, { rows: B * T, training: true });
     // f16: the base's matmuls read an f16 copy of its weights; the adapters and their optimizer stay f32.
     this.model = new Llama(gpu, modelConfig, {
       batchSize: B,
+      blockSize: T,
       training: true,
       lora: this.adapters,
       dtype: config.dtype,
@@ -170,7 +176,7 @@ export class LoraTrainer {
 
   /** Tokens consumed per optimizer step. */
   get tokensPerStep(): number {
-    return this.config.batch_size * this.model.config.block_size * this.config.gradient_accumulation_steps;
+    return this.config.batch_size * this.model.blockSize * this.config.gradient_accumulation_steps;
   }
 
   /**

@@ -96,7 +96,7 @@ export class StepRunner {
     this.#normSquared = gpu.tensor([1], "f32", { label: `${options.label} grad norm squared` });
     this.#lossSum = gpu.tensor([1], "f32", { label: "loss sum" });
     const B = config.batch_size;
-    const T = trainable.model.config.block_size;
+    const T = trainable.model.blockSize;
     const V = trainable.model.config.vocab_size;
     this.#micro = Array.from({ length: config.gradient_accumulation_steps }, (_, i) => ({
       tokens: gpu.tensor([B, T], "u32", { label: `micro ${i} tokens` }),
@@ -239,7 +239,7 @@ export class StepRunner {
   }
 
   #shape(): { batchSize: number; blockSize: number } {
-    return { batchSize: this.#config.batch_size, blockSize: this.#trainable.model.config.block_size };
+    return { batchSize: this.#config.batch_size, blockSize: this.#trainable.model.blockSize };
   }
 
   /** Writes a host batch into a micro-batch; the embedding index only for a training step's backward. */

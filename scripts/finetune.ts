@@ -12,7 +12,7 @@ import { join, resolve } from "node:path";
 import { requestGpu } from "../kernels/device.ts";
 import { formatBytes, GpuOutOfMemoryError } from "../kernels/errors.ts";
 import { type Checkpoint, loadCheckpoint, saveCheckpoint } from "../model/checkpoint.ts";
-import { MODEL_KEYS } from "../model/config.ts";
+import { MODEL_KEYS, type ModelConfig } from "../model/config.ts";
 import {
   LORA_DEFAULTS,
   type LoraConfig,
@@ -20,11 +20,18 @@ import {
   parseLoraTargets,
   validateLoraConfig,
 } from "../model/lora.ts";
-import { checkSameTokenizer, encodeWithBase } from "../model/lora_data.ts";
+import { checkSameTokenizer, encodeText } from "../model/lora_data.ts";
 import { checkAdapterBase, loadLoraAdapter } from "../model/lora_file.ts";
 import { loadLoraState } from "../model/lora_state.ts";
 import { LORA_FILES, LoraTrainer } from "../model/lora_trainer.ts";
-import { readTokens } from "../model/meta.ts";
+import { type DatasetMeta, readTokens, type TokenArray } from "../model/meta.ts";
+import { checkDatasetVocabulary, hfInitDir, loadHfModel } from "../model/hf.ts";
+import {
+  isTokenizerName,
+  type Tokenizer,
+  tokenizerFromMeta,
+  type TokenizerName,
+} from "../model/tokenizer.ts";
 import { Trainer, type TrainingData } from "../model/trainer.ts";
 import {
   applyOverrides,
@@ -51,7 +58,18 @@ const FINETUNE_DEFAULTS: Readonly<TrainConfig> = Object.freeze(applyOverrides(TR
 
 /** Flags of this script beside the training settings. */
 const OWN_FLAGS: Record<string, { boolean: boolean; help: string }> = {
-  init_from: { boolean: false, help: "The base checkpoint to fine-tune (or, with --merge, to merge into)" },
+  init_from: {
+    boolean: false,
+    help: "The base: a checkpoint, or hf:DIR for a Hugging Face LLaMA folder (--merge: a checkpoint)",
+  },
+  tokenizer: {
+    boolean: false,
+    help: "With hf:DIR: gpt2, cl100k_base or o200k_base instead of the folder's tokenizer.json",
+  },
+  block_size: {
+    boolean: false,
+    help: "Tokens per training sequence (default: the base's, at most 256 for hf:DIR)",
+  },
   lora_rank: { boolean: false, help: `Rank r of the adapters (default ${LORA_DEFAULTS.rank})` },
   lora_alpha: {
     boolean: false,
@@ -84,7 +102,15 @@ await runCli(async () => {
   if (typeof basePath !== "string") {
     throw new UsageError("Name the base checkpoint: --init_from out/ckpt.safetensors (see --help)");
   }
-  if (own.merge === true) return await merge(basePath, own);
+  if (own.merge === true) {
+    if (hfInitDir(basePath)) {
+      throw new UsageError(
+        "--merge writes a checkpoint of ours and needs one as its base; for a Hugging Face base, " +
+          "sample with deno task sample --init_from hf:DIR --lora ADAPTER",
+      );
+    }
+    return await merge(basePath, own);
+  }
 
   let config: TrainConfig = { ...FINETUNE_DEFAULTS };
   if (typeof own.config === "string") config = await loadConfigFile(own.config, config);
@@ -105,13 +131,16 @@ await runCli(async () => {
     );
   }
 
-  const base = await loadCheckpoint(basePath);
+  const base = await loadBase(basePath, own.tokenizer);
+  const blockSize = own.block_size === undefined
+    ? (base.meta ? base.config.block_size : Math.min(HF_DEFAULT_BLOCK, base.config.block_size))
+    : numberFlag(own, "block_size", 0);
   const data = await fineTuningData(config.dataset, base);
   const adapterPath = join(config.out_dir, LORA_FILES.adapter);
   let resume;
   if (own.resume === true) {
     const adapter = await loadLoraAdapter(adapterPath);
-    await checkAdapterBase({ ...adapter, path: adapterPath }, { ...base, path: basePath });
+    await checkAdapterBase({ ...adapter, path: adapterPath }, base);
     resume = { adapter, state: await loadLoraState(join(config.out_dir, LORA_FILES.state)) };
   } else if (await exists(adapterPath)) {
     throw new UsageError(
@@ -126,9 +155,11 @@ await runCli(async () => {
     console.log(`note: f16 compute is unavailable (${why}); fine-tuning in f32`);
     config.dtype = "f32";
   }
-  const fullBytes = own.compare_memory === false ? null : await fullFineTuneBytes(gpu, config, base, data);
+  const fullBytes = own.compare_memory === false || !base.meta
+    ? null
+    : await fullFineTuneBytes(gpu, { ...config, block_size: blockSize }, base, { ...data, meta: base.meta });
   const before = gpu.stats.bytes;
-  const trainer = await LoraTrainer.create(gpu, config, { base, lora, data, resume });
+  const trainer = await LoraTrainer.create(gpu, config, { base, lora, data, resume, blockSize });
   const loraBytes = gpu.stats.bytes - before;
   const layout = trainer.adapters.layout;
   console.log(
@@ -181,21 +212,68 @@ async function merge(basePath: string, own: Record<string, string | boolean>): P
   console.log(`merged ${own.lora} into ${basePath}: wrote ${own.out}`);
 }
 
-/** The fine-tuning tokens: a text file encoded with the base's tokenizer, or a matching prepared folder. */
-async function fineTuningData(dataset: string, base: Checkpoint): Promise<TrainingData> {
+/** The frozen base: a checkpoint, or a Hugging Face folder, with its tokenizer. */
+interface Base {
+  /** The architecture. */
+  config: ModelConfig;
+  /** Flat weights. */
+  params: Float32Array;
+  /** --init_from as given, for messages. */
+  path: string;
+  /** Encodes the fine-tuning text. */
+  tokenizer: Tokenizer;
+  /** A checkpoint's meta.json; null for a Hugging Face folder (its tokenizer.json has no meta.json). */
+  meta: DatasetMeta | null;
+}
+
+/** A Hugging Face base's max_position_embeddings is often thousands: train on shorter windows unless asked. */
+const HF_DEFAULT_BLOCK = 256;
+
+async function loadBase(initFrom: string, tokenizer: string | boolean | undefined): Promise<Base> {
+  const dir = hfInitDir(initFrom);
+  if (tokenizer !== undefined && (!dir || typeof tokenizer !== "string" || !isTokenizerName(tokenizer))) {
+    throw new UsageError(
+      dir
+        ? `--tokenizer must be gpt2, cl100k_base or o200k_base, got "${tokenizer}"`
+        : "--tokenizer goes with --init_from hf:DIR; a checkpoint knows its own tokenizer",
+    );
+  }
+  if (dir) {
+    const model = await loadHfModel(dir, { tokenizer: tokenizer as TokenizerName | undefined });
+    return {
+      config: model.config,
+      params: model.params,
+      path: initFrom,
+      tokenizer: model.tokenizer,
+      meta: null,
+    };
+  }
+  const checkpoint = await loadCheckpoint(initFrom);
+  return {
+    config: checkpoint.config,
+    params: checkpoint.params,
+    path: initFrom,
+    tokenizer: await tokenizerFromMeta(checkpoint.tokenizer),
+    meta: checkpoint.tokenizer,
+  };
+}
+
+/** The fine-tuning tokens: a text file encoded with the base's tokenizer, or a prepared folder in its vocabulary. */
+async function fineTuningData(dataset: string, base: Base): Promise<{ train: TokenArray; val: TokenArray }> {
   const stat = await Deno.stat(dataset).catch(() => null);
   if (stat?.isFile) {
-    const text = await Deno.readTextFile(dataset);
-    const data = await encodeWithBase(text, base.tokenizer, { source: dataset });
+    const data = encodeText(await Deno.readTextFile(dataset), base.tokenizer, { source: dataset });
     console.log(
-      `encoded ${dataset} with the base's ${base.tokenizer.tokenizer} tokenizer: ${data.train.length} train, ` +
+      `encoded ${dataset} with the base's ${base.tokenizer.name} tokenizer: ${data.train.length} train, ` +
         `${data.val.length} val tokens`,
     );
     return data;
   }
   const { dir, meta } = await openDataset(dataset);
-  checkSameTokenizer(meta, base.tokenizer, dir);
-  return { train: await readTokens(dir, "train", meta), val: await readTokens(dir, "val", meta), meta };
+  const val = await readTokens(dir, "val", meta);
+  if (base.meta) checkSameTokenizer(meta, base.meta, dir);
+  else await checkDatasetVocabulary(base.tokenizer, { meta, val }, `${base.path}'s tokenizer`);
+  return { train: await readTokens(dir, "train", meta), val };
 }
 
 /**
@@ -205,14 +283,15 @@ async function fineTuningData(dataset: string, base: Checkpoint): Promise<Traini
 async function fullFineTuneBytes(
   gpu: Awaited<ReturnType<typeof requestGpu>>,
   config: TrainConfig,
-  base: Checkpoint,
+  base: Base,
   data: TrainingData,
 ): Promise<number | string> {
   const before = gpu.stats.bytes;
-  const full = Trainer.create(gpu, config, base.config, data, {
-    ...base,
-    moments: undefined,
-    training: undefined,
+  const model = { ...base.config, block_size: config.block_size };
+  const full = Trainer.create(gpu, config, model, data, {
+    config: model,
+    tokenizer: data.meta,
+    params: base.params,
   });
   const bytes = gpu.stats.bytes - before;
   full.release();
@@ -253,7 +332,7 @@ function parseArgs(
     if (key === "dropout") {
       throw new UsageError("The base runs without dropout in a fine-tune; set --lora_dropout instead");
     }
-    if ((MODEL_KEYS as readonly string[]).includes(key)) {
+    if (!(key in OWN_FLAGS) && (MODEL_KEYS as readonly string[]).includes(key)) {
       throw new UsageError(`--${key} comes from the base checkpoint and cannot change in a fine-tune`);
     }
     const isOwn = key in OWN_FLAGS;
@@ -284,10 +363,11 @@ async function exists(path: string): Promise<boolean> {
 
 function usage(): string {
   const lines = [
-    "Usage: deno task finetune --init_from CKPT --dataset TEXT_OR_DIR [--lora_rank=8 ...] [--key=value ...]",
+    "Usage: deno task finetune --init_from CKPT|hf:DIR --dataset TEXT_OR_DIR [--lora_rank=8 ...] [--key=value ...]",
     "       deno task finetune --merge --init_from CKPT --lora ADAPTER --out MERGED",
     "",
-    "Trains LoRA adapters on a frozen base checkpoint. --dataset is a text file (encoded with the base's",
+    "Trains LoRA adapters on a frozen base (a checkpoint, or a Hugging Face LLaMA folder with hf:DIR).",
+    "--dataset is a text file (encoded with the base's",
     "tokenizer; a character-level base needs a text in its character vocabulary) or a folder prepared with",
     "the base's vocabulary. The adapter goes to <out_dir>/adapter_model.safetensors.",
     "",

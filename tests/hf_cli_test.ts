@@ -91,3 +91,61 @@ Deno.test("export refuses a missing --hf or checkpoint in one line", async () =>
     /^error: tests\/tmp\/hf_cli\/nothing\/ckpt\.safetensors: not found; .*\n$/,
   );
 });
+
+Deno.test("finetune --init_from hf:DIR trains an adapter with the folder's tokenizer.json; sample applies it", async () => {
+  const dir = join(DIR, "lora");
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  await Deno.mkdir(dir, { recursive: true });
+  const text = await Deno.readTextFile("data/shakespeare/input.txt");
+  await Deno.writeTextFile(join(dir, "input.txt"), text.slice(0, 20_000));
+  await Deno.writeTextFile(join(dir, "shout.txt"), text.slice(20_000, 30_000).toUpperCase());
+  const data = join(dir, "data");
+  await prepareDataset({ input: join(dir, "input.txt"), out: data, tokenizer: "gpt2", force: true });
+  const base = join(dir, "base");
+  const trained = await runTask("train", [
+    ...TINY,
+    `--dataset=${data}`,
+    `--out_dir=${base}`,
+    "--max_iters=2",
+  ]);
+  assert.equal(trained.code, 0, trained.stderr);
+  const hf = join(dir, "hf");
+  const exported = await runTask("export", ["--out_dir", base, "--hf", hf]);
+  assert.equal(exported.code, 0, exported.stderr);
+  assert.ok((await Deno.stat(join(hf, "tokenizer.json"))).isFile, "a gpt2 model exports its tokenizer.json");
+
+  const out = join(dir, "adapter");
+  const tuned = await runTask("finetune", [
+    `--init_from=hf:${hf}`,
+    `--dataset=${join(dir, "shout.txt")}`,
+    `--out_dir=${out}`,
+    "--block_size=8",
+    "--batch_size=2",
+    "--max_iters=3",
+    "--eval_interval=3",
+    "--eval_iters=1",
+  ]);
+  assert.equal(tuned.code, 0, tuned.stderr);
+  assert.match(tuned.stdout, /encoded .*shout\.txt with the base's .* tokenizer/);
+  assert.match(tuned.stdout, /done: 3 iterations/);
+  const adapter = join(out, "adapter_model.safetensors");
+
+  const sampled = await runTask("sample", [
+    `--init_from=hf:${hf}`,
+    `--lora=${adapter}`,
+    "--start=KING",
+    "--num_samples=1",
+    "--max_new_tokens=5",
+  ]);
+  assert.equal(sampled.code, 0, sampled.stderr);
+  assert.ok(sampled.stdout.startsWith("KING"), sampled.stdout);
+
+  const merge = await runTask("finetune", [
+    "--merge",
+    `--init_from=hf:${hf}`,
+    `--lora=${adapter}`,
+    "--out=x",
+  ]);
+  assert.equal(merge.code, 2);
+  assert.match(merge.stderr, /^error: --merge writes a checkpoint of ours and needs one as its base/);
+});
