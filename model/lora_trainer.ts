@@ -102,7 +102,9 @@ export class LoraTrainer {
     const modelConfig = { ...options.base.config, dropout: 0 };
     const T = options.blockSize ?? modelConfig.block_size;
     if (!Number.isInteger(T) || T < 1 || T > modelConfig.block_size) {
-      throw new ConfigError(`block_size must be between 1 and the base's ${modelConfig.block_size}, got ${T}`);
+      throw new ConfigError(
+        `block_size must be between 1 and the base's ${modelConfig.block_size}, got ${T}`,
+      );
     }
     checkSplit(options.data.train, "train.bin", T, modelConfig.vocab_size);
     checkSplit(options.data.val, "val.bin", T, modelConfig.vocab_size);
