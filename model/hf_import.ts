@@ -19,6 +19,7 @@ import {
   readSafetensorsHeader,
   readTensorBytes,
   SafetensorsError,
+  type SafetensorsHeader,
   toFloat32,
 } from "./safetensors.ts";
 
@@ -60,14 +61,31 @@ export async function loadHfWeights(dir: string): Promise<HfWeights> {
   const json = await readJson(configPath, `a Hugging Face model folder needs ${HF_FILES.config}`);
   const config = modelConfigFromHf(json, configPath);
   const files = await weightFiles(dir);
-  const layout = paramLayout(config);
-  const wanted = new Map(layout.tensors.map((t) => [t.name, t]));
-  const params = new Float32Array(layout.total);
-  const found = new Set<string>();
-  for (const [path, names] of files) {
-    const file = await openSafetensors(path, "it is listed in the index but missing");
-    try {
-      const header = await readSafetensorsHeader(file, path);
+  // Every header is read and checked against config.json before the parameters are allocated, so a crafted
+  // config cannot make us build a billion-layer layout or allocate gigabytes.
+  const opened: { path: string; file: Deno.FsFile; header: SafetensorsHeader; names: string[] | null }[] = [];
+  try {
+    for (const [path, names] of files) {
+      const file = await openSafetensors(path, "it is listed in the index but missing");
+      opened.push({ path, file, header: await readSafetensorsHeader(file, path), names });
+    }
+    const stored = opened.reduce((count, { header }) => count + header.tensors.size, 0);
+    if (config.n_layer > stored) {
+      throw new SafetensorsError(
+        dir,
+        `config.json declares ${config.n_layer} layers but the weights hold ${stored} tensors`,
+      );
+    }
+    const layout = paramLayout(config);
+    const wanted = new Map(layout.tensors.map((t) => [t.name, t]));
+    const reads: {
+      path: string;
+      file: Deno.FsFile;
+      header: SafetensorsHeader;
+      name: string;
+      offset: number;
+    }[] = [];
+    for (const { path, file, header, names } of opened) {
       for (const name of names ?? header.tensors.keys()) {
         const info = header.tensors.get(name);
         if (!info) throw new SafetensorsError(path, `lacks tensor "${name}" that the index places in it`);
@@ -89,18 +107,25 @@ export async function loadHfWeights(dir: string): Promise<HfWeights> {
         if (info.dtype !== "F32" && info.dtype !== "F16" && info.dtype !== "BF16") {
           throw new SafetensorsError(path, `tensor "${name}" is ${info.dtype}; expected F32, F16 or BF16`);
         }
-        params.set(toFloat32(await readTensorBytes(file, header, name, path), info.dtype), tensor.offset);
-        found.add(name);
+        reads.push({ path, file, header, name, offset: tensor.offset });
       }
-    } finally {
-      file.close();
     }
+    const found = new Set(reads.map((r) => r.name));
+    const missing = layout.tensors.find((t) => !found.has(t.name));
+    if (missing) {
+      throw new SafetensorsError(dir, `has no tensor "${missing.name}", which its config.json implies`);
+    }
+    const params = new Float32Array(layout.total);
+    for (const { path, file, header, name, offset } of reads) {
+      params.set(
+        toFloat32(await readTensorBytes(file, header, name, path), header.tensors.get(name)!.dtype),
+        offset,
+      );
+    }
+    return { config, params, eosTokenId: await eosTokenId(dir, json) };
+  } finally {
+    for (const { file } of opened) file.close();
   }
-  const missing = layout.tensors.find((t) => !found.has(t.name));
-  if (missing) {
-    throw new SafetensorsError(dir, `has no tensor "${missing.name}", which its config.json implies`);
-  }
-  return { config, params, eosTokenId: await eosTokenId(dir, json) };
 }
 
 /** Each weight file with the tensor names to take from it (null: all of them). */

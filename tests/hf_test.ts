@@ -298,6 +298,20 @@ Deno.test("folders we cannot run are refused in one line naming the problem", as
       /"gpt2" model/,
     ],
     ["layers", editConfig((c) => c.num_hidden_layers = 3), /no tensor "model\.layers\.2\./],
+    // Checked before any layout is built or memory allocated: these would take minutes or gigabytes.
+    [
+      "billion-layers",
+      editConfig((c) => c.num_hidden_layers = 1e9),
+      /declares 1000000000 layers but the weights/,
+    ],
+    [
+      "huge-width",
+      editConfig((c) => {
+        c.hidden_size = 2 ** 20;
+        c.num_attention_heads = c.num_key_value_heads = c.head_dim = 2 ** 10;
+      }),
+      /shape \[\d+,\d+\], but config\.json implies \[\d+,1048576\]/,
+    ],
     ["width", editConfig((c) => c.intermediate_size = 32), /shape \[24,16\].*\[32,16\]/],
     ["no-config", (dir) => Deno.remove(join(dir, "config.json")), /config\.json" not found/],
     ["no-weights", (dir) => Deno.remove(join(dir, "model.safetensors")), /neither model\.safetensors/],
