@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { checkSplit } from "../model/batches.ts";
 import { ConfigError, defaultMlpHidden, resolveModelConfig } from "../model/config.ts";
 import { initialParameters, PARAM_ALIGNMENT, parameterCounts, paramLayout } from "../model/params.ts";
 import { type DatasetMeta, tokenizerMismatch } from "../model/meta.ts";
@@ -160,4 +161,17 @@ Deno.test("a checkpoint and a dataset must share the tokenizer, down to the char
     tokenizerMismatch(char(["a", "b"]), char(["a", "b", "c"])),
     /2 and 3 characters, first at id 2/,
   );
+});
+
+Deno.test("a block longer than the data, or ids beyond vocab_size, are refused with the numbers and the fix", () => {
+  const ids = Uint16Array.from([1, 2, 3, 64, 5]);
+  assert.throws(
+    () => checkSplit(ids, "val.bin", 5, 65),
+    /^ConfigError: block_size 5 needs at least 6 tokens but val\.bin has 5; lower --block_size or prepare more text$/,
+  );
+  assert.throws(
+    () => checkSplit(ids, "train.bin", 4, 64),
+    /train\.bin holds token id 64 but vocab_size is 64; raise --vocab_size to at least 65/,
+  );
+  checkSplit(ids, "train.bin", 4, 65);
 });
