@@ -485,6 +485,25 @@ ${shared}`;
     return this.rows((r) => `let r${r} = min(first + ${r * this.plan.threads}u + lid, T - 1u);`);
   }
 
+  /**
+   * The entry of the query-block kernels (forward, dQ): which batch, head and
+   * block of rows this workgroup owns — the last row blocks, with the most keys
+   * to visit, first — and this thread's rows of q, pre-scaled.
+   */
+  queryBlock(): string {
+    return `${this.prologue("NH")}
+  let h = wid.x % NH;
+  let first = (NB - 1u - wid.x / NH) * BLOCK;
+  let kvh = h / GROUP;
+  let lid = lidv.x;
+  ${this.rowIndices()}
+  ${
+      this.rowVecs((r, d) =>
+        `let q${r}_${d} = vec4<f32>(qkv[(b * T + r${r}) * ROW4 + h * H4 + ${d}u]) * QSCALE;`
+      )
+    }`;
+  }
+
   /** The WGSL condition that row ρ of this thread exists. */
   valid(r: number): string {
     return `first + ${r * this.plan.threads}u + lid < T`;
@@ -609,18 +628,7 @@ ${shared}`;
 @compute @workgroup_size(${this.plan.threads})
 fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
-  ${this.prologue("NH")}
-  // Last row blocks (the most keys to visit) first.
-  let h = wid.x % NH;
-  let first = (NB - 1u - wid.x / NH) * BLOCK;
-  let kvh = h / GROUP;
-  let lid = lidv.x;
-  ${this.rowIndices()}
-  ${
-      this.rowVecs((r, d) =>
-        `let q${r}_${d} = vec4<f32>(qkv[(b * T + r${r}) * ROW4 + h * H4 + ${d}u]) * QSCALE;`
-      )
-    }
+  ${this.queryBlock()}
   ${this.rowVecs((r, d) => `var o${r}_${d} = vec4<f32>(0.0);`)}
   ${this.rows((r) => `var m${r} = ${NEG_BIG};\n  var l${r} = 0.0;`)}
   // Keys up to the block's last row; each row masks the keys after it.
@@ -669,17 +677,7 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
 @compute @workgroup_size(${this.plan.threads})
 fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
-  ${this.prologue("NH")}
-  let h = wid.x % NH;
-  let first = (NB - 1u - wid.x / NH) * BLOCK;
-  let kvh = h / GROUP;
-  let lid = lidv.x;
-  ${this.rowIndices()}
-  ${
-      this.rowVecs((r, d) =>
-        `let q${r}_${d} = vec4<f32>(qkv[(b * T + r${r}) * ROW4 + h * H4 + ${d}u]) * QSCALE;`
-      )
-    }
+  ${this.queryBlock()}
   ${this.rowVecs((r, d) => `let do${r}_${d} = vec4<f32>(dout[(b * T + r${r}) * OUT4 + h * H4 + ${d}u]);`)}
   ${
       this.rows((r) =>
