@@ -14,29 +14,14 @@ import { type Batch, Llama } from "../model/model.ts";
 import { initialParameters, paramLayout } from "../model/params.ts";
 import { Rng } from "../model/rng.ts";
 import { assertClose, finiteDifferences, testGpu } from "./harness.ts";
+import { B, CONFIG, randomTokens as sharedTokens, T } from "./model_fixture.ts";
 import { loraRef } from "./reference/lora.ts";
 import { modelRef } from "./reference/model.ts";
 
-// The model test's tiny GQA config: q (4 heads) and k/v (2 heads) have different widths.
-const CONFIG = resolveModelConfig({
-  n_layer: 2,
-  n_head: 4,
-  n_kv_head: 2,
-  n_embd: 16,
-  block_size: 7,
-  vocab_size: 11,
-  mlp_hidden: 24,
-});
-const B = 2;
-const T = 7;
 const ALL: LoraConfig = { rank: 3, alpha: 6, dropout: 0, targets: [...LORA_TARGETS] };
 
 function randomTokens(seed: number): { tokens: Uint32Array; targets: Uint32Array } {
-  const rng = new Rng(seed);
-  const tokens = Uint32Array.from({ length: B * T }, () => rng.int(CONFIG.vocab_size));
-  const targets = Uint32Array.from({ length: B * T }, () => rng.int(CONFIG.vocab_size));
-  targets[4] = 0xFFFFFFFF;
-  return { tokens, targets };
+  return sharedTokens(seed, 4);
 }
 
 function baseParameters(seed: number): Float32Array {

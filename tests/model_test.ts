@@ -7,27 +7,11 @@ import { type Batch, Llama } from "../model/model.ts";
 import { initialParameters, paramLayout } from "../model/params.ts";
 import { Rng } from "../model/rng.ts";
 import { assertClose, finiteDifferences, testGpu } from "./harness.ts";
+import { B, CONFIG, randomTokens as sharedTokens, T } from "./model_fixture.ts";
 import { modelRef } from "./reference/model.ts";
 
-// Tiny but complete: GQA (4 query heads over 2 kv heads), two layers, an odd vocabulary, T not a tile multiple.
-const CONFIG = resolveModelConfig({
-  n_layer: 2,
-  n_head: 4,
-  n_kv_head: 2,
-  n_embd: 16,
-  block_size: 7,
-  vocab_size: 11,
-  mlp_hidden: 24,
-});
-const B = 2;
-const T = 7;
-
 function randomTokens(seed: number): { tokens: Uint32Array; targets: Uint32Array } {
-  const rng = new Rng(seed);
-  const tokens = Uint32Array.from({ length: B * T }, () => rng.int(CONFIG.vocab_size));
-  const targets = Uint32Array.from({ length: B * T }, () => rng.int(CONFIG.vocab_size));
-  targets[3] = 0xFFFFFFFF; // one ignored position
-  return { tokens, targets };
+  return sharedTokens(seed, 3);
 }
 
 /** Parameters with every tensor perturbed, so norm gains are not all 1 and gradients are generic. */
