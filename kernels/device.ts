@@ -127,6 +127,8 @@ export interface GpuLimits {
   maxStorageBuffersPerShaderStage: number;
   /** Alignment of a storage binding's offset, bytes. */
   minStorageBufferOffsetAlignment: number;
+  /** Width and height of a 2D texture, texels. */
+  maxTextureDimension2D: number;
 }
 
 /**
@@ -144,6 +146,8 @@ export interface GpuLimits {
 export interface GpuStats {
   /** Buffers allocated. */
   buffers: number;
+  /** Textures allocated (matmul staging on software adapters). */
+  textures: number;
   /** Compute pipelines compiled. */
   pipelines: number;
   /** Bind groups created. */
@@ -152,7 +156,10 @@ export interface GpuStats {
   submits: number;
   /** Dispatches recorded. */
   dispatches: number;
-  /** Bytes in buffers allocated and not yet freed through {@link Gpu.release}: what a model, trainer or run holds. */
+  /**
+   * Bytes in buffers and textures allocated and not yet freed through {@link Gpu.release}:
+   * what a model, trainer or run holds.
+   */
   bytes: number;
 }
 
@@ -166,6 +173,7 @@ const LIMIT_NAMES: (keyof GpuLimits)[] = [
   "maxComputeWorkgroupsPerDimension",
   "maxStorageBuffersPerShaderStage",
   "minStorageBufferOffsetAlignment",
+  "maxTextureDimension2D",
 ];
 
 /**
@@ -201,7 +209,15 @@ export class Gpu {
    */
   loopLimit: number = Infinity;
   /** Objects created so far. */
-  readonly stats: GpuStats = { buffers: 0, pipelines: 0, bindGroups: 0, submits: 0, dispatches: 0, bytes: 0 };
+  readonly stats: GpuStats = {
+    buffers: 0,
+    textures: 0,
+    pipelines: 0,
+    bindGroups: 0,
+    submits: 0,
+    dispatches: 0,
+    bytes: 0,
+  };
   /** Compiled pipelines, keyed by WGSL text. */
   readonly pipelines: PipelineCache;
   /** Bind groups, keyed by pipeline and bound ranges. */
@@ -327,18 +343,57 @@ export class Gpu {
     const buffer = this.device.createBuffer({ label, size: bytes, usage });
     this.stats.buffers++;
     this.stats.bytes += bytes;
+    this.#trackAllocation("buffer", label, bytes);
+    return buffer;
+  }
+
+  /**
+   * Allocates a labelled 2D texture that compute shaders read with `textureLoad`
+   * and copies fill from buffers. It lives as long as the device.
+   *
+   * @param label Names the texture in errors and debuggers.
+   * @param size Width and height in texels, each at most `limits.maxTextureDimension2D`.
+   * @param format `rgba32float` or `rgba16float`.
+   * @returns The texture.
+   */
+  createTexture(
+    label: string,
+    size: readonly [number, number],
+    format: "rgba32float" | "rgba16float",
+  ): GPUTexture {
+    const limit = this.limits.maxTextureDimension2D;
+    if (size[0] > limit || size[1] > limit) {
+      throw new GpuOutOfMemoryError(
+        `Texture "${label}" needs ${size[0]}x${size[1]} texels but this device allows ${limit} per side; ` +
+          "lower batch_size, block_size or n_embd",
+      );
+    }
+    const bytes = size[0] * size[1] * (format === "rgba32float" ? 16 : 8);
+    this.device.pushErrorScope("out-of-memory");
+    const texture = this.device.createTexture({
+      label,
+      size: [size[0], size[1]],
+      format,
+      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+    });
+    this.stats.textures++;
+    this.stats.bytes += bytes;
+    this.#trackAllocation("texture", label, bytes);
+    return texture;
+  }
+
+  #trackAllocation(kind: string, label: string, bytes: number): void {
     this.track(
       this.device.popErrorScope().then((error) =>
         error
           ? new GpuOutOfMemoryError(
-            `Out of GPU memory allocating buffer "${label}" (${
+            `Out of GPU memory allocating ${kind} "${label}" (${
               formatBytes(bytes)
             }); lower batch_size, block_size or n_embd`,
           )
           : null
       ),
     );
-    return buffer;
   }
 
   /**

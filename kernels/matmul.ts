@@ -36,6 +36,7 @@ import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
+import { TEXEL_LANES, TEXEL_ROWS, texelMatmul, texelMatmulFits } from "./matmul_texel.ts";
 import { declare, expectDType, expectF16Support, expectShape, type StorageDecl } from "./wgsl.ts";
 
 /**
@@ -64,6 +65,11 @@ export interface MatmulArgs {
   accumulate?: boolean;
   /** Overrides the tile shape {@link matmul} picks (for benchmarks and tuning); ignored by the naive kernel. */
   tile?: MatmulTile;
+  /**
+   * Runs the texel-fetch kernel (true) or the tiled one (false). By default software
+   * adapters take the texel kernel when the shapes allow it, GPUs the tiled one.
+   */
+  texel?: boolean;
 }
 
 /**
@@ -136,7 +142,7 @@ export function chooseMatmulTile(
 }
 
 /** A validated call: sizes, layouts and dtypes, everything the WGSL bakes in. */
-interface Problem {
+export interface MatmulProblem {
   batch: number;
   m: number;
   n: number;
@@ -171,7 +177,8 @@ interface Problem {
  * ```
  */
 export function matmul(rec: Recorder, args: MatmulArgs): void {
-  const p = validate("matmul", rec, args);
+  const p = validate("matmul", rec.gpu, args);
+  if (usesTexelKernel(rec.gpu, p, args)) return texelMatmul(rec, p);
   const tile = args.tile ?? chooseMatmulTile(rec.gpu, p);
   checkTile(tile, rec);
   const total = p.batch * Math.ceil(p.m / tile.bm) * Math.ceil(p.n / tile.bn);
@@ -179,6 +186,42 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const { wgsl, bindings } = declare(storage(p, tile));
   const pipeline = rec.gpu.pipelines.get(label("matmul", p, tile), wgsl + tiledKernel(p, tile));
   rec.dispatch(pipeline, bindings, grid(rec.gpu, total));
+}
+
+/**
+ * Which kernel {@link matmul} runs for `args` on `gpu`: `"texel"` (software
+ * adapters, see `matmul_texel.ts`) or the tiled kernel's blocking, e.g.
+ * `"tiled 64x64x16/8x8"`. For benchmark labels and tuning.
+ *
+ * @param gpu The device.
+ * @param args The call, as for {@link matmul}.
+ * @returns A short description of the kernel and its blocking.
+ * @throws {GpuError} As {@link matmul}.
+ * @example
+ * ```ts
+ * console.log(matmulKernel(gpu, { out: y, a: x, b: weight, transposeB: true })); // "tiled 64x64x16/8x8" on a GPU
+ * ```
+ */
+export function matmulKernel(gpu: Gpu, args: MatmulArgs): string {
+  const p = validate("matmul", gpu, args);
+  if (usesTexelKernel(gpu, p, args)) return `texel ${TEXEL_ROWS}x${4 * TEXEL_LANES}`;
+  const { bm, bn, bk, tm, tn } = args.tile ?? chooseMatmulTile(gpu, p);
+  return `tiled ${bm}x${bn}x${bk}/${tm}x${tn}`;
+}
+
+/** Software adapters take the texel kernel unless a tile is forced or the shapes do not fit it. */
+function usesTexelKernel(gpu: Gpu, p: MatmulProblem, args: MatmulArgs): boolean {
+  const fits = texelMatmulFits(gpu, p);
+  if (args.texel && !fits) {
+    throw new GpuError(
+      `matmul: the texel kernel needs K and the contiguous dimension of a (${
+        p.transposeA ? "M" : "K"
+      }) and ` +
+        `of b (${p.transposeB ? "K" : "N"}) to be multiples of 4 and texel-aligned views; got ` +
+        `M=${p.m} N=${p.n} K=${p.k}; leave texel unset`,
+    );
+  }
+  return args.texel ?? (gpu.info.fallback && args.tile === undefined && fits);
 }
 
 /**
@@ -194,7 +237,7 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
  * ```
  */
 export function matmulNaive(rec: Recorder, args: MatmulArgs): void {
-  const p = validate("matmulNaive", rec, args);
+  const p = validate("matmulNaive", rec.gpu, args);
   const total = p.batch * p.m * p.n;
   if (total === 0) return;
   const { wgsl, bindings } = declare(storage(p, null));
@@ -205,7 +248,7 @@ export function matmulNaive(rec: Recorder, args: MatmulArgs): void {
 // ---------------------------------------------------------------------------------------------
 // Validation
 
-function validate(kernel: string, rec: Recorder, args: MatmulArgs): Problem {
+function validate(kernel: string, gpu: Gpu, args: MatmulArgs): MatmulProblem {
   const { out, a, b } = args;
   const transposeA = args.transposeA ?? false;
   const transposeB = args.transposeB ?? false;
@@ -218,7 +261,7 @@ function validate(kernel: string, rec: Recorder, args: MatmulArgs): Problem {
       );
     }
   }
-  expectF16Support(kernel, rec.gpu.features.f16, [out, a, b]);
+  expectF16Support(kernel, gpu.features.f16, [out, a, b]);
   const batched = out.shape.length === 3;
   const batch = batched ? out.shape[0] : 1;
   const aBatched = a.shape.length === 3;
@@ -296,12 +339,12 @@ function vectorizable(t: Tensor, inner: number): boolean {
  * 4 adjacent ones, so neighbouring threads read neighbouring rows of the [n][k] slab
  * (conflict-free with one vec4 of padding); its stores then go out as scalars.
  */
-function stridedColumns(p: Problem): boolean {
+function stridedColumns(p: MatmulProblem): boolean {
   return p.transposeB;
 }
 
 /** How each operand and `out` are declared: vec4 arrays where every access is aligned. */
-function storage(p: Problem, tile: MatmulTile | null): StorageDecl[] {
+function storage(p: MatmulProblem, tile: MatmulTile | null): StorageDecl[] {
   const vec = (t: Tensor, inner: number) =>
     tile !== null && vectorizable(t, inner) ? { element: `vec4<${t.dtype}>` } : {};
   const outVec = tile !== null && !stridedColumns(p) ? vec(p.out, p.n) : {};
@@ -312,7 +355,7 @@ function storage(p: Problem, tile: MatmulTile | null): StorageDecl[] {
   ];
 }
 
-function label(kernel: string, p: Problem, tile: MatmulTile | null): string {
+function label(kernel: string, p: MatmulProblem, tile: MatmulTile | null): string {
   const form = `${p.transposeA ? "Aᵀ" : "A"}·${p.transposeB ? "Bᵀ" : "B"}${p.accumulate ? " +=" : ""}`;
   const blocking = tile ? ` ${tile.bm}x${tile.bn}x${tile.bk}/${tile.tm}x${tile.tn}` : "";
   return `${kernel} ${form} ${p.a.dtype}·${p.b.dtype}->${p.out.dtype} ${p.batch}x${p.m}x${p.n}x${p.k}${blocking}`;
@@ -338,7 +381,7 @@ interface Slab {
   pad: number;
 }
 
-function slabs(p: Problem, tile: MatmulTile): [Slab, Slab] {
+function slabs(p: MatmulProblem, tile: MatmulTile): [Slab, Slab] {
   const [aDecl, bDecl] = storage(p, tile);
   const { bm, bn, bk } = tile;
   // [extent, tile size, first-index expression] of the m, n and k dimensions.
@@ -405,7 +448,7 @@ function loadSlab(s: Slab, threads: number): string {
  * operand values from workgroup memory, then tm·tn FMAs into vec4 accumulators
  * `acc{c}_{r}_{d}` (row (c, r), columns 4d..4d+3 of the thread's block).
  */
-function computeGroup(p: Problem, tile: MatmulTile): string[] {
+function computeGroup(p: MatmulProblem, tile: MatmulTile): string[] {
   const tx = tile.bn / tile.tn;
   const ty = tile.bm / tile.tm;
   const tm4 = tile.tm / 4;
@@ -451,7 +494,7 @@ function computeGroup(p: Problem, tile: MatmulTile): string[] {
 }
 
 /** WGSL that writes (or adds) the accumulators to `out`, skipping rows and columns past its edge. */
-function storeBlock(p: Problem, tile: MatmulTile, vector: boolean): string[] {
+function storeBlock(p: MatmulProblem, tile: MatmulTile, vector: boolean): string[] {
   const mCheck = p.m % tile.bm !== 0;
   const nCheck = p.n % tile.bn !== 0;
   const t = p.out.dtype;
@@ -482,7 +525,7 @@ function storeBlock(p: Problem, tile: MatmulTile, vector: boolean): string[] {
   return lines;
 }
 
-function tiledKernel(p: Problem, tile: MatmulTile): string {
+function tiledKernel(p: MatmulProblem, tile: MatmulTile): string {
   const { bm, bn, bk, tm, tn } = tile;
   const tx = bn / tn;
   const ty = bm / tm;
@@ -545,7 +588,7 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
 `;
 }
 
-function naiveKernel(p: Problem): string {
+function naiveKernel(p: MatmulProblem): string {
   const aIndex = p.transposeA ? `aBase + k * ${p.m}u + m` : `aBase + m * ${p.k}u + k`;
   const bIndex = p.transposeB ? `bBase + n * ${p.k}u + k` : `bBase + k * ${p.n}u + n`;
   return `

@@ -11,8 +11,9 @@ import { formatBytes, GpuError, GpuOutOfMemoryError, ShaderCompileError } from "
 import { Tensor } from "./tensor.ts";
 
 /**
- * What one `@binding` of a kernel is bound to: a tensor's byte range, or a range of
- * a raw buffer (the whole buffer from `offset` when `size` is left out).
+ * What one `@binding` of a kernel is bound to: a tensor's byte range, a range of
+ * a raw buffer (the whole buffer from `offset` when `size` is left out), or a
+ * texture view.
  *
  * @example
  * ```ts
@@ -21,7 +22,9 @@ import { Tensor } from "./tensor.ts";
  * rec.dispatch(pipeline, bindings, grid(gpu, Math.ceil(x.length / 256)));
  * ```
  */
-export type Binding = Tensor | { buffer: GPUBuffer; offset?: number; size?: number };
+export type Binding = Tensor | { buffer: GPUBuffer; offset?: number; size?: number } | GPUTextureView;
+
+type BufferRange = { buffer: GPUBuffer; offset: number; size: number };
 
 /**
  * Compute pipelines keyed by WGSL text and entry point, so that each kernel
@@ -119,11 +122,12 @@ export class BindGroupCache {
    * `@binding(0)`, `@binding(1)`, ... in order; created on first use.
    *
    * @param pipeline The pipeline whose layout to follow.
-   * @param bindings Tensors or buffer ranges, in binding order.
+   * @param bindings Tensors, buffer ranges or texture views, in binding order.
    * @returns The bind group.
    */
   get(pipeline: GPUComputePipeline, bindings: readonly Binding[]): GPUBindGroup {
-    const ranges = bindings.map(toRange);
+    const resources = bindings.map(toResource);
+    const ranges = resources.filter((r): r is BufferRange => !(r instanceof GPUTextureView));
     const { minStorageBufferOffsetAlignment: alignment, maxStorageBufferBindingSize: maxSize } =
       this.#gpu.limits;
     for (const range of ranges) {
@@ -143,13 +147,16 @@ export class BindGroupCache {
       }
     }
     const key = `${this.#id(pipeline)}|` +
-      ranges.map((r) => `${this.#id(r.buffer)}:${r.offset}:${r.size}`).join(",");
+      resources.map((r) =>
+        r instanceof GPUTextureView ? `t${this.#id(r)}` : `${this.#id(r.buffer)}:${r.offset}:${r.size}`
+      )
+        .join(",");
     let group = this.#groups.get(key);
     if (group) return group;
     group = this.#gpu.device.createBindGroup({
       label: `${pipeline.label}:bind`,
       layout: pipeline.getBindGroupLayout(0),
-      entries: ranges.map((range, binding) => ({ binding, resource: range })),
+      entries: resources.map((resource, binding) => ({ binding, resource })),
     });
     this.#gpu.stats.bindGroups++;
     this.#groups.set(key, group);
@@ -180,8 +187,9 @@ export class BindGroupCache {
   }
 }
 
-function toRange(binding: Binding): { buffer: GPUBuffer; offset: number; size: number } {
+function toResource(binding: Binding): BufferRange | GPUTextureView {
   if (binding instanceof Tensor) return binding.range();
+  if (binding instanceof GPUTextureView) return binding;
   const offset = binding.offset ?? 0;
   return { buffer: binding.buffer, offset, size: binding.size ?? binding.buffer.size - offset };
 }

@@ -10,7 +10,7 @@
 import type { Gpu } from "./device.ts";
 import { GpuError } from "./errors.ts";
 import type { Binding } from "./pipeline.ts";
-import type { Tensor } from "./tensor.ts";
+import { Tensor } from "./tensor.ts";
 import type { GpuTimer } from "./timer.ts";
 
 /**
@@ -116,6 +116,41 @@ export class Recorder {
     this.#endPass();
     const size = source.range().size;
     this.encoder.copyBufferToBuffer(source.buffer, source.byteOffset, target.buffer, target.byteOffset, size);
+  }
+
+  /**
+   * Copies all of `source` into `texture` as a flat run of 4-element texels,
+   * row after row of `texture`'s width: texel i holds elements 4i..4i+3.
+   *
+   * @param texture An `rgba32float` (f32 source) or `rgba16float` (f16 source) texture
+   *   with room for `source.length / 4` texels.
+   * @param source The tensor; its length a multiple of 4 and its byte offset of a texel.
+   */
+  copyToTexture(texture: GPUTexture, source: Tensor): void {
+    const texelBytes = 4 * Tensor.bytesPerElement(source.dtype);
+    const texels = source.length / 4;
+    if (
+      !Number.isInteger(texels) || source.byteOffset % texelBytes !== 0 ||
+      texels > texture.width * texture.height
+    ) {
+      throw new GpuError(
+        `Cannot copy "${source.label}" into texture "${texture.label}": it needs a length that is a multiple ` +
+          "of 4, a texel-aligned offset and a texture large enough",
+      );
+    }
+    this.#endPass();
+    const rowBytes = texture.width * texelBytes;
+    const rows = Math.floor(texels / texture.width);
+    const rest = texels % texture.width;
+    const from = (offset: number) => ({
+      buffer: source.buffer,
+      offset: source.byteOffset + offset,
+      bytesPerRow: rowBytes,
+    });
+    if (rows > 0) this.encoder.copyBufferToTexture(from(0), { texture }, [texture.width, rows]);
+    if (rest > 0) {
+      this.encoder.copyBufferToTexture(from(rows * rowBytes), { texture, origin: [0, rows] }, [rest, 1]);
+    }
   }
 
   /**

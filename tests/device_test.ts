@@ -87,6 +87,7 @@ Deno.test("pipelines are cached by WGSL text and bind groups by bound ranges", a
   assert.equal(gpu.stats.bindGroups, before.bindGroups, "no bind group created by replays");
   assert.equal(gpu.stats.pipelines, before.pipelines, "no pipeline created by replays");
   assert.equal(gpu.stats.buffers, before.buffers, "no buffer created by replays");
+  assert.equal(gpu.stats.textures, before.textures, "no texture created by replays");
   assert.equal(gpu.stats.submits, before.submits + 5);
   assert.equal(gpu.stats.dispatches, before.dispatches + 10);
   const got = [...await gpu.read(out)];

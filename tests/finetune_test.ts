@@ -304,6 +304,7 @@ Deno.test("a LoRA step is one submit and creates no buffer, pipeline or bind gro
     assert.ok(Number.isFinite(last!.loss) && last!.nonFinite.steps === 0, `${what}: finite steps`);
     assert.deepEqual(await trainer.model.download(), base(meta).params, `${what}: the base is untouched`);
     assert.equal(gpu.stats.buffers, before.buffers, `${what}: buffers created after the first step`);
+    assert.equal(gpu.stats.textures, before.textures, `${what}: textures created after the first step`);
     assert.equal(gpu.stats.pipelines, before.pipelines, `${what}: pipelines created after the first step`);
     assert.equal(
       gpu.stats.bindGroups,

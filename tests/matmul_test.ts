@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
 import type { Gpu } from "../kernels/device.ts";
 import { GpuError } from "../kernels/errors.ts";
-import { chooseMatmulTile, matmul, MATMUL_TILES, matmulNaive, type MatmulTile } from "../kernels/matmul.ts";
+import {
+  chooseMatmulTile,
+  matmul,
+  MATMUL_TILES,
+  matmulKernel,
+  matmulNaive,
+  type MatmulTile,
+} from "../kernels/matmul.ts";
 import type { DType, Tensor } from "../kernels/tensor.ts";
 import { assertClose, finiteDifferences, randomArray, testGpu, type Tolerance } from "./harness.ts";
 import { matmulBackwardRef, type MatmulDims, matmulRef } from "./reference/matmul.ts";
@@ -23,6 +30,7 @@ interface Case extends MatmulDims {
   dtypes?: [DType, DType, DType];
   accumulate?: boolean;
   tile?: MatmulTile;
+  texel?: boolean;
   naive?: boolean;
   seed?: number;
 }
@@ -34,7 +42,7 @@ function formName(c: MatmulDims): string {
 }
 
 function describe(c: Case): string {
-  const kernel = c.naive ? "naive " : "";
+  const kernel = c.naive ? "naive " : c.texel ? "texel " : "";
   const size = `${c.batch ? `${c.batch}x` : ""}${c.m}x${c.n}x${c.k}`;
   const dtypes = (c.dtypes ?? ["f32", "f32", "f32"]).join("·");
   return `${kernel}${formName(c)}${c.accumulate ? " +=" : ""} ${size} ${dtypes}`;
@@ -71,6 +79,7 @@ async function runCase(gpu: Gpu, c: Case): Promise<{ got: Float32Array; want: Fl
     transposeB: c.transposeB,
     accumulate: c.accumulate,
     tile: c.tile,
+    texel: c.texel,
   };
   if (c.naive) matmulNaive(rec, args);
   else matmul(rec, args);
@@ -120,6 +129,68 @@ Deno.test("the large and cpu blockings match the reference in every form, with a
   }
   assert.equal(chooseMatmulTile(gpu, { m: 33, n: 65, k: 17 }), MATMUL_TILES.small);
   assert.equal(chooseMatmulTile(gpu, { m: 1024, n: 1024, k: 1024 }), gpu.info.fallback ? cpu : large);
+});
+
+Deno.test("the texel kernel matches the naive kernel bit for bit in every form, with edge rows and columns", async () => {
+  const gpu = await testGpu();
+  // K and contiguous dimensions are multiples of 4 (a texel); M is not a multiple of the 8
+  // rows of a workgroup and N/4 not of its 8 lanes; bᵀ also takes an N that is not
+  // a multiple of 4. 40x72x36 is a whole number of workgroups.
+  const shapes: Record<string, [number, number, number][]> = {
+    "false,false": [[13, 36, 20], [40, 72, 36], [1, 4, 4]],
+    "true,false": [[12, 36, 20], [40, 72, 36]],
+    "false,true": [[13, 37, 20], [40, 72, 36], [9, 1, 8]],
+    "true,true": [[20, 7, 12], [40, 72, 36]],
+  };
+  for (const [transposeA, transposeB] of FORMS) {
+    for (const [m, n, k] of shapes[`${transposeA},${transposeB}`]) {
+      const c = { m, n, k, transposeA, transposeB, texel: true };
+      const texel = await runCase(gpu, c);
+      const naive = await runCase(gpu, { ...c, naive: true });
+      assertClose(texel.got, texel.want, F32, describe(c)); // |got - want| <= atol + rtol·|want|
+      // Both chain fma over k in order, so they agree to the bit.
+      assertClose(texel.got, naive.got, { atol: 0, rtol: 0 }, `${describe(c)} vs naive`);
+    }
+  }
+});
+
+Deno.test("the texel kernel accumulates, reads f16, batches and shares operands", async () => {
+  const gpu = await testGpu();
+  const texel = true;
+  await check(gpu, { m: 13, n: 36, k: 20, accumulate: true, texel }, F32);
+  await check(gpu, { m: 20, n: 37, k: 12, transposeA: true, transposeB: true, accumulate: true, texel }, F32);
+  for (const [transposeA, transposeB] of FORMS) {
+    await check(
+      gpu,
+      { m: 36, n: 68, k: 20, transposeA, transposeB, dtypes: ["f16", "f16", "f16"], texel },
+      F16_OUT,
+    );
+    await check(gpu, { batch: 3, m: 12, n: 20, k: 8, transposeA, transposeB, texel }, F32);
+  }
+  await check(gpu, { m: 13, n: 36, k: 20, dtypes: ["f32", "f16", "f32"], texel }, F32);
+  await check(gpu, { batch: 3, m: 13, n: 24, k: 20, transposeB: true, bBatched: false, texel }, F32); // x·Wᵀ
+  await check(gpu, { batch: 2, m: 8, n: 12, k: 4, aBatched: false, accumulate: true, texel }, F32);
+});
+
+Deno.test("software adapters take the texel kernel when the shapes allow it, and texel: true says when not", async () => {
+  const gpu = await testGpu();
+  const a = gpu.tensor([64, 32], "f32", { label: "a" });
+  const b = gpu.tensor([48, 32], "f32", { label: "b" });
+  const out = gpu.tensor([64, 48], "f32", { label: "out" });
+  const odd = gpu.tensor([64, 30], "f32", { label: "odd" });
+  const odd2 = gpu.tensor([48, 30], "f32", { label: "odd2" });
+  const expected = gpu.info.fallback ? /^texel / : /^tiled /;
+  assert.match(matmulKernel(gpu, { out, a, b, transposeB: true }), expected);
+  assert.match(matmulKernel(gpu, { out, a, b, transposeB: true, texel: true }), /^texel /);
+  assert.match(matmulKernel(gpu, { out, a, b, transposeB: true, tile: MATMUL_TILES.small }), /^tiled 32x32/);
+  assert.match(matmulKernel(gpu, { out, a: odd, b: odd2, transposeB: true }), /^tiled /);
+  assert.throws(
+    () => matmulKernel(gpu, { out, a: odd, b: odd2, transposeB: true, texel: true }),
+    (e: unknown) =>
+      e instanceof GpuError &&
+      /needs K and .* multiples of 4 .*M=64 N=48 K=30; leave texel unset$/.test(e.message),
+  );
+  for (const t of [a, b, out, odd, odd2]) gpu.release(t);
 });
 
 Deno.test("matmul accumulates into out (+=) with f32 and f16 outputs", async () => {

@@ -229,6 +229,7 @@ Deno.test("a training step is one submit and creates no buffer, pipeline or bind
     await trainer.step({ read: true });
     const after = gpu.stats;
     assert.equal(after.buffers, before.buffers, `${what}: buffers created after the first step`);
+    assert.equal(after.textures, before.textures, `${what}: textures created after the first step`);
     assert.equal(after.pipelines, before.pipelines, `${what}: pipelines created after the first step`);
     assert.equal(after.bindGroups, before.bindGroups, `${what}: bind groups created after the first step`);
     trainer.release();

@@ -7,13 +7,7 @@
  */
 
 import type { Gpu } from "../../kernels/device.ts";
-import {
-  chooseMatmulTile,
-  matmul,
-  type MatmulArgs,
-  matmulNaive,
-  type MatmulTile,
-} from "../../kernels/matmul.ts";
+import { matmul, type MatmulArgs, matmulKernel, matmulNaive } from "../../kernels/matmul.ts";
 import type { Recorder } from "../../kernels/recorder.ts";
 import type { DType, Tensor } from "../../kernels/tensor.ts";
 import type { KernelBench, PreparedOp } from "./harness.ts";
@@ -27,6 +21,21 @@ interface Product {
   transposeB?: boolean;
   accumulate?: boolean;
   dtype: "f32" | "f16";
+  /** Forces the texel (true) or tiled (false) kernel; default as matmul chooses. */
+  texel?: boolean;
+}
+
+/** Uninitialised operands of `p` (timing does not depend on the values). */
+function operands(gpu: Gpu, p: Product): { args: MatmulArgs; release: () => void } {
+  const dtype: DType = p.dtype;
+  const a = gpu.tensor(p.transposeA ? [p.k, p.m] : [p.m, p.k], dtype, { label: "bench a" });
+  const b = gpu.tensor(p.transposeB ? [p.n, p.k] : [p.k, p.n], dtype, { label: "bench b" });
+  const out = gpu.tensor([p.m, p.n], dtype, { label: "bench out" });
+  const { transposeA, transposeB, accumulate, texel } = p;
+  return {
+    args: { out, a, b, transposeA, transposeB, accumulate, texel },
+    release: () => [a, b, out].forEach((t: Tensor) => gpu.release(t)),
+  };
 }
 
 function prepare(
@@ -34,32 +43,24 @@ function prepare(
   p: Product,
   kernel: (rec: Recorder, args: MatmulArgs) => void,
 ): PreparedOp {
-  const dtype: DType = p.dtype;
-  const a = gpu.tensor(p.transposeA ? [p.k, p.m] : [p.m, p.k], dtype, { label: "bench a" });
-  const b = gpu.tensor(p.transposeB ? [p.n, p.k] : [p.k, p.n], dtype, { label: "bench b" });
-  const out = gpu.tensor([p.m, p.n], dtype, { label: "bench out" });
-  const args: MatmulArgs = {
-    out,
-    a,
-    b,
-    transposeA: p.transposeA,
-    transposeB: p.transposeB,
-    accumulate: p.accumulate,
-  };
-  return {
-    record: (rec) => kernel(rec, args),
-    release: () => [a, b, out].forEach((t: Tensor) => gpu.release(t)),
-  };
+  const { args, release } = operands(gpu, p);
+  return { record: (rec) => kernel(rec, args), release };
 }
 
-function blocking(t: MatmulTile): string {
-  return `${t.bm}x${t.bn}/${t.tm}x${t.tn}`;
+/** The kernel matmul runs for `p`. */
+function kernelName(gpu: Gpu, p: Product): string {
+  const { args, release } = operands(gpu, p);
+  try {
+    return matmulKernel(gpu, args);
+  } finally {
+    release();
+  }
 }
 
 function bench(gpu: Gpu, title: string, p: Product, naive: boolean): KernelBench {
   return {
     name: "matmul",
-    variant: `${title} ${blocking(chooseMatmulTile(gpu, p))}`,
+    variant: `${title} ${kernelName(gpu, p)}`,
     shape: [p.m, p.n, p.k],
     dtype: p.dtype,
     flops: 2 * p.m * p.n * p.k,
@@ -85,7 +86,10 @@ export function matmulBenches(gpu: Gpu): KernelBench[] {
   for (const size of [512, 1024]) {
     for (const dtype of ["f32", "f16"] as const) {
       if (dtype === "f16" && !gpu.features.f16) continue;
-      cases.push(bench(gpu, "A·B", { m: size, n: size, k: size, dtype }, !cpu || size <= 512));
+      const p: Product = { m: size, n: size, k: size, dtype };
+      cases.push(bench(gpu, "A·B", p, !cpu || size <= 512));
+      // Software adapters run the texel kernel; the tiled one beside it shows the gain.
+      if (cpu) cases.push(bench(gpu, "A·B", { ...p, texel: false }, false));
     }
   }
   const [rows, c, out] = [cpu ? 128 : 1024, 384, 1152];

@@ -35,8 +35,8 @@ export interface TrainResult {
   dispatches_per_step: number;
   /** Command buffers submitted per step (one is the design). */
   submits_per_step: number;
-  /** Buffers, pipelines and bind groups created during the timed steps (zero is the design). */
-  created_after_first_step: { buffers: number; pipelines: number; bindGroups: number };
+  /** Buffers, textures, pipelines and bind groups created during the timed steps (zero is the design). */
+  created_after_first_step: { buffers: number; textures: number; pipelines: number; bindGroups: number };
   /** CPU milliseconds to draw the batch, record the step and submit it. */
   cpu_encode_ms: number;
   /** GPU milliseconds per kernel family in one profiled step (empty without timestamp-query). */
@@ -128,6 +128,7 @@ async function benchConfig(
       submits_per_step: (after.submits - before.submits) / steps,
       created_after_first_step: {
         buffers: after.buffers - before.buffers,
+        textures: after.textures - before.textures,
         pipelines: after.pipelines - before.pipelines,
         bindGroups: after.bindGroups - before.bindGroups,
       },
