@@ -83,11 +83,18 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
  */
 export async function measurePeak(gpu: Gpu): Promise<Peak> {
   const big = !gpu.info.fallback;
-  const fma = fmaOp(gpu, big ? 1 << 22 : 1 << 14);
+  const fma = fmaOp(gpu, big ? 1 << 22 : 1 << 15);
   const copy = copyOp(gpu, big ? 1 << 26 : 1 << 22);
   try {
-    const fmaMs = await timeOp(gpu, fma.op, { iterations: 5 });
-    const copyMs = await timeOp(gpu, copy.op, { iterations: 5 });
+    // A peak is the best the adapter does: the fastest of a few medians, so that a
+    // busy moment on a shared machine does not flatter every kernel measured against it.
+    const best = async (op: PreparedOp) => {
+      let ms = Infinity;
+      for (let i = 0; i < 3; i++) ms = Math.min(ms, await timeOp(gpu, op, { iterations: 5 }));
+      return ms;
+    };
+    const fmaMs = await best(fma.op);
+    const copyMs = await best(copy.op);
     return { fma_gflops: fma.flops / fmaMs / 1e6, copy_gbs: copy.bytes / copyMs / 1e6 };
   } finally {
     fma.op.release();
