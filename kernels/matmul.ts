@@ -36,7 +36,7 @@ import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
-import { TEXEL_LANES, TEXEL_ROWS, texelMatmul, texelMatmulFits } from "./matmul_texel.ts";
+import { TEXEL_LANES, texelMatmul, texelMatmulFits, texelRows } from "./matmul_texel.ts";
 import { declare, expectDType, expectF16Support, expectShape, type StorageDecl } from "./wgsl.ts";
 
 /**
@@ -204,7 +204,7 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
  */
 export function matmulKernel(gpu: Gpu, args: MatmulArgs): string {
   const p = validate("matmul", gpu, args);
-  if (usesTexelKernel(gpu, p, args)) return `texel ${TEXEL_ROWS}x${4 * TEXEL_LANES}`;
+  if (usesTexelKernel(gpu, p, args)) return `texel ${texelRows(p)}x${4 * TEXEL_LANES}`;
   const { bm, bn, bk, tm, tn } = args.tile ?? chooseMatmulTile(gpu, p);
   return `tiled ${bm}x${bn}x${bk}/${tm}x${tn}`;
 }

@@ -8,8 +8,9 @@
  * into staging textures and reads them by texel fetches.
  *
  * A workgroup of {@link TEXEL_LANES} invocations computes {@link TEXEL_ROWS} rows of
- * `out`; each invocation owns 4 adjacent columns, held as a vec4 accumulator per
- * row. Row indexes depend only on the workgroup, so those fetches are the same
+ * `out` (fewer when M is smaller: a decoding step has one row per sequence, and
+ * each row costs a fetch per step); each invocation owns 4 adjacent columns,
+ * held as a vec4 accumulator per row. Row indexes depend only on the workgroup, so those fetches are the same
  * for all lanes; column fetches differ per lane. Each step of 4 depths reads
  * TEXEL_ROWS + 4 texels for 16·TEXEL_ROWS FMAs per invocation.
  *
@@ -30,6 +31,18 @@ import { canStageTexels, stageTexels, texelFetchWgsl } from "./texels.ts";
 
 /** Rows of `out` per workgroup, fetched once per step and shared by its lanes. */
 export const TEXEL_ROWS = 8;
+
+/**
+ * Rows per workgroup for `p`: {@link TEXEL_ROWS}, or M when smaller (rounded up to
+ * the 4 rows of an aᵀ texel).
+ *
+ * @param p The product.
+ * @returns The row count baked into its kernel.
+ */
+export function texelRows(p: MatmulProblem): number {
+  if (p.m >= TEXEL_ROWS) return TEXEL_ROWS;
+  return p.transposeA ? Math.ceil(p.m / 4) * 4 : p.m;
+}
 /** Invocations per workgroup: one vector of llvmpipe's 8 lanes. */
 export const TEXEL_LANES = 8;
 
@@ -58,7 +71,7 @@ export function texelMatmulFits(gpu: Gpu, p: MatmulProblem): boolean {
  */
 export function texelMatmul(rec: Recorder, p: MatmulProblem): void {
   const quads = Math.ceil(p.n / 4);
-  const total = p.batch * Math.ceil(p.m / TEXEL_ROWS) * Math.ceil(quads / TEXEL_LANES);
+  const total = p.batch * Math.ceil(p.m / texelRows(p)) * Math.ceil(quads / TEXEL_LANES);
   if (total === 0) return;
   const a = stageTexels(rec, p.a, "matmul a");
   const b = stageTexels(rec, p.b, "matmul b");
@@ -76,7 +89,7 @@ export function texelMatmul(rec: Recorder, p: MatmulProblem): void {
 const XYZW = ["x", "y", "z", "w"];
 
 function kernel(p: MatmulProblem, widthA: number, widthB: number): string {
-  const TM = TEXEL_ROWS;
+  const TM = texelRows(p);
   const quads = Math.ceil(p.n / 4);
   const groups = Math.ceil(quads / TEXEL_LANES);
   const tiles = Math.ceil(p.m / TM) * groups;
@@ -173,6 +186,6 @@ function storeRow(p: MatmulProblem, i: number): string {
     }
   }
   const conditions = [`q < ${Math.ceil(p.n / 4)}u`];
-  if (p.m % TEXEL_ROWS !== 0) conditions.push(`m0 + ${i}u < ${p.m}u`);
+  if (p.m % texelRows(p) !== 0) conditions.push(`m0 + ${i}u < ${p.m}u`);
   return `if (${conditions.join(" && ")}) {\n    ${body.join("\n    ")}\n  }`;
 }

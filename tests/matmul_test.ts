@@ -135,11 +135,12 @@ Deno.test("the texel kernel matches the naive kernel bit for bit in every form, 
   const gpu = await testGpu();
   // K and contiguous dimensions are multiples of 4 (a texel); M is not a multiple of the 8
   // rows of a workgroup and N/4 not of its 8 lanes; bᵀ also takes an N that is not
-  // a multiple of 4. 40x72x36 is a whole number of workgroups.
+  // a multiple of 4. 40x72x36 is a whole number of workgroups; M below 8 (a decoding
+  // step) takes fewer rows per workgroup.
   const shapes: Record<string, [number, number, number][]> = {
-    "false,false": [[13, 36, 20], [40, 72, 36], [1, 4, 4]],
-    "true,false": [[12, 36, 20], [40, 72, 36]],
-    "false,true": [[13, 37, 20], [40, 72, 36], [9, 1, 8]],
+    "false,false": [[13, 36, 20], [40, 72, 36], [1, 4, 4], [3, 36, 8]],
+    "true,false": [[12, 36, 20], [40, 72, 36], [4, 12, 8]],
+    "false,true": [[13, 37, 20], [40, 72, 36], [9, 1, 8], [1, 37, 20]],
     "true,true": [[20, 7, 12], [40, 72, 36]],
   };
   for (const [transposeA, transposeB] of FORMS) {
@@ -179,9 +180,15 @@ Deno.test("software adapters take the texel kernel when the shapes allow it, and
   const out = gpu.tensor([64, 48], "f32", { label: "out" });
   const odd = gpu.tensor([64, 30], "f32", { label: "odd" });
   const odd2 = gpu.tensor([48, 30], "f32", { label: "odd2" });
+  const row = gpu.tensor([1, 48], "f32", { label: "row" });
   const expected = gpu.info.fallback ? /^texel / : /^tiled /;
   assert.match(matmulKernel(gpu, { out, a, b, transposeB: true }), expected);
-  assert.match(matmulKernel(gpu, { out, a, b, transposeB: true, texel: true }), /^texel /);
+  assert.match(matmulKernel(gpu, { out, a, b, transposeB: true, texel: true }), /^texel 8x32$/);
+  // One row per sequence, as in a decoding step: one row per workgroup, no idle rows.
+  assert.match(
+    matmulKernel(gpu, { out: row, a: a.view(0, [1, 32]), b, transposeB: true, texel: true }),
+    /^texel 1x32$/,
+  );
   assert.match(matmulKernel(gpu, { out, a, b, transposeB: true, tile: MATMUL_TILES.small }), /^tiled 32x32/);
   assert.match(matmulKernel(gpu, { out, a: odd, b: odd2, transposeB: true }), /^tiled /);
   assert.throws(
@@ -190,7 +197,7 @@ Deno.test("software adapters take the texel kernel when the shapes allow it, and
       e instanceof GpuError &&
       /needs K and .* multiples of 4 .*M=64 N=48 K=30; leave texel unset$/.test(e.message),
   );
-  for (const t of [a, b, out, odd, odd2]) gpu.release(t);
+  for (const t of [a, b, out, odd, odd2, row]) gpu.release(t);
 });
 
 Deno.test("matmul accumulates into out (+=) with f32 and f16 outputs", async () => {
