@@ -154,6 +154,8 @@ export interface GpuStats {
   bindGroups: number;
   /** Command buffers submitted. */
   submits: number;
+  /** Tensors read back to the host: each waits for the GPU, a round trip. */
+  readbacks: number;
   /** Dispatches recorded. */
   dispatches: number;
   /**
@@ -215,6 +217,7 @@ export class Gpu {
     pipelines: 0,
     bindGroups: 0,
     submits: 0,
+    readbacks: 0,
     dispatches: 0,
     bytes: 0,
   };

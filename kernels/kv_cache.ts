@@ -16,6 +16,7 @@ import { recordElementwise } from "./elementwise.ts";
 import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
+import { canStageTexels, stageTexels, texelFetchWgsl } from "./texels.ts";
 import { declare, expectDType, expectF16Support, expectLength, float } from "./wgsl.ts";
 
 /**
@@ -140,6 +141,8 @@ export function cachedAttention(
     vCache: Tensor;
     position: Tensor;
     scale?: number;
+    /** Read the caches by texel fetches from staged copies (default: on software adapters; see `texels.ts`). */
+    texels?: boolean;
   },
 ): void {
   const { out, qkv, kCache, vCache, position } = args;
@@ -156,6 +159,17 @@ export function cachedAttention(
   expectF16Support(kernel, rec.gpu.features.f16, [out, qkv, kCache, vCache]);
   const scale = args.scale ?? 1 / Math.sqrt(s.HS);
   const group = s.NH / s.NKV;
+  const stageable = s.HS % 4 === 0 && canStageTexels(rec.gpu, kCache) && canStageTexels(rec.gpu, vCache);
+  if (args.texels && !stageable) {
+    throw new GpuError(
+      `cachedAttention: texel reads need a head size that is a multiple of 4 (got ${s.HS}) and texel-aligned ` +
+        "caches; leave texels unset",
+    );
+  }
+  if (args.texels ?? (rec.gpu.info.fallback && stageable)) {
+    cachedAttentionTexels(rec, { out, qkv, kCache, vCache, position, scale, sizes: s });
+    return;
+  }
   const { wgsl, bindings } = declare([
     { name: "position", tensor: position },
     { name: "qkv", tensor: qkv },
@@ -223,6 +237,106 @@ fn main(@builtin(local_invocation_id) lid3: vec3u, @builtin(workgroup_id) wid: v
   }
 }`;
   rec.dispatch(rec.gpu.pipelines.get(`cached attention HS${s.HS}`, code), bindings, [s.NH, s.B]);
+}
+
+/**
+ * {@link cachedAttention} for software adapters: the query lives in registers and
+ * the cached keys and values come by texel fetches from staged copies, a vec4 at a
+ * time, where the storage kernel pays a per-lane loop for every value it reads.
+ */
+function cachedAttentionTexels(
+  rec: Recorder,
+  args: {
+    out: Tensor;
+    qkv: Tensor;
+    kCache: Tensor;
+    vCache: Tensor;
+    position: Tensor;
+    scale: number;
+    sizes: ReturnType<typeof sizes>;
+  },
+): void {
+  const { out, qkv, position, scale, sizes: s } = args;
+  const H4 = s.HS / 4;
+  const k = stageTexels(rec, args.kCache, "cache k");
+  const v = stageTexels(rec, args.vCache, "cache v");
+  const { wgsl, bindings } = declare([
+    { name: "position", tensor: position },
+    { name: "qkv", tensor: qkv },
+    { name: "out", tensor: out, write: true },
+  ]);
+  const vecs = (piece: (d: number) => string, joiner = "\n  ") =>
+    Array.from({ length: H4 }, (_, d) => piece(d)).join(joiner);
+  const code = `${wgsl}
+@group(0) @binding(3) var texK: texture_2d<f32>;
+@group(0) @binding(4) var texV: texture_2d<f32>;
+${texelFetchWgsl("fetchK", "texK", k.width)}
+${texelFetchWgsl("fetchV", "texV", v.width)}
+const TMAX = ${s.Tmax}u;
+const ROW4 = ${(s.NKV * s.HS) / 4}u; // texels per cached position
+var<workgroup> scores: array<f32, ${s.Tmax}>;
+var<workgroup> partial: array<f32, ${WORKGROUP}>;
+
+// Fixed-order tree over the workgroup: every thread gets the same total.
+fn reduce(v: f32, lid: u32, isMax: bool) -> f32 {
+  partial[lid] = v;
+  workgroupBarrier();
+  for (var stride = ${WORKGROUP / 2}u; stride > 0u; stride >>= 1u) {
+    if (lid < stride) {
+      if (isMax) { partial[lid] = max(partial[lid], partial[lid + stride]); }
+      else { partial[lid] = partial[lid] + partial[lid + stride]; }
+    }
+    workgroupBarrier();
+  }
+  let total = partial[0];
+  workgroupBarrier();
+  return total;
+}
+
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(local_invocation_id) lid3: vec3u, @builtin(workgroup_id) wid: vec3u) {
+  let lid = lid3.x;
+  let h = wid.x;
+  let b = wid.y;
+  let kvHead = h / ${s.NH / s.NKV}u;
+  let length = min(position[0] + 1u, TMAX);
+  let qBase = b * ${s.row}u + h * ${s.HS}u;
+  ${
+    vecs((d) =>
+      `let q${d} = vec4<f32>(${[0, 1, 2, 3].map((c) => `f32(qkv[qBase + ${4 * d + c}u])`).join(", ")}) * ${
+        float(scale)
+      };`
+    )
+  }
+  var localMax = -3.0e38;
+  for (var t = lid; t < length; t += ${WORKGROUP}u) {
+    let k0 = (b * TMAX + t) * ROW4 + kvHead * ${H4}u;
+    let dot4 = ${vecs((d) => `q${d} * fetchK(k0 + ${d}u)`, " + ")};
+    let score = dot4.x + dot4.y + dot4.z + dot4.w;
+    scores[t] = score;
+    localMax = max(localMax, score);
+  }
+  let rowMax = reduce(localMax, lid, true);
+  var localSum = 0.0;
+  for (var t = lid; t < length; t += ${WORKGROUP}u) {
+    let p = exp(scores[t] - rowMax);
+    scores[t] = p;
+    localSum += p;
+  }
+  let rowSum = reduce(localSum, lid, false);
+  // A thread per 4 output values, each texel of V read once.
+  if (lid < ${H4}u) {
+    var acc = vec4<f32>(0.0);
+    for (var t = 0u; t < length; t++) {
+      acc += scores[t] * fetchV((b * TMAX + t) * ROW4 + kvHead * ${H4}u + lid);
+    }
+    let o = (b * ${s.NH}u + h) * ${s.HS}u + lid * 4u;
+    let r = acc / rowSum;
+    ${[0, 1, 2, 3].map((c) => `out[o + ${c}u] = ${out.dtype}(r.${"xyzw"[c]});`).join("\n    ")}
+  }
+}`;
+  const pipeline = rec.gpu.pipelines.get(`cached attention texels HS${s.HS}`, code);
+  rec.dispatch(pipeline, [...bindings, k.view, v.view], [s.NH, s.B]);
 }
 
 /**

@@ -58,6 +58,7 @@ export type { RopeOptions } from "./rope.ts";
 export { attentionBackward, attentionForward } from "./attention.ts";
 export type { AttentionBackwardArgs, AttentionForwardArgs, AttentionPlan } from "./attention.ts";
 export { cachedAttention, kvCacheWrite, selectPosition } from "./kv_cache.ts";
+export { advanceDecodeStep, sampleNextTokens } from "./draw.ts";
 export type { CacheHeads } from "./kv_cache.ts";
 export {
   buildEmbeddingIndex,

@@ -64,6 +64,7 @@ export async function readBack(
     encoder.copyBufferToBuffer(tensor.buffer, tensor.byteOffset, staging, 0, size);
     gpu.queue.submit([encoder.finish()]);
     gpu.stats.submits++;
+    gpu.stats.readbacks++;
     try {
       await staging.mapAsync(GPUMapMode.READ, 0, size);
     } catch (error) {

@@ -10,16 +10,27 @@
  * sees between 3/4 and all of block_size tokens, and one re-prefill serves the
  * next block_size/4 decode steps rather than one token.
  *
+ * When only the temperature shapes the draw ({@link drawsOnGpu}), the tokens are
+ * drawn on the GPU and up to {@link DECODE_BURST} steps go in one submit with
+ * one readback: a readback's round trip, not the work, bounds one-token-per-
+ * submit decoding (about 12 ms in Deno on the CI machine, or ~80 tokens/s however
+ * small the model). Greedy draws are the same either way; a temperature draw
+ * uses the GPU's noise, seeded from `rng`, instead of `rng` itself.
+ *
  * @module
  */
 
 import type { Gpu } from "../kernels/device.ts";
 import { selectPosition } from "../kernels/kv_cache.ts";
+import { advanceDecodeStep, sampleNextTokens } from "../kernels/draw.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { headSize, type ModelConfig } from "./config.ts";
 import { type KvCache, Llama } from "./model.ts";
 import type { Rng } from "./rng.ts";
-import { sampleToken, type SamplingOptions } from "./sampling.ts";
+import { drawsOnGpu, sampleToken, type SamplingOptions } from "./sampling.ts";
+
+/** Most decoding steps drawn on the GPU per submit: tokens stream out in bursts of this many. */
+export const DECODE_BURST = 16;
 
 /**
  * Options of {@link Generator.generate}: how many tokens, when to stop, and how to sample.
@@ -91,6 +102,10 @@ export class Generator {
   #lastRow: Tensor;
   #hidden: Tensor;
   #logits: Tensor;
+  /** [step, seed] of the GPU draws. */
+  #drawState: Tensor;
+  /** The tokens a burst drew, (DECODE_BURST, B). */
+  #history: Tensor;
 
   /**
    * Allocates both models (sharing weights), the cache and the step buffers.
@@ -136,6 +151,8 @@ export class Generator {
     this.#lastRow = gpu.tensor([1], "u32", { label: "last prompt row" });
     this.#hidden = gpu.tensor([B, model.config.n_embd], dtype, { label: "last hidden" });
     this.#logits = gpu.tensor([B, model.config.vocab_size], "f32", { label: "next logits" });
+    this.#drawState = gpu.tensor([2], "u32", { label: "draw step and seed" });
+    this.#history = gpu.tensor([DECODE_BURST, B], "u32", { label: "drawn tokens" });
   }
 
   /**
@@ -159,31 +176,51 @@ export class Generator {
     const done = sequences.map(() => false);
     Object.assign(this.timing, { prefillMs: 0, prefillTokens: 0, decodeMs: 0, decodeTokens: 0 });
 
+    const V = this.config.vocab_size;
+    const onGpu = !options.recompute && drawsOnGpu(options, V);
     let length = sequences[0].length;
     let start = Math.max(0, length - T); // first token in the window
-    let logits = await this.#prefill(sequences.map((s) => s.slice(start)));
-    for (let step = 0; step < options.maxNewTokens; step++) {
-      const next = sequences.map((_, b) => {
-        const row = logits.subarray(b * this.config.vocab_size, (b + 1) * this.config.vocab_size);
-        return sampleToken(row, counts[b], options, rng);
-      });
-      const tokens = next.map((token, b) => {
-        // A stopped sequence repeats its last token so the batch stays aligned; its output is ignored.
-        if (done[b]) {
-          sequences[b].push(sequences[b].at(-1)!);
-          return undefined;
-        }
-        sequences[b].push(token);
-        counts[b].set(token, (counts[b].get(token) ?? 0) + 1);
-        if (token === options.stopToken) done[b] = true;
-        return token;
-      });
-      yield { tokens };
-      if (done.every(Boolean) || step === options.maxNewTokens - 1) break;
-      length++;
+    // Logits to draw the next tokens from on the CPU, or null when the GPU draws them.
+    let logits: Float32Array | null = await this.#prefill(sequences.map((s) => s.slice(start)));
+    let produced = 0;
+    while (options.maxNewTokens > 0) {
+      let steps: number[][];
+      if (logits) {
+        const rows = logits;
+        steps = [
+          sequences.map((_, b) => sampleToken(rows.subarray(b * V, (b + 1) * V), counts[b], options, rng)),
+        ];
+      } else {
+        // Steps until the maximum, or until the cache's last slot (the input sits at slot length - 1 - start).
+        const count = Math.min(DECODE_BURST, options.maxNewTokens - produced, T - (length - 1 - start));
+        const seed = (options.temperature ?? 1) === 0 ? 0 : Math.floor(rng.uniform() * 2 ** 32);
+        steps = await this.#decodeBurst(sequences.map((s) => s[length - 1]), length - 1 - start, count, {
+          temperature: options.temperature ?? 1,
+          seed,
+        });
+      }
+      for (const next of steps) {
+        const tokens = next.map((token, b) => {
+          // A stopped sequence repeats its last token so the batch stays aligned; its output is ignored.
+          if (done[b]) {
+            sequences[b].push(sequences[b].at(-1)!);
+            return undefined;
+          }
+          sequences[b].push(token);
+          counts[b].set(token, (counts[b].get(token) ?? 0) + 1);
+          if (token === options.stopToken) done[b] = true;
+          return token;
+        });
+        yield { tokens };
+        produced++;
+        if (done.every(Boolean) || produced === options.maxNewTokens) return;
+        length++;
+      }
       if (options.recompute || length - start > T) {
         start = options.recompute ? Math.max(0, length - T) : length - keep;
         logits = await this.#prefill(sequences.map((s) => s.slice(start)));
+      } else if (onGpu) {
+        logits = null;
       } else {
         logits = await this.#decode(sequences.map((s) => s[length - 1]), length - 1 - start);
       }
@@ -195,9 +232,8 @@ export class Generator {
     this.#step.release();
     this.#block.release();
     for (const t of [...this.#cache.k, ...this.#cache.v, this.#cache.position]) this.gpu.release(t);
-    for (const t of [this.#blockTokens, this.#stepTokens, this.#lastRow, this.#hidden, this.#logits]) {
-      this.gpu.release(t);
-    }
+    const buffers = [this.#blockTokens, this.#stepTokens, this.#lastRow, this.#hidden, this.#logits];
+    for (const t of [...buffers, this.#drawState, this.#history]) this.gpu.release(t);
   }
 
   /** Runs the block model over each window (padded to T), fills the cache, returns the last row's logits. */
@@ -218,6 +254,43 @@ export class Generator {
     this.timing.prefillMs += performance.now() - started;
     this.timing.prefillTokens += n * this.batchSize;
     return logits;
+  }
+
+  /**
+   * `count` decoding steps with one readback, the GPU drawing each step's tokens
+   * and feeding them to the next; the first step feeds `tokens` at cache slot
+   * `position`. Returns the drawn tokens, a row of B per step.
+   */
+  async #decodeBurst(
+    tokens: number[],
+    position: number,
+    count: number,
+    draw: { temperature: number; seed: number },
+  ): Promise<number[][]> {
+    const started = performance.now();
+    this.gpu.write(this.#stepTokens, tokens);
+    this.gpu.write(this.#cache.position, [position]);
+    this.gpu.write(this.#drawState, [0, draw.seed]);
+    for (let step = 0; step < count; step++) {
+      // A submit per step lets the GPU run one step while the CPU records the next.
+      const rec = this.gpu.recorder({ label: "decode step" });
+      this.#step.forwardHidden(rec, { tokens: this.#stepTokens, cache: this.#cache });
+      this.#step.head(rec, { out: this.#logits, hidden: this.#step.acts.lnf });
+      sampleNextTokens(rec, {
+        tokens: this.#stepTokens,
+        history: this.#history,
+        logits: this.#logits,
+        state: this.#drawState,
+        temperature: draw.temperature,
+      });
+      advanceDecodeStep(rec, { state: this.#drawState, position: this.#cache.position });
+      rec.submit();
+    }
+    const drawn = await this.gpu.read(this.#history);
+    this.timing.decodeMs += performance.now() - started;
+    this.timing.decodeTokens += count * this.batchSize;
+    const B = this.batchSize;
+    return Array.from({ length: count }, (_, step) => Array.from(drawn.subarray(step * B, (step + 1) * B)));
   }
 
   /** Feeds one token per sequence at cache slot `position`, returns the next logits. */

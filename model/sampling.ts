@@ -135,6 +135,25 @@ export function sampleToken(
 }
 
 /**
+ * Whether a draw with `options` is a plain draw from softmax(logits/temperature)
+ * (or the argmax), which the GPU can make (`kernels/draw.ts`): no penalties, no
+ * top-p, and no top-k smaller than the vocabulary.
+ *
+ * @param options Sampling controls.
+ * @param vocabSize V.
+ * @returns True when nothing but the temperature shapes the draw.
+ * @example
+ * ```ts
+ * drawsOnGpu({ temperature: 0.8, topK: 200 }, 65); // true: top 200 of 65 keeps all
+ * drawsOnGpu({ temperature: 0.8, topK: 200 }, 50257); // false
+ * ```
+ */
+export function drawsOnGpu(options: SamplingOptions, vocabSize: number): boolean {
+  const { topK = 0, topP = 1, repetitionPenalty = 1, frequencyPenalty = 0 } = options;
+  return (topK === 0 || topK >= vocabSize) && topP === 1 && repetitionPenalty === 1 && frequencyPenalty === 0;
+}
+
+/**
  * Checks sampling options, naming the first bad one.
  *
  * @param options The options.

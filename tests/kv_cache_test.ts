@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import type { Gpu } from "../kernels/device.ts";
 import { cachedAttention, kvCacheWrite, selectPosition } from "../kernels/kv_cache.ts";
 import { assertClose, randomArray, testGpu } from "./harness.ts";
 import { attentionRef } from "./reference/attention.ts";
@@ -8,7 +9,14 @@ const SHAPES = [[1, 2, 2, 4, 5], [2, 4, 2, 8, 33], [3, 4, 1, 16, 70]] as const;
 
 Deno.test("decoding token by token through the cache equals causal attention over the whole sequence", async () => {
   const gpu = await testGpu();
-  for (const [B, NH, NKV, HS, Tmax] of SHAPES) {
+  // Storage reads and texel reads (the software-adapter kernel), whichever this adapter defaults to.
+  for (const texels of [false, true]) {
+    for (const shape of SHAPES) await decodeAll(gpu, shape, texels);
+  }
+});
+
+async function decodeAll(gpu: Gpu, [B, NH, NKV, HS, Tmax]: (typeof SHAPES)[number], texels: boolean) {
+  {
     const row = (NH + 2 * NKV) * HS;
     const T = Tmax - 1; // decode all but the last slot
     const all = randomArray(B * T * row, B + HS);
@@ -26,16 +34,21 @@ Deno.test("decoding token by token through the cache equals causal attention ove
       gpu.write(position, [t]);
       const rec = gpu.recorder();
       kvCacheWrite(rec, { kCache, vCache, qkv, position, nHead: NH, nKvHead: NKV });
-      cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV });
+      cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV, texels });
       rec.submit();
       const o = await gpu.readFloats(out);
       for (let b = 0; b < B; b++) got.set(o.subarray(b * NH * HS, (b + 1) * NH * HS), (b * T + t) * NH * HS);
     }
     // f32 sums over at most 70 keys: 1e-5 + 1e-5·|ref|.
-    assertClose(got, want, { atol: 1e-5, rtol: 1e-5 }, `B${B} NH${NH} NKV${NKV} HS${HS} T${T}`);
+    assertClose(
+      got,
+      want,
+      { atol: 1e-5, rtol: 1e-5 },
+      `B${B} NH${NH} NKV${NKV} HS${HS} T${T} texels ${texels}`,
+    );
     for (const x of [kCache, vCache, qkv, out, position]) gpu.release(x);
   }
-});
+}
 
 Deno.test("a prefill writes every position's keys and values into the cache at once", async () => {
   const gpu = await testGpu();
@@ -66,8 +79,13 @@ Deno.test("a prefill writes every position's keys and values into the cache at o
   for (const x of [qkv, kCache, vCache]) gpu.release(x);
 });
 
-Deno.test("f16 caches decode within f16 precision", async () => {
+Deno.test("f16 caches decode within f16 precision, by storage and by texel reads", async () => {
   const gpu = await testGpu();
+  if (!gpu.features.f16) return;
+  for (const texels of [false, true]) await decodeF16(gpu, texels);
+});
+
+async function decodeF16(gpu: Gpu, texels: boolean) {
   const [B, NH, NKV, HS, Tmax] = [2, 4, 2, 8, 9];
   const row = (NH + 2 * NKV) * HS;
   const T = Tmax;
@@ -84,15 +102,33 @@ Deno.test("f16 caches decode within f16 precision", async () => {
   gpu.write(qkv, last);
   const rec = gpu.recorder();
   kvCacheWrite(rec, { kCache, vCache, qkv: qkvAll, position: 0, nHead: NH, nKvHead: NKV });
-  cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV });
+  cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV, texels });
   rec.submit();
   const got = await gpu.readFloats(out);
   const wantLast = new Float64Array(B * NH * HS);
   for (let b = 0; b < B; b++) {
     wantLast.set(want.subarray((b * T + T - 1) * NH * HS, (b * T + T) * NH * HS), b * NH * HS);
   }
-  assertClose(got, wantLast, { atol: 2e-3, rtol: 2e-3 }, "f16 decode"); // f16 output: 2^-11 relative per rounding
+  assertClose(got, wantLast, { atol: 2e-3, rtol: 2e-3 }, `f16 decode, texels ${texels}`); // 2^-11 per f16 rounding
   for (const x of [qkvAll, kCache, vCache, qkv, out, position]) gpu.release(x);
+}
+
+Deno.test("cachedAttention with texels refuses a head size that is not a multiple of 4", async () => {
+  const gpu = await testGpu();
+  const [B, NH, HS, Tmax] = [1, 2, 6, 4];
+  const kCache = gpu.tensor([B, Tmax, NH * HS]);
+  const vCache = gpu.tensor([B, Tmax, NH * HS]);
+  const qkv = gpu.tensor([B, 1, 3 * NH * HS]);
+  const out = gpu.tensor([B, NH * HS]);
+  const position = gpu.tensor([1], "u32");
+  const rec = gpu.recorder();
+  assert.throws(
+    () => cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NH, texels: true }),
+    /^GpuError: cachedAttention: texel reads need a head size that is a multiple of 4 \(got 6\)/,
+  );
+  cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NH }); // storage reads
+  rec.finish();
+  for (const x of [kCache, vCache, qkv, out, position]) gpu.release(x);
 });
 
 Deno.test("selectPosition picks one position's row of every sequence", async () => {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { saveCheckpoint } from "../model/checkpoint.ts";
 import { resolveModelConfig } from "../model/config.ts";
-import { Generator } from "../model/generate.ts";
+import { DECODE_BURST, Generator } from "../model/generate.ts";
 import { initialParameters, paramLayout } from "../model/params.ts";
 import { Rng } from "../model/rng.ts";
 import { penalize, sampleToken, samplingDistribution } from "../model/sampling.ts";
@@ -85,6 +85,27 @@ Deno.test("a prompt longer than block_size decodes from its last window, and the
   const short = await run(generator, [tail], { maxNewTokens: 1, temperature: 0 });
   assert.equal(long[0][0], short[0][0]);
   assert.equal(long[0].length, 30, "kept generating past several window slides");
+  generator.release();
+});
+
+Deno.test("plain draws are made on the GPU, DECODE_BURST steps per readback; top-p reads back every step", async () => {
+  const gpu = await testGpu();
+  const generator = new Generator(gpu, { config: CONFIG, params: params(6) }, { batchSize: 2 });
+  const readbacks = async (options: Parameters<Generator["generate"]>[1]) => {
+    const before = gpu.stats.readbacks;
+    const tokens = await run(generator, [[1], [2]], options, 8);
+    assert.equal(tokens[0].length, options.maxNewTokens);
+    return gpu.stats.readbacks - before;
+  };
+  // A 1-token prompt: 15 decode steps fit the 16-slot cache, so 13 need no slide.
+  assert.equal(DECODE_BURST, 16);
+  assert.equal(await readbacks({ maxNewTokens: 14, temperature: 0.7 }), 2, "a prefill and one burst");
+  assert.equal(
+    await readbacks({ maxNewTokens: 14, temperature: 0.7, topK: 23 }),
+    2,
+    "top-k of all V is plain",
+  );
+  assert.equal(await readbacks({ maxNewTokens: 14, temperature: 0.7, topP: 0.9 }), 14, "a prefill, 13 steps");
   generator.release();
 });
 
