@@ -136,8 +136,9 @@ export function sampleToken(
 
 /**
  * Whether a draw with `options` is a plain draw from softmax(logits/temperature)
- * (or the argmax), which the GPU can make (`kernels/draw.ts`): no penalties, no
- * top-p, and no top-k smaller than the vocabulary.
+ * or the argmax, which the GPU can make (`kernels/draw.ts`): no penalties, and,
+ * unless greedy (where they change nothing), no top-p and no top-k smaller than
+ * the vocabulary.
  *
  * @param options Sampling controls.
  * @param vocabSize V.
@@ -146,11 +147,14 @@ export function sampleToken(
  * ```ts
  * drawsOnGpu({ temperature: 0.8, topK: 200 }, 65); // true: top 200 of 65 keeps all
  * drawsOnGpu({ temperature: 0.8, topK: 200 }, 50257); // false
+ * drawsOnGpu({ temperature: 0, topK: 200 }, 50257); // true: greedy ignores top-k
  * ```
  */
 export function drawsOnGpu(options: SamplingOptions, vocabSize: number): boolean {
-  const { topK = 0, topP = 1, repetitionPenalty = 1, frequencyPenalty = 0 } = options;
-  return (topK === 0 || topK >= vocabSize) && topP === 1 && repetitionPenalty === 1 && frequencyPenalty === 0;
+  const { temperature = 1, topK = 0, topP = 1, repetitionPenalty = 1, frequencyPenalty = 0 } = options;
+  const unpenalized = repetitionPenalty === 1 && frequencyPenalty === 0;
+  if (temperature === 0) return unpenalized;
+  return unpenalized && (topK === 0 || topK >= vocabSize) && topP === 1;
 }
 
 /**

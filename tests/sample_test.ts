@@ -106,6 +106,12 @@ Deno.test("plain draws are made on the GPU, DECODE_BURST steps per readback; top
     "top-k of all V is plain",
   );
   assert.equal(await readbacks({ maxNewTokens: 14, temperature: 0.7, topP: 0.9 }), 14, "a prefill, 13 steps");
+  assert.equal(await readbacks({ maxNewTokens: 14, temperature: 0, topP: 0.9 }), 2, "greedy ignores top-p");
+  assert.equal(
+    await readbacks({ maxNewTokens: 14, temperature: 0, repetitionPenalty: 1.3 }),
+    14,
+    "penalties",
+  );
   generator.release();
 });
 
