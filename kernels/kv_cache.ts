@@ -183,7 +183,35 @@ const TMAX = ${s.Tmax}u;
 const KV_WIDTH = ${s.NKV * s.HS}u;
 var<workgroup> q: array<f32, ${s.HS}>;
 var<workgroup> scores: array<f32, ${s.Tmax}>;
-var<workgroup> partial: array<f32, ${WORKGROUP}>;
+${cachedAttentionEntry()}
+  let kvHead = h / ${group}u;
+  let length = min(position[0] + 1u, TMAX);
+  for (var d = lid; d < HS; d += ${WORKGROUP}u) {
+    q[d] = f32(qkv[b * ${s.row}u + h * HS + d]) * ${float(scale)};
+  }
+  workgroupBarrier();
+  ${
+    softmaxOverCache(`let k = (b * TMAX + t) * KV_WIDTH + kvHead * HS;
+    var score = 0.0;
+    for (var d = 0u; d < HS; d++) { score += q[d] * f32(kCache[k + d]); }`)
+  }
+  for (var d = lid; d < HS; d += ${WORKGROUP}u) {
+    var acc = 0.0;
+    for (var t = 0u; t < length; t++) {
+      acc += scores[t] * f32(vCache[(b * TMAX + t) * KV_WIDTH + kvHead * HS + d]);
+    }
+    out[(b * ${s.NH}u + h) * HS + d] = ${out.dtype}(acc / rowSum);
+  }
+}`;
+  rec.dispatch(rec.gpu.pipelines.get(`cached attention HS${s.HS}`, code), bindings, [s.NH, s.B]);
+}
+
+/**
+ * WGSL shared by both cached-attention kernels, from the workgroup reduction to
+ * the entry point's first lines (lid; h, the query head; b, the sequence).
+ */
+function cachedAttentionEntry(): string {
+  return `var<workgroup> partial: array<f32, ${WORKGROUP}>;
 
 // Fixed-order tree over the workgroup: every thread gets the same total.
 fn reduce(v: f32, lid: u32, isMax: bool) -> f32 {
@@ -205,20 +233,19 @@ fn reduce(v: f32, lid: u32, isMax: bool) -> f32 {
 fn main(@builtin(local_invocation_id) lid3: vec3u, @builtin(workgroup_id) wid: vec3u) {
   let lid = lid3.x;
   let h = wid.x;
-  let b = wid.y;
-  let kvHead = h / ${group}u;
-  let length = min(position[0] + 1u, TMAX);
-  for (var d = lid; d < HS; d += ${WORKGROUP}u) {
-    q[d] = f32(qkv[b * ${s.row}u + h * HS + d]) * ${float(scale)};
-  }
-  workgroupBarrier();
-  var localMax = -3.0e38;
+  let b = wid.y;`;
+}
+
+/**
+ * WGSL that fills `scores[t]` for t < length with softmax weights, unnormalised,
+ * and leaves their sum in `rowSum`; `scoreOf` computes `score` for key t.
+ */
+function softmaxOverCache(scoreOf: string): string {
+  return `var localMax = -3.0e38;
   for (var t = lid; t < length; t += ${WORKGROUP}u) {
-    let k = (b * TMAX + t) * KV_WIDTH + kvHead * HS;
-    var dot = 0.0;
-    for (var d = 0u; d < HS; d++) { dot += q[d] * f32(kCache[k + d]); }
-    scores[t] = dot;
-    localMax = max(localMax, dot);
+    ${scoreOf}
+    scores[t] = score;
+    localMax = max(localMax, score);
   }
   let rowMax = reduce(localMax, lid, true);
   var localSum = 0.0;
@@ -227,16 +254,7 @@ fn main(@builtin(local_invocation_id) lid3: vec3u, @builtin(workgroup_id) wid: v
     scores[t] = p;
     localSum += p;
   }
-  let rowSum = reduce(localSum, lid, false);
-  for (var d = lid; d < HS; d += ${WORKGROUP}u) {
-    var acc = 0.0;
-    for (var t = 0u; t < length; t++) {
-      acc += scores[t] * f32(vCache[(b * TMAX + t) * KV_WIDTH + kvHead * HS + d]);
-    }
-    out[(b * ${s.NH}u + h) * HS + d] = ${out.dtype}(acc / rowSum);
-  }
-}`;
-  rec.dispatch(rec.gpu.pipelines.get(`cached attention HS${s.HS}`, code), bindings, [s.NH, s.B]);
+  let rowSum = reduce(localSum, lid, false);`;
 }
 
 /**
@@ -275,29 +293,7 @@ ${texelFetchWgsl("fetchV", "texV", v.width)}
 const TMAX = ${s.Tmax}u;
 const ROW4 = ${(s.NKV * s.HS) / 4}u; // texels per cached position
 var<workgroup> scores: array<f32, ${s.Tmax}>;
-var<workgroup> partial: array<f32, ${WORKGROUP}>;
-
-// Fixed-order tree over the workgroup: every thread gets the same total.
-fn reduce(v: f32, lid: u32, isMax: bool) -> f32 {
-  partial[lid] = v;
-  workgroupBarrier();
-  for (var stride = ${WORKGROUP / 2}u; stride > 0u; stride >>= 1u) {
-    if (lid < stride) {
-      if (isMax) { partial[lid] = max(partial[lid], partial[lid + stride]); }
-      else { partial[lid] = partial[lid] + partial[lid + stride]; }
-    }
-    workgroupBarrier();
-  }
-  let total = partial[0];
-  workgroupBarrier();
-  return total;
-}
-
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(local_invocation_id) lid3: vec3u, @builtin(workgroup_id) wid: vec3u) {
-  let lid = lid3.x;
-  let h = wid.x;
-  let b = wid.y;
+${cachedAttentionEntry()}
   let kvHead = h / ${s.NH / s.NKV}u;
   let length = min(position[0] + 1u, TMAX);
   let qBase = b * ${s.row}u + h * ${s.HS}u;
@@ -308,22 +304,11 @@ fn main(@builtin(local_invocation_id) lid3: vec3u, @builtin(workgroup_id) wid: v
       };`
     )
   }
-  var localMax = -3.0e38;
-  for (var t = lid; t < length; t += ${WORKGROUP}u) {
-    let k0 = (b * TMAX + t) * ROW4 + kvHead * ${H4}u;
+  ${
+    softmaxOverCache(`let k0 = (b * TMAX + t) * ROW4 + kvHead * ${H4}u;
     let dot4 = ${vecs((d) => `q${d} * fetchK(k0 + ${d}u)`, " + ")};
-    let score = dot4.x + dot4.y + dot4.z + dot4.w;
-    scores[t] = score;
-    localMax = max(localMax, score);
+    let score = dot4.x + dot4.y + dot4.z + dot4.w;`)
   }
-  let rowMax = reduce(localMax, lid, true);
-  var localSum = 0.0;
-  for (var t = lid; t < length; t += ${WORKGROUP}u) {
-    let p = exp(scores[t] - rowMax);
-    scores[t] = p;
-    localSum += p;
-  }
-  let rowSum = reduce(localSum, lid, false);
   // A thread per 4 output values, each texel of V read once.
   if (lid < ${H4}u) {
     var acc = vec4<f32>(0.0);
