@@ -115,6 +115,21 @@ Deno.test("plain draws are made on the GPU, DECODE_BURST steps per readback; top
   generator.release();
 });
 
+Deno.test("GPU bursts give the CPU draw's tokens across window slides, for every sequence of a batch", async () => {
+  const gpu = await testGpu();
+  const generator = new Generator(gpu, { config: CONFIG, params: params(7) }, { batchSize: 2 });
+  const contexts = [[1, 2, 3, 4, 5], [9, 8, 7, 6, 5]];
+  // Greedy draws on the GPU; top-k 1 is the same argmax, drawn on the CPU one step at a time.
+  const gpuDrawn = await run(generator, contexts, { maxNewTokens: 45, temperature: 0 });
+  const gpuTiming = { ...generator.timing };
+  const cpuDrawn = await run(generator, contexts, { maxNewTokens: 45, temperature: 1, topK: 1 });
+  assert.deepEqual(gpuDrawn, cpuDrawn);
+  assert.equal(gpuTiming.prefillTokens, generator.timing.prefillTokens, "the same slides");
+  assert.equal(gpuTiming.decodeTokens, generator.timing.decodeTokens, "the same decode steps");
+  assert.ok(gpuTiming.prefillTokens > 2 * 16, "the window slid");
+  generator.release();
+});
+
 Deno.test("generation stops a sequence at the stop token", async () => {
   const gpu = await testGpu();
   const generator = new Generator(gpu, { config: CONFIG, params: params(3) }, { batchSize: 1 });
