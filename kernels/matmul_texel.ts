@@ -31,6 +31,8 @@ import { canStageTexels, stageTexels, texelFetchWgsl } from "./texels.ts";
 
 /** Rows of `out` per workgroup, fetched once per step and shared by its lanes. */
 export const TEXEL_ROWS = 8;
+/** Invocations per workgroup: one vector of llvmpipe's 8 lanes. */
+export const TEXEL_LANES = 8;
 
 /**
  * Rows per workgroup for `p`: {@link TEXEL_ROWS}, or M when smaller (rounded up to
@@ -41,10 +43,8 @@ export const TEXEL_ROWS = 8;
  */
 export function texelRows(p: MatmulProblem): number {
   if (p.m >= TEXEL_ROWS) return TEXEL_ROWS;
-  return p.transposeA ? Math.ceil(p.m / 4) * 4 : p.m;
+  return Math.max(1, p.transposeA ? Math.ceil(p.m / 4) * 4 : p.m);
 }
-/** Invocations per workgroup: one vector of llvmpipe's 8 lanes. */
-export const TEXEL_LANES = 8;
 
 /**
  * Whether the texel kernel can run this product on `gpu`: each operand's rows
