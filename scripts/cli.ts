@@ -102,3 +102,40 @@ export async function runCli(main: () => Promise<number | void>): Promise<void> 
   }
   Deno.exit(code);
 }
+
+/**
+ * Reads nanoGPT-style settings, `--key=value`, `--key value` or a bare `--flag`
+ * for a boolean, in order; `--help` is noted rather than returned.
+ *
+ * @param argv The arguments.
+ * @param options `isBoolean(key)`: whether a bare `--key` means true; `check(key)`:
+ *   throws a {@link UsageError} for a key the command refuses, before its value is read.
+ * @returns The settings as [key, value] pairs, and whether --help was given.
+ * @throws {UsageError} On an argument that is not a setting, or a setting without a value.
+ */
+export function readSettings(
+  argv: readonly string[],
+  options: { isBoolean: (key: string) => boolean; check?: (key: string) => void },
+): { settings: [string, string][]; help: boolean } {
+  const settings: [string, string][] = [];
+  let help = false;
+  for (let i = 0; i < argv.length; i++) {
+    const match = argv[i].match(/^--([A-Za-z0-9_]+)(?:=(.*))?$/s);
+    if (!match) throw new UsageError(`Unexpected argument "${argv[i]}"; settings look like --key=value`);
+    const [, key, inline] = match;
+    if (key === "help") {
+      help = true;
+      continue;
+    }
+    options.check?.(key);
+    let value = inline;
+    if (value === undefined) {
+      const next = argv[i + 1];
+      if (options.isBoolean(key) && (next === undefined || next.startsWith("--"))) value = "true";
+      else if (next === undefined) throw new UsageError(`--${key} needs a value; write --${key}=VALUE`);
+      else value = argv[++i];
+    }
+    settings.push([key, value]);
+  }
+  return { settings, help };
+}

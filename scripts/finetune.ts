@@ -41,7 +41,7 @@ import {
   type TrainConfig,
   validateTrainConfig,
 } from "../model/train_config.ts";
-import { runCli, UsageError } from "./cli.ts";
+import { readSettings, runCli, UsageError } from "./cli.ts";
 import { openDataset } from "./dataset.ts";
 import { trainWithProgress } from "./training_cli.ts";
 
@@ -320,36 +320,25 @@ function parseArgs(
 ): { own: Record<string, string | boolean>; overrides: Record<string, string>; help: boolean } {
   const own: Record<string, string | boolean> = {};
   const overrides: Record<string, string> = {};
-  let help = false;
-  for (let i = 0; i < argv.length; i++) {
-    const match = argv[i].match(/^--([A-Za-z0-9_]+)(?:=(.*))?$/s);
-    if (!match) throw new UsageError(`Unexpected argument "${argv[i]}"; settings look like --key=value`);
-    const [, key, inline] = match;
-    if (key === "help") {
-      help = true;
-      continue;
-    }
-    if (key === "dropout") {
-      throw new UsageError("The base runs without dropout in a fine-tune; set --lora_dropout instead");
-    }
-    if (!(key in OWN_FLAGS) && (MODEL_KEYS as readonly string[]).includes(key)) {
-      throw new UsageError(`--${key} comes from the base checkpoint and cannot change in a fine-tune`);
-    }
-    const isOwn = key in OWN_FLAGS;
-    if (!isOwn && !(key in TRAIN_DEFAULTS)) {
-      throw new UsageError(`Unknown setting "--${key}"; see deno task finetune --help`);
-    }
-    const isBoolean = isOwn
-      ? OWN_FLAGS[key].boolean
-      : typeof TRAIN_DEFAULTS[key as keyof TrainConfig] === "boolean";
-    let value = inline;
-    if (value === undefined) {
-      const next = argv[i + 1];
-      if (isBoolean && (next === undefined || next.startsWith("--"))) value = "true";
-      else if (next === undefined) throw new UsageError(`--${key} needs a value; write --${key}=VALUE`);
-      else value = argv[++i];
-    }
-    if (!isOwn) overrides[key] = value;
+  const { settings, help } = readSettings(argv, {
+    check: (key) => {
+      if (key === "dropout") {
+        throw new UsageError("The base runs without dropout in a fine-tune; set --lora_dropout instead");
+      }
+      if (!(key in OWN_FLAGS) && (MODEL_KEYS as readonly string[]).includes(key)) {
+        throw new UsageError(`--${key} comes from the base checkpoint and cannot change in a fine-tune`);
+      }
+      if (!(key in OWN_FLAGS) && !(key in TRAIN_DEFAULTS)) {
+        throw new UsageError(`Unknown setting "--${key}"; see deno task finetune --help`);
+      }
+    },
+    isBoolean: (key) =>
+      key in OWN_FLAGS
+        ? OWN_FLAGS[key].boolean
+        : typeof TRAIN_DEFAULTS[key as keyof TrainConfig] === "boolean",
+  });
+  for (const [key, value] of settings) {
+    if (!(key in OWN_FLAGS)) overrides[key] = value;
     else if (!OWN_FLAGS[key].boolean) own[key] = value;
     else if (value === "true" || value === "false") own[key] = value === "true";
     else throw new UsageError(`--${key} must be true or false, got "${value}"`);

@@ -26,7 +26,7 @@ import {
   validateTrainConfig,
 } from "../model/train_config.ts";
 import { measurePeak } from "./bench/peak.ts";
-import { runCli, UsageError } from "./cli.ts";
+import { readSettings, runCli, UsageError } from "./cli.ts";
 import { openDataset } from "./dataset.ts";
 import { trainWithProgress } from "./training_cli.ts";
 
@@ -116,24 +116,10 @@ function parseTrainArgs(
 ): { configFile?: string; overrides: Record<string, string>; help: boolean } {
   const overrides: Record<string, string> = {};
   let configFile: string | undefined;
-  let help = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    const match = arg.match(/^--([A-Za-z0-9_]+)(?:=(.*))?$/s);
-    if (!match) throw new UsageError(`Unexpected argument "${arg}"; settings look like --key=value`);
-    const [, key, inline] = match;
-    if (key === "help") {
-      help = true;
-      continue;
-    }
-    const isBoolean = typeof TRAIN_DEFAULTS[key as keyof TrainConfig] === "boolean";
-    let value = inline;
-    if (value === undefined) {
-      const next = argv[i + 1];
-      if (isBoolean && (next === undefined || next.startsWith("--"))) value = "true";
-      else if (next === undefined) throw new UsageError(`--${key} needs a value; write --${key}=VALUE`);
-      else value = argv[++i];
-    }
+  const { settings, help } = readSettings(argv, {
+    isBoolean: (key) => typeof TRAIN_DEFAULTS[key as keyof TrainConfig] === "boolean",
+  });
+  for (const [key, value] of settings) {
     if (key === "config") configFile = value;
     else if (!(key in TRAIN_DEFAULTS)) {
       throw new UsageError(`Unknown setting "--${key}"; known settings: config, ${TRAIN_KEYS.join(", ")}`);
