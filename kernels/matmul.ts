@@ -36,7 +36,7 @@ import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
-import { TEXEL_LANES, texelMatmul, texelMatmulFits, texelRows } from "./matmul_texel.ts";
+import { TEXEL_LANES, texelMatmul, texelMatmulFits, type TexelTile, texelTile } from "./matmul_texel.ts";
 import { declare, expectDType, expectF16Support, expectShape, type StorageDecl } from "./wgsl.ts";
 
 /**
@@ -66,10 +66,11 @@ export interface MatmulArgs {
   /** Overrides the tile shape {@link matmul} picks (for benchmarks and tuning); ignored by the naive kernel. */
   tile?: MatmulTile;
   /**
-   * Runs the texel-fetch kernel (true) or the tiled one (false). By default software
-   * adapters take the texel kernel when the shapes allow it, GPUs the tiled one.
+   * Runs the texel-fetch kernel (true, or a {@link TexelTile} to force its blocking)
+   * or the tiled one (false). By default software adapters take the texel kernel
+   * when the shapes allow it, GPUs the tiled one.
    */
-  texel?: boolean;
+  texel?: boolean | TexelTile;
 }
 
 /**
@@ -178,7 +179,7 @@ export interface MatmulProblem {
  */
 export function matmul(rec: Recorder, args: MatmulArgs): void {
   const p = validate("matmul", rec.gpu, args);
-  if (usesTexelKernel(rec.gpu, p, args)) return texelMatmul(rec, p);
+  if (usesTexelKernel(rec.gpu, p, args)) return texelMatmul(rec, p, texelTileOf(p, args));
   const tile = args.tile ?? chooseMatmulTile(rec.gpu, p);
   checkTile(tile, rec);
   const total = p.batch * Math.ceil(p.m / tile.bm) * Math.ceil(p.n / tile.bn);
@@ -204,7 +205,10 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
  */
 export function matmulKernel(gpu: Gpu, args: MatmulArgs): string {
   const p = validate("matmul", gpu, args);
-  if (usesTexelKernel(gpu, p, args)) return `texel ${texelRows(p)}x${4 * TEXEL_LANES}`;
+  if (usesTexelKernel(gpu, p, args)) {
+    const { rows, quads } = texelTileOf(p, args);
+    return `texel ${rows}x${4 * TEXEL_LANES * quads}`;
+  }
   const { bm, bn, bk, tm, tn } = args.tile ?? chooseMatmulTile(gpu, p);
   return `tiled ${bm}x${bn}x${bk}/${tm}x${tn}`;
 }
@@ -221,7 +225,12 @@ function usesTexelKernel(gpu: Gpu, p: MatmulProblem, args: MatmulArgs): boolean 
         `M=${p.m} N=${p.n} K=${p.k}; leave texel unset`,
     );
   }
-  return args.texel ?? (gpu.info.fallback && args.tile === undefined && fits);
+  if (args.texel !== undefined) return args.texel !== false;
+  return gpu.info.fallback && args.tile === undefined && fits;
+}
+
+function texelTileOf(p: MatmulProblem, args: MatmulArgs): TexelTile {
+  return typeof args.texel === "object" ? args.texel : texelTile(p);
 }
 
 /**

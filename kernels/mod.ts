@@ -51,6 +51,7 @@ export { add, cast, fill, scale } from "./elementwise.ts";
 export { addColumns, copyColumns } from "./columns.ts";
 export { matmul, matmulNaive } from "./matmul.ts";
 export type { MatmulArgs, MatmulTile } from "./matmul.ts";
+export type { TexelTile } from "./matmul_texel.ts";
 export { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "./rmsnorm.ts";
 export { swigluBackward, swigluForward } from "./swiglu.ts";
 export { ropeBackward, ropeForward } from "./rope.ts";

@@ -9,6 +9,7 @@ import {
   matmulNaive,
   type MatmulTile,
 } from "../kernels/matmul.ts";
+import type { TexelTile } from "../kernels/matmul_texel.ts";
 import type { DType, Tensor } from "../kernels/tensor.ts";
 import { assertClose, finiteDifferences, randomArray, testGpu, type Tolerance } from "./harness.ts";
 import { matmulBackwardRef, type MatmulDims, matmulRef } from "./reference/matmul.ts";
@@ -30,7 +31,7 @@ interface Case extends MatmulDims {
   dtypes?: [DType, DType, DType];
   accumulate?: boolean;
   tile?: MatmulTile;
-  texel?: boolean;
+  texel?: boolean | TexelTile;
   naive?: boolean;
   seed?: number;
 }
@@ -42,7 +43,8 @@ function formName(c: MatmulDims): string {
 }
 
 function describe(c: Case): string {
-  const kernel = c.naive ? "naive " : c.texel ? "texel " : "";
+  const texel = typeof c.texel === "object" ? `texel ${c.texel.rows}x${c.texel.quads} ` : "texel ";
+  const kernel = c.naive ? "naive " : c.texel ? texel : "";
   const size = `${c.batch ? `${c.batch}x` : ""}${c.m}x${c.n}x${c.k}`;
   const dtypes = (c.dtypes ?? ["f32", "f32", "f32"]).join("·");
   return `${kernel}${formName(c)}${c.accumulate ? " +=" : ""} ${size} ${dtypes}`;
@@ -131,26 +133,32 @@ Deno.test("the large and cpu blockings match the reference in every form, with a
   assert.equal(chooseMatmulTile(gpu, { m: 1024, n: 1024, k: 1024 }), gpu.info.fallback ? cpu : large);
 });
 
-Deno.test("the texel kernel matches the naive kernel bit for bit in every form, with edge rows and columns", async () => {
+Deno.test("the texel kernel matches the naive kernel bit for bit in every form and tile, with edge rows and columns", async () => {
   const gpu = await testGpu();
-  // K and contiguous dimensions are multiples of 4 (a texel); M is not a multiple of the 8
-  // rows of a workgroup and N/4 not of its 8 lanes; bᵀ also takes an N that is not
-  // a multiple of 4. 40x72x36 is a whole number of workgroups; M below 8 (a decoding
-  // step) takes fewer rows per workgroup.
+  // K and contiguous dimensions are multiples of 4 (a texel); M is not a multiple of a
+  // tile's rows and N/4 not of its lanes' quads; bᵀ also takes an N that is not a
+  // multiple of 4. 48x192x36 is a whole number of 16x64 and 12x96 tiles; M below 8
+  // (a decoding step) takes fewer rows per workgroup.
   const shapes: Record<string, [number, number, number][]> = {
-    "false,false": [[13, 36, 20], [40, 72, 36], [1, 4, 4], [3, 36, 8]],
+    "false,false": [[13, 36, 20], [40, 72, 36], [48, 192, 36], [1, 4, 4], [3, 36, 8]],
     "true,false": [[12, 36, 20], [40, 72, 36], [4, 12, 8]],
     "false,true": [[13, 37, 20], [40, 72, 36], [9, 1, 8], [1, 37, 20]],
-    "true,true": [[20, 7, 12], [40, 72, 36]],
+    "true,true": [[20, 7, 12], [48, 192, 36]],
   };
+  const tiles: (true | TexelTile)[] = [true, { rows: 8, quads: 1 }, { rows: 16, quads: 2 }, {
+    rows: 12,
+    quads: 3,
+  }];
   for (const [transposeA, transposeB] of FORMS) {
     for (const [m, n, k] of shapes[`${transposeA},${transposeB}`]) {
-      const c = { m, n, k, transposeA, transposeB, texel: true };
-      const texel = await runCase(gpu, c);
-      const naive = await runCase(gpu, { ...c, naive: true });
-      assertClose(texel.got, texel.want, F32, describe(c)); // |got - want| <= atol + rtol·|want|
-      // Both chain fma over k in order, so they agree to the bit.
-      assertClose(texel.got, naive.got, { atol: 0, rtol: 0 }, `${describe(c)} vs naive`);
+      const naive = await runCase(gpu, { m, n, k, transposeA, transposeB, naive: true });
+      for (const texel of tiles) {
+        const c = { m, n, k, transposeA, transposeB, texel };
+        const got = await runCase(gpu, c);
+        assertClose(got.got, got.want, F32, describe(c)); // |got - want| <= atol + rtol·|want|
+        // Both chain fma over k in order, so they agree to the bit.
+        assertClose(got.got, naive.got, { atol: 0, rtol: 0 }, `${describe(c)} vs naive`);
+      }
     }
   }
 });
@@ -183,7 +191,20 @@ Deno.test("software adapters take the texel kernel when the shapes allow it, and
   const row = gpu.tensor([1, 48], "f32", { label: "row" });
   const expected = gpu.info.fallback ? /^texel / : /^tiled /;
   assert.match(matmulKernel(gpu, { out, a, b, transposeB: true }), expected);
-  assert.match(matmulKernel(gpu, { out, a, b, transposeB: true, texel: true }), /^texel 8x32$/);
+  // 64 rows take 16-row tiles; 48 columns pad to 64 either way, so two quads a lane.
+  assert.match(matmulKernel(gpu, { out, a, b, transposeB: true, texel: true }), /^texel 16x64$/);
+  assert.match(
+    matmulKernel(gpu, { out, a, b, transposeB: true, texel: { rows: 8, quads: 3 } }),
+    /^texel 8x96$/,
+  );
+  // 20 rows pad to 24 in 8-row tiles and to 32 in 16-row ones; 68 columns (17 quads)
+  // to 96 or 128 columns.
+  const narrow = gpu.tensor([20, 68], "f32", { label: "narrow" });
+  const wide = gpu.tensor([68, 32], "f32", { label: "wide" });
+  assert.match(
+    matmulKernel(gpu, { out: narrow, a: a.view(0, [20, 32]), b: wide, transposeB: true, texel: true }),
+    /^texel 8x32$/,
+  );
   // One row per sequence, as in a decoding step: one row per workgroup, no idle rows.
   assert.match(
     matmulKernel(gpu, { out: row, a: a.view(0, [1, 32]), b, transposeB: true, texel: true }),
@@ -197,7 +218,24 @@ Deno.test("software adapters take the texel kernel when the shapes allow it, and
       e instanceof GpuError &&
       /needs K and .* multiples of 4 .*M=64 N=48 K=30; leave texel unset$/.test(e.message),
   );
-  for (const t of [a, b, out, odd, odd2, row]) gpu.release(t);
+  assert.throws(
+    () => matmul(gpu.recorder(), { out, a, b, transposeB: true, texel: { rows: 0, quads: 2 } }),
+    /^GpuError: matmul: a texel tile needs whole rows and quads from 1 to 64; got rows=0 quads=2$/,
+  );
+  const aT = gpu.tensor([32, 64], "f32", { label: "aᵀ" });
+  assert.throws(
+    () =>
+      matmul(gpu.recorder(), {
+        out,
+        a: aT,
+        b,
+        transposeA: true,
+        transposeB: true,
+        texel: { rows: 6, quads: 1 },
+      }),
+    /rows a multiple of 4 for aᵀ; got rows=6 quads=1$/,
+  );
+  for (const t of [a, b, out, odd, odd2, row, narrow, wide, aT]) gpu.release(t);
 });
 
 Deno.test("matmul accumulates into out (+=) with f32 and f16 outputs", async () => {
