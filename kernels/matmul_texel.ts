@@ -54,23 +54,25 @@ export interface TexelTile {
 }
 
 /**
- * The blocking {@link texelMatmul} uses for `p`: 16 rows by 2 quads per lane, which
- * fetches 16 + 8 texels per step for 512 FMAs a lane (8 + 4 for 128 at 8×1),
- * measured 1.2–1.45× faster than 8×1 on lavapipe; fewer where M or N is so small
- * that the bigger tile would mostly compute past the edge, and M rows when M is
- * below 8 (a decoding step: one row per sequence, each row a fetch per step).
+ * The blocking {@link texelMatmul} uses for `p`: 16 rows by 4 quads per lane, which
+ * fetches 16 + 16 texels per step for 1024 FMAs a lane (8 + 4 for 128 at 8×1)
+ * and ran the 1024³ product about 1.9× faster than 8×1 on lavapipe; fewer where
+ * M or N is so small that the bigger tile would mostly compute past the edge,
+ * and M rows when M is below 8 (a decoding step: one row per sequence, each row
+ * a fetch per step).
  *
  * @param p The product.
  * @returns The tile.
  */
 export function texelTile(p: MatmulProblem): TexelTile {
   if (p.m < 8) return { rows: Math.max(1, p.transposeA ? Math.ceil(p.m / 4) * 4 : p.m), quads: 1 };
-  // The larger tile, unless it pads the edge by more than a 4-row (4-quad) block beyond the smaller.
+  // The largest size that pads the edge by at most a 4-row (4-quad) block beyond the smallest.
   const padded = (size: number, block: number) => Math.ceil(size / block) * block;
   const rows = padded(p.m, 16) <= padded(p.m, 8) + 4 ? 16 : 8;
   const quadCount = Math.ceil(p.n / 4);
-  const quads = padded(quadCount, 2 * TEXEL_LANES) <= padded(quadCount, TEXEL_LANES) + 4 ? 2 : 1;
-  return { rows, quads };
+  const fits = (quads: number) =>
+    padded(quadCount, quads * TEXEL_LANES) <= padded(quadCount, TEXEL_LANES) + 4;
+  return { rows, quads: [4, 2, 1].find(fits)! };
 }
 
 /**
@@ -134,25 +136,29 @@ function kernel(p: MatmulProblem, tile: TexelTile, widthA: number, widthB: numbe
   const groups = Math.ceil(Math.ceil(p.n / 4) / (TEXEL_LANES * TQ));
   const tiles = Math.ceil(p.m / TM) * groups;
   const k4 = p.k / 4;
-  const lines: string[] = [];
   // Per step along K (4 values, kk = 0..3): aValue[i][kk] is a at row m0 + i,
-  // bValue[j][kk] the 4 columns of the lane's quad j of b.
+  // bValue[j][kk] the 4 columns of the lane's quad j of b. aFetches[i] are the
+  // fetches of a that row i is the first to use.
   const aValue: string[][] = Array.from({ length: TM }, () => []);
+  const aFetches: string[][] = Array.from({ length: TM }, () => []);
   if (p.transposeA) {
     // aᵀ is [K, M]: a texel holds 4 rows at one depth.
-    for (let kk = 0; kk < 4; kk++) {
-      for (let c = 0; c < TM / 4; c++) {
-        lines.push(`let at${kk}_${c} = fetchA(aBase + (k * 4u + ${kk}u) * ${p.m / 4}u + m0 / 4u + ${c}u);`);
+    for (let c = 0; c < TM / 4; c++) {
+      for (let kk = 0; kk < 4; kk++) {
+        aFetches[4 * c].push(
+          `let at${kk}_${c} = fetchA(aBase + (k * 4u + ${kk}u) * ${p.m / 4}u + m0 / 4u + ${c}u);`,
+        );
         for (let r = 0; r < 4; r++) aValue[4 * c + r][kk] = `at${kk}_${c}.${XYZW[r]}`;
       }
     }
   } else {
     // a is [M, K]: a texel holds 4 depths of one row.
     for (let i = 0; i < TM; i++) {
-      lines.push(`let ar${i} = fetchA(aBase + (m0 + ${i}u) * ${k4}u + k);`);
+      aFetches[i].push(`let ar${i} = fetchA(aBase + (m0 + ${i}u) * ${k4}u + k);`);
       for (let kk = 0; kk < 4; kk++) aValue[i][kk] = `ar${i}.${XYZW[kk]}`;
     }
   }
+  const lines: string[] = [];
   const bValue: string[][] = Array.from({ length: TQ }, () => []);
   for (let j = 0; j < TQ; j++) {
     if (p.transposeB) {
@@ -171,9 +177,13 @@ function kernel(p: MatmulProblem, tile: TexelTile, widthA: number, widthB: numbe
       }
     }
   }
-  for (let kk = 0; kk < 4; kk++) {
-    for (let i = 0; i < TM; i++) {
-      for (let j = 0; j < TQ; j++) {
+  // One accumulator's 4 FMAs in a row, so it is loaded and stored once per step
+  // (there are more accumulators than registers); a row of a is fetched just
+  // before its first use, keeping few values live.
+  for (let i = 0; i < TM; i++) {
+    lines.push(...aFetches[i]);
+    for (let j = 0; j < TQ; j++) {
+      for (let kk = 0; kk < 4; kk++) {
         lines.push(`acc${i}_${j} = fma(vec4<f32>(${aValue[i][kk]}), ${bValue[j][kk]}, acc${i}_${j});`);
       }
     }
