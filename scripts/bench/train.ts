@@ -4,7 +4,8 @@
  * step (a step should submit once and create nothing after the first); the CPU
  * time to record and submit a step; and, with timestamp queries, each kernel
  * family's GPU time, whose sum the step's wall time is compared with (the rest
- * is overhead). Random tokens stand in for data: speed does not depend on them.
+ * is overhead; profiled steps alternate with timed ones and the ratio is of the
+ * medians). Random tokens stand in for data: speed does not depend on them.
  *
  * @module
  */
@@ -39,7 +40,7 @@ export interface TrainResult {
   created_after_first_step: { buffers: number; textures: number; pipelines: number; bindGroups: number };
   /** CPU milliseconds to draw the batch, record the step and submit it. */
   cpu_encode_ms: number;
-  /** GPU milliseconds per kernel family in one profiled step (empty without timestamp-query). */
+  /** GPU milliseconds per kernel family in the profiled step of median total (empty without timestamp-query). */
   breakdown: Record<string, number>;
   /** ms_per_iter over the sum of the breakdown: 1 means no overhead beyond the kernels. */
   overhead_ratio: number | null;
@@ -105,32 +106,40 @@ async function benchConfig(
   const trainer = Trainer.create(gpu, config, model, randomData(vocab, config.block_size));
   try {
     await trainer.step({ read: true }); // compiles the pipelines and creates the bind groups: all of them
-    const before: GpuStats = { ...gpu.stats };
     const wall: number[] = [];
     const encode: number[] = [];
+    const profiles: Record<string, number>[] = [];
+    const counted = { dispatches: 0, submits: 0, buffers: 0, textures: 0, pipelines: 0, bindGroups: 0 };
     for (let i = 0; i < steps; i++) {
+      const before: GpuStats = { ...gpu.stats };
       const start = performance.now();
       await trainer.step();
       encode.push(performance.now() - start);
       await gpu.sync();
       wall.push(performance.now() - start);
+      for (const key of Object.keys(counted) as (keyof typeof counted)[]) {
+        counted[key] += gpu.stats[key] - before[key];
+      }
+      // Profiled steps alternate with timed ones: a software adapter's speed drifts
+      // over seconds with the host's load, and the ratio of the two medians should not.
+      if (timer) profiles.push(await profileStep(trainer, timer));
     }
-    const after: GpuStats = { ...gpu.stats };
-    const breakdown = await profileStep(trainer, timer);
-    const kernelMs = Object.values(breakdown).reduce((a, b) => a + b, 0);
+    const kernelSums = profiles.map((p) => Object.values(p).reduce((a, b) => a + b, 0));
+    const kernelMs = kernelSums.length > 0 ? median(kernelSums) : 0;
+    const breakdown = profiles[kernelSums.indexOf(kernelMs)] ?? {};
     const ms = median(wall);
     return {
       config: name,
       tokens_per_step: trainer.tokensPerStep,
       ms_per_iter: ms,
       tokens_per_s: trainer.tokensPerStep / (ms / 1000),
-      dispatches_per_step: (after.dispatches - before.dispatches) / steps,
-      submits_per_step: (after.submits - before.submits) / steps,
+      dispatches_per_step: counted.dispatches / steps,
+      submits_per_step: counted.submits / steps,
       created_after_first_step: {
-        buffers: after.buffers - before.buffers,
-        textures: after.textures - before.textures,
-        pipelines: after.pipelines - before.pipelines,
-        bindGroups: after.bindGroups - before.bindGroups,
+        buffers: counted.buffers,
+        textures: counted.textures,
+        pipelines: counted.pipelines,
+        bindGroups: counted.bindGroups,
       },
       cpu_encode_ms: median(encode),
       breakdown,
@@ -141,9 +150,8 @@ async function benchConfig(
   }
 }
 
-/** One step with every dispatch timed, summed by family; {} without timestamp-query. */
-async function profileStep(trainer: Trainer, timer: GpuTimer | null): Promise<Record<string, number>> {
-  if (!timer) return {};
+/** One step with every dispatch timed, summed by family. */
+async function profileStep(trainer: Trainer, timer: GpuTimer): Promise<Record<string, number>> {
   await trainer.step({ timer });
   const totals: Record<string, number> = {};
   for (const { label, ms } of await timer.read()) {
