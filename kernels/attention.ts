@@ -45,7 +45,7 @@ import type { Recorder } from "./recorder.ts";
 import { qkvSizes } from "./rope.ts";
 import type { Binding } from "./pipeline.ts";
 import type { Tensor } from "./tensor.ts";
-import { canStageTexels, type StagedTexels, stageTexels, texelFetchWgsl } from "./texels.ts";
+import { canStageTexels, type StagedTexels, stageTexels, texelReaderWgsl } from "./texels.ts";
 import { declare, expectDType, expectF16Support, expectShape, float } from "./wgsl.ts";
 
 /** Workgroup memory budget, bytes: what NVIDIA and others give without opting in. */
@@ -316,11 +316,7 @@ function withTexels(
   streams: readonly (readonly [string, StagedTexels])[],
 ): { wgsl: string; bindings: Binding[] } {
   const first = decl.bindings.length;
-  const lines = streams.map(([name], i) =>
-    `@group(0) @binding(${first + i}) var tex_${name}: texture_2d<f32>;\n${
-      texelFetchWgsl(`fetch_${name}`, `tex_${name}`)
-    }`
-  );
+  const lines = streams.map(([name, staged], i) => texelReaderWgsl(`fetch_${name}`, first + i, staged));
   return {
     wgsl: [decl.wgsl, ...lines].join("\n"),
     bindings: [...decl.bindings, ...streams.map(([, staged]) => staged.view)],

@@ -377,7 +377,7 @@ export class Gpu {
       label,
       size: [size[0], size[1]],
       format,
-      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
     });
     this.stats.textures++;
     this.stats.bytes += bytes;

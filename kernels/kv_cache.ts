@@ -16,7 +16,7 @@ import { recordElementwise } from "./elementwise.ts";
 import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
-import { canStageTexels, stageTexels, texelFetchWgsl } from "./texels.ts";
+import { canStageTexels, stageTexels, texelReaderWgsl } from "./texels.ts";
 import { declare, expectDType, expectF16Support, expectLength, float } from "./wgsl.ts";
 
 /**
@@ -286,10 +286,8 @@ function cachedAttentionTexels(
   const vecs = (piece: (d: number) => string, joiner = "\n  ") =>
     Array.from({ length: H4 }, (_, d) => piece(d)).join(joiner);
   const code = `${wgsl}
-@group(0) @binding(3) var texK: texture_2d<f32>;
-@group(0) @binding(4) var texV: texture_2d<f32>;
-${texelFetchWgsl("fetchK", "texK", k.width)}
-${texelFetchWgsl("fetchV", "texV", v.width)}
+${texelReaderWgsl("fetchK", 3, k, { fixedWidth: true })}
+${texelReaderWgsl("fetchV", 4, v, { fixedWidth: true })}
 const TMAX = ${s.Tmax}u;
 const ROW4 = ${(s.NKV * s.HS) / 4}u; // texels per cached position
 var<workgroup> scores: array<f32, ${s.Tmax}>;

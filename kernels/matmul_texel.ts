@@ -29,7 +29,7 @@ import type { Recorder } from "./recorder.ts";
 import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import { GpuError } from "./errors.ts";
 import { Tensor } from "./tensor.ts";
-import { canStageTexels, stageTexels, texelFetchWgsl } from "./texels.ts";
+import { canStageTexels, type StagedTexels, stageTexels, texelReaderWgsl } from "./texels.ts";
 
 /** Invocations per workgroup: one vector of llvmpipe's 8 lanes. */
 export const TEXEL_LANES = 8;
@@ -107,7 +107,7 @@ export function texelMatmul(rec: Recorder, p: MatmulProblem, tile: TexelTile = t
   if (total === 0) return;
   const a = stageTexels(rec, p.a, "matmul a");
   const b = stageTexels(rec, p.b, "matmul b");
-  const code = kernel(p, tile, a.width, b.width);
+  const code = kernel(p, tile, a, b);
   const label = `matmul texel ${tile.rows}x${tile.quads} ${p.transposeA ? "Aᵀ" : "A"}·${
     p.transposeB ? "Bᵀ" : "B"
   }${p.accumulate ? " +=" : ""} ${p.a.dtype}·${p.b.dtype}->${p.out.dtype} ${p.batch}x${p.m}x${p.n}x${p.k}`;
@@ -131,7 +131,7 @@ function checkTexelTile(p: MatmulProblem, { rows, quads }: TexelTile): void {
 
 const XYZW = ["x", "y", "z", "w"];
 
-function kernel(p: MatmulProblem, tile: TexelTile, widthA: number, widthB: number): string {
+function kernel(p: MatmulProblem, tile: TexelTile, a: StagedTexels, b: StagedTexels): string {
   const { rows: TM, quads: TQ } = tile;
   const groups = Math.ceil(Math.ceil(p.n / 4) / (TEXEL_LANES * TQ));
   const tiles = Math.ceil(p.m / TM) * groups;
@@ -205,12 +205,12 @@ function kernel(p: MatmulProblem, tile: TexelTile, widthA: number, widthB: numbe
   );
   const f16 = p.out.dtype === "f16";
   const outElement = vectorOut(p) ? `vec4<${p.out.dtype}>` : p.out.dtype;
-  return `${f16 ? "enable f16;\n" : ""}@group(0) @binding(0) var texA: texture_2d<f32>;
-@group(0) @binding(1) var texB: texture_2d<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<${outElement}>;
+  return `${
+    f16 ? "enable f16;\n" : ""
+  }@group(0) @binding(2) var<storage, read_write> out: array<${outElement}>;
 
-${texelFetchWgsl("fetchA", "texA", widthA)}
-${texelFetchWgsl("fetchB", "texB", widthB)}
+${texelReaderWgsl("fetchA", 0, a, { fixedWidth: true })}
+${texelReaderWgsl("fetchB", 1, b, { fixedWidth: true })}
 
 @compute @workgroup_size(${TEXEL_LANES})
 fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
