@@ -630,9 +630,13 @@ ${shared}`;
     const lines = [this.rows((r) => each(this.C, (c) => `var ${out}${r}_${c}: vec4<f32>;`, " "), "\n      ")];
     for (let c = 0; c < this.C; c++) {
       for (let d = 0; d < this.H4; d++) {
-        const op = d === 0 ? "=" : "+=";
         lines.push(
-          `{ let x = ${load(c, d)}; ${this.rows((r) => `${out}${r}_${c} ${op} ${reg}${r}_${d} * x;`, " ")} }`,
+          `{ let x = ${load(c, d)}; ${
+            this.rows((r) =>
+              d === 0
+                ? `${out}${r}_${c} = ${reg}${r}_${d} * x;`
+                : `${out}${r}_${c} = fma(${reg}${r}_${d}, x, ${out}${r}_${c});`, " ")
+          } }`,
         );
       }
     }
@@ -645,17 +649,27 @@ ${shared}`;
     return lines.join("\n      ");
   }
 
-  /** `${acc}{ρ}_d += Σ_c ${weight}{ρ}[c] · streamed[c][d]`, each streamed vec4 loaded once. */
-  accumulate(acc: string, weight: string, load: (c: number, d: number) => string): string {
+  /**
+   * `${acc}{ρ}_d += Σ_c ${weight}{ρ}[c] · streamed[c][d]`, each streamed vec4 loaded
+   * once; with `scale`, the accumulator is first multiplied by `${scale}{ρ}` inside
+   * the first fma, so a spilled accumulator is loaded and stored once per chunk row
+   * rather than once more for the rescale.
+   */
+  accumulate(acc: string, weight: string, load: (c: number, d: number) => string, scale?: string): string {
+    // An accumulator's chunk terms in a row, in chunk order as before, so a spilled
+    // accumulator is loaded and stored once per chunk.
     const lines: string[] = [];
-    for (let c = 0; c < this.C; c++) {
-      for (let d = 0; d < this.H4; d++) {
-        lines.push(
-          `{ let x = ${load(c, d)}; ${
-            this.rows((r) => `${acc}${r}_${d} += ${this.comp(`${weight}${r}`, c)} * x;`, " ")
-          } }`,
-        );
-      }
+    for (let d = 0; d < this.H4; d++) {
+      const xs = each(this.C, (c) => `let x${c} = ${load(c, d)};`, " ");
+      const updates = this.rows((r) => {
+        const a = `${acc}${r}_${d}`;
+        let value = scale ? `${a} * ${scale}${r}` : a;
+        for (let c = 0; c < this.C; c++) {
+          value = `fma(vec4<f32>(${this.comp(`${weight}${r}`, c)}), x${c}, ${value})`;
+        }
+        return `${a} = ${value};`;
+      }, " ");
+      lines.push(`{ ${xs} ${updates} }`);
     }
     return lines.join("\n      ");
   }
@@ -673,10 +687,9 @@ ${shared}`;
       let al${r} = exp2(m${r} - mn${r});
       let p${r} = select(${this.splat("0.0", "f32")}, exp2(sm${r} - mn${r}), live${r});
       l${r} = l${r} * al${r} + ${this.hsum(`p${r}`)};
-      m${r} = mn${r};
-      ${each(H4, (d) => `o${r}_${d} *= al${r};`, " ")}`, "\n      ")
+      m${r} = mn${r};`, "\n      ")
       }
-      ${this.accumulate("o", "p", x.b)}`;
+      ${this.accumulate("o", "p", x.b, "al")}`;
     return `${this.header(decls)}
 
 @compute @workgroup_size(${this.plan.threads})
