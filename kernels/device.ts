@@ -490,6 +490,16 @@ export class Gpu {
     tensor.buffer.destroy();
   }
 
+  /**
+   * Frees a texture made by {@link Gpu.createTexture}.
+   *
+   * @param texture The texture; unusable afterwards.
+   */
+  destroyTexture(texture: GPUTexture): void {
+    this.stats.bytes -= texture.width * texture.height * (texture.format === "rgba32float" ? 16 : 8);
+    texture.destroy();
+  }
+
   /** Destroys the device; a loss caused by this is not reported as an error. */
   destroy(): void {
     this.#destroyed = true;

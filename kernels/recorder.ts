@@ -12,6 +12,7 @@ import { GpuError } from "./errors.ts";
 import type { Binding } from "./pipeline.ts";
 import { Tensor } from "./tensor.ts";
 import type { GpuTimer } from "./timer.ts";
+import type { TexelCache } from "./texels.ts";
 
 /**
  * Options of {@link Recorder}: a timer to profile each dispatch, and a label
@@ -28,6 +29,8 @@ export interface RecorderOptions {
   timer?: GpuTimer;
   /** Names the command buffer. */
   label?: string;
+  /** Kept staging copies of constant tensors (a generator's weights) for texel kernels. */
+  texelCache?: TexelCache;
 }
 
 /**
@@ -61,6 +64,8 @@ export class Recorder {
   readonly encoder: GPUCommandEncoder;
   /** Dispatches recorded so far. */
   dispatches = 0;
+  /** The staging copies this recording may reuse (see `texels.ts`). */
+  readonly texelCache: TexelCache | undefined;
   #pass: GPUComputePassEncoder | null = null;
   #timer: GpuTimer | undefined;
 
@@ -74,6 +79,7 @@ export class Recorder {
     this.gpu = gpu;
     this.encoder = gpu.device.createCommandEncoder({ label: options.label ?? "step" });
     this.#timer = options.timer;
+    this.texelCache = options.texelCache;
   }
 
   /**

@@ -53,7 +53,8 @@ export function canStageTexels(gpu: Gpu, tensor: Tensor): boolean {
 }
 
 /**
- * Records a copy of `tensor` into the staging texture of `slot` (made on first use).
+ * Records a copy of `tensor` into the staging texture of `slot` (made on first use),
+ * or, for a tensor the recorder's {@link TexelCache} holds, returns its kept copy.
  *
  * @param rec The recorder.
  * @param tensor A tensor for which {@link canStageTexels} holds.
@@ -61,19 +62,97 @@ export function canStageTexels(gpu: Gpu, tensor: Tensor): boolean {
  * @returns The texture's view and width.
  */
 export function stageTexels(rec: Recorder, tensor: Tensor, slot: string): StagedTexels {
+  if (rec.texelCache?.holds(tensor)) return rec.texelCache.stage(rec, tensor);
   const [width, height] = textureSize(rec.gpu, tensor)!;
-  const format = tensor.dtype === "f16" ? "rgba16float" : "rgba32float";
+  const format = formatOf(tensor);
   let cache = stagingByGpu.get(rec.gpu);
   if (!cache) stagingByGpu.set(rec.gpu, cache = new Map());
   const key = `${slot} ${format} ${width}x${height}`;
   let staging = cache.get(key);
   if (!staging) {
-    const texture = rec.gpu.createTexture(key, [width, height], format);
-    staging = { texture, view: texture.createView(), width, format };
+    staging = makeStaging(rec.gpu, key, tensor);
     cache.set(key, staging);
   }
   rec.copyToTexture(staging.texture, tensor);
   return staging;
+}
+
+function formatOf(tensor: Tensor): StagedTexels["format"] {
+  return tensor.dtype === "f16" ? "rgba16float" : "rgba32float";
+}
+
+/** A new texture that fits `tensor`. */
+function makeStaging(gpu: Gpu, label: string, tensor: Tensor): Staging {
+  const [width, height] = textureSize(gpu, tensor)!;
+  const format = formatOf(tensor);
+  const texture = gpu.createTexture(label, [width, height], format);
+  return { texture, view: texture.createView(), width, format };
+}
+
+/**
+ * Staged copies of tensors that do not change while the cache lives (a
+ * generator's weights), each in its own texture and copied once, on first use:
+ * a decoding step multiplies by every weight matrix, and on lavapipe copying
+ * them all again each step (and breaking the compute pass for each copy) cost
+ * about a quarter of the step. Pass it to a recorder (`texelCache`) and
+ * {@link stageTexels} uses it for the tensors it holds.
+ *
+ * @example
+ * ```ts
+ * const texels = new TexelCache(gpu, [model.params]); // written once, before any use
+ * const rec = gpu.recorder({ texelCache: texels });
+ * ```
+ */
+export class TexelCache {
+  readonly #gpu: Gpu;
+  readonly #buffers: GPUBuffer[];
+  readonly #staged = new Map<string, Staging>();
+
+  /**
+   * @param gpu The device.
+   * @param constants Tensors (and so every view of their buffers) whose contents
+   *   stay fixed from the first recording that stages them until {@link release}.
+   */
+  constructor(gpu: Gpu, constants: readonly Tensor[]) {
+    this.#gpu = gpu;
+    this.#buffers = constants.map((t) => t.buffer);
+  }
+
+  /**
+   * Whether `tensor` lives in one of the constant buffers.
+   *
+   * @param tensor The tensor.
+   * @returns True when {@link TexelCache.stage} keeps its copy.
+   */
+  holds(tensor: Tensor): boolean {
+    return this.#buffers.includes(tensor.buffer);
+  }
+
+  /**
+   * The staged copy of `tensor`, recording the copy the first time only.
+   *
+   * @param rec The recorder.
+   * @param tensor A tensor this cache {@link TexelCache.holds} and {@link canStageTexels} accepts.
+   * @returns The texture's view, width and format.
+   */
+  stage(rec: Recorder, tensor: Tensor): StagedTexels {
+    const key = `${
+      this.#buffers.indexOf(tensor.buffer)
+    } ${tensor.byteOffset} ${tensor.length} ${tensor.dtype}`;
+    let staging = this.#staged.get(key);
+    if (!staging) {
+      staging = makeStaging(this.#gpu, `constant ${tensor.label}`, tensor);
+      rec.copyToTexture(staging.texture, tensor);
+      this.#staged.set(key, staging);
+    }
+    return staging;
+  }
+
+  /** Frees the textures. */
+  release(): void {
+    for (const { texture } of this.#staged.values()) this.#gpu.destroyTexture(texture);
+    this.#staged.clear();
+  }
 }
 
 /**

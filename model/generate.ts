@@ -24,6 +24,7 @@ import type { Gpu } from "../kernels/device.ts";
 import { selectPosition } from "../kernels/kv_cache.ts";
 import { advanceDecodeStep, sampleNextTokens } from "../kernels/draw.ts";
 import type { Tensor } from "../kernels/tensor.ts";
+import { TexelCache } from "../kernels/texels.ts";
 import { headSize, type ModelConfig } from "./config.ts";
 import { type KvCache, Llama } from "./model.ts";
 import type { Rng } from "./rng.ts";
@@ -96,6 +97,8 @@ export class Generator {
 
   #block: Llama;
   #step: Llama;
+  /** Staged copies of the weights for texel kernels (software adapters), made once: the weights never change. */
+  #weightTexels: TexelCache;
   #cache: KvCache;
   #blockTokens: Tensor;
   #stepTokens: Tensor;
@@ -139,6 +142,8 @@ export class Generator {
       dtype,
       weightsFrom: this.#block,
     });
+    const weights = [this.#block.params, this.#block.weights16].filter((t): t is Tensor => t !== null);
+    this.#weightTexels = new TexelCache(gpu, weights);
     const kvWidth = model.config.n_kv_head * headSize(model.config);
     const layers = Array.from({ length: model.config.n_layer }, (_, l) => l);
     this.#cache = {
@@ -231,6 +236,7 @@ export class Generator {
   release(): void {
     this.#step.release();
     this.#block.release();
+    this.#weightTexels.release();
     for (const t of [...this.#cache.k, ...this.#cache.v, this.#cache.position]) this.gpu.release(t);
     const buffers = [this.#blockTokens, this.#stepTokens, this.#lastRow, this.#hidden, this.#logits];
     for (const t of [...buffers, this.#drawState, this.#history]) this.gpu.release(t);
@@ -245,7 +251,7 @@ export class Generator {
     windows.forEach((w, b) => tokens.set(w, b * T));
     this.gpu.write(this.#blockTokens, tokens);
     this.gpu.write(this.#lastRow, [n - 1]);
-    const rec = this.gpu.recorder({ label: "prefill" });
+    const rec = this.gpu.recorder({ label: "prefill", texelCache: this.#weightTexels });
     this.#block.forwardHidden(rec, { tokens: this.#blockTokens, cache: this.#cache });
     selectPosition(rec, { out: this.#hidden, x: this.#block.acts.lnf, position: this.#lastRow });
     this.#block.head(rec, { out: this.#logits, hidden: this.#hidden });
@@ -273,7 +279,7 @@ export class Generator {
     this.gpu.write(this.#drawState, [0, draw.seed]);
     for (let step = 0; step < count; step++) {
       // A submit per step lets the GPU run one step while the CPU records the next.
-      const rec = this.gpu.recorder({ label: "decode step" });
+      const rec = this.gpu.recorder({ label: "decode step", texelCache: this.#weightTexels });
       this.#step.forwardHidden(rec, { tokens: this.#stepTokens, cache: this.#cache });
       this.#step.head(rec, { out: this.#logits, hidden: this.#step.acts.lnf });
       sampleNextTokens(rec, {
@@ -298,7 +304,7 @@ export class Generator {
     const started = performance.now();
     this.gpu.write(this.#stepTokens, tokens);
     this.gpu.write(this.#cache.position, [position]);
-    const rec = this.gpu.recorder({ label: "decode" });
+    const rec = this.gpu.recorder({ label: "decode", texelCache: this.#weightTexels });
     this.#step.forwardHidden(rec, { tokens: this.#stepTokens, cache: this.#cache });
     this.#step.head(rec, { out: this.#logits, hidden: this.#step.acts.lnf });
     rec.submit();

@@ -112,6 +112,10 @@ Deno.test("plain draws are made on the GPU, DECODE_BURST steps per readback; top
     14,
     "penalties",
   );
+  // Weights are staged once (software adapters) and kept: generating again makes no texture.
+  const textures = gpu.stats.textures;
+  await readbacks({ maxNewTokens: 14, temperature: 0.7 });
+  assert.equal(gpu.stats.textures, textures, "textures made by a later generate()");
   generator.release();
 });
 
