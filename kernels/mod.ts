@@ -41,6 +41,7 @@ export type { DType, TensorData } from "./tensor.ts";
 export { grid, Recorder } from "./recorder.ts";
 export type { RecorderOptions, Workgroups } from "./recorder.ts";
 export { TexelCache } from "./texels.ts";
+export type { StagedTexels } from "./texels.ts";
 export { BindGroupCache, PipelineCache } from "./pipeline.ts";
 export type { Binding } from "./pipeline.ts";
 export { GpuTimer, totalsByLabel } from "./timer.ts";

@@ -109,6 +109,8 @@ export class TexelCache {
   readonly #staged = new Map<string, Staging>();
 
   /**
+   * Makes an empty cache; textures are made on first use.
+   *
    * @param gpu The device.
    * @param constants Tensors (and so every view of their buffers) whose contents
    *   stay fixed from the first recording that stages them until {@link release}.
