@@ -650,6 +650,22 @@ ${shared}`;
   }
 
   /**
+   * Loads every vec4 of the chunk's streamed rows once, as `${name}{c}_{d}`, for a
+   * body that reads them twice (the backward's dots and accumulation): a reload
+   * from a spill slot is cheaper than a second texel fetch.
+   */
+  loadAll(
+    name: string,
+    load: (c: number, d: number) => string,
+  ): { code: string; load: (c: number, d: number) => string } {
+    const lines: string[] = [];
+    for (let c = 0; c < this.C; c++) {
+      for (let d = 0; d < this.H4; d++) lines.push(`let ${name}${c}_${d} = ${load(c, d)};`);
+    }
+    return { code: lines.join("\n      "), load: (c, d) => `${name}${c}_${d}` };
+  }
+
+  /**
    * `${acc}{ρ}_d += Σ_c ${weight}{ρ}[c] · streamed[c][d]`, each streamed vec4 loaded
    * once; with `scale`, the accumulator is first multiplied by `${scale}{ρ}` inside
    * the first fma, so a spilled accumulator is loaded and stored once per chunk row
@@ -726,8 +742,10 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
 
   backwardQuery(decls: string, gradType: string): string {
     const { H4 } = this;
-    const body = (x: Access) =>
-      `${this.dots("q", x.a, "s")}
+    const body = (x: Access) => {
+      const keys = this.loadAll("ka", x.a);
+      return `${keys.code}
+      ${this.dots("q", keys.load, "s")}
       let kk = ${this.iota("i0")};
       ${
         this.rows((r) =>
@@ -737,7 +755,8 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
       }
       ${this.dots("do", x.b, "dp")}
       ${this.rows((r) => `let ds${r} = p${r} * (dp${r} - D${r});`, "\n      ")}
-      ${this.accumulate("dq", "ds", x.a)}`;
+      ${this.accumulate("dq", "ds", keys.load)}`;
+    };
     return `${this.header(decls)}
 
 // dQ = dS·K·scale for a block of query rows, and D = rowsum(dO∘O) for the dK/dV pass.
@@ -784,8 +803,10 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
 
   backwardKeyValue(decls: string, gradType: string): string {
     const { H4 } = this;
-    const body = (x: Access) =>
-      `${this.dots("k", x.a, "s")}
+    const body = (x: Access) => {
+      const queries = this.loadAll("qa", x.a);
+      return `${queries.code}
+      ${this.dots("k", queries.load, "s")}
       let ls = ${x.scalars(0)};
       let dd = ${x.scalars(1)};
       let qi = ${this.iota("i0")};
@@ -804,7 +825,8 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
           "\n      ",
         )
       }
-      ${this.accumulate("dk", "ds", x.a)}`;
+      ${this.accumulate("dk", "ds", queries.load)}`;
+    };
     return `${this.header(decls)}
 
 // dK and dV for a block of key rows of one kv head, summed over its query heads in order.
@@ -875,7 +897,10 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
     for (let c = 0; c < this.C; c++) {
       for (let d = 0; d < this.H4; d++) {
         const use = this.rows(
-          (r) => `dv${r}_${d} += ${this.comp(`p${r}`, c)} * x; dp${r}_${c} += v${r}_${d} * x;`,
+          (r) =>
+            `dv${r}_${d} = fma(vec4<f32>(${
+              this.comp(`p${r}`, c)
+            }), x, dv${r}_${d}); dp${r}_${c} = fma(v${r}_${d}, x, dp${r}_${c});`,
           " ",
         );
         lines.push(`{ let x = ${load(c, d)}; ${use} }`);
