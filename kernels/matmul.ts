@@ -218,11 +218,9 @@ function usesTexelKernel(gpu: Gpu, p: MatmulProblem, args: MatmulArgs): boolean 
   const fits = texelMatmulFits(gpu, p);
   if (args.texel && !fits) {
     throw new GpuError(
-      `matmul: the texel kernel needs K and the contiguous dimension of a (${
-        p.transposeA ? "M" : "K"
-      }) and ` +
-        `of b (${p.transposeB ? "K" : "N"}) to be multiples of 4 and texel-aligned views; got ` +
-        `M=${p.m} N=${p.n} K=${p.k}; leave texel unset`,
+      `matmul: the texel kernel needs operands that fit a texture, texel-aligned views, and no batch ` +
+        `when K or a row (${p.transposeA ? "M" : "K"} of a, ${p.transposeB ? "K" : "N"} of b) is not a ` +
+        `multiple of 4; got batch=${p.batch} M=${p.m} N=${p.n} K=${p.k}; leave texel unset`,
     );
   }
   if (args.texel !== undefined) return args.texel !== false;

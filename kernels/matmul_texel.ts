@@ -29,7 +29,14 @@ import type { Recorder } from "./recorder.ts";
 import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import { GpuError } from "./errors.ts";
 import { Tensor } from "./tensor.ts";
-import { canStageTexels, type StagedTexels, stageTexels, texelReaderWgsl } from "./texels.ts";
+import {
+  canStagePaddedTexels,
+  canStageTexels,
+  type StagedTexels,
+  stagePaddedTexels,
+  stageTexels,
+  texelReaderWgsl,
+} from "./texels.ts";
 
 /** Invocations per workgroup: one vector of llvmpipe's 8 lanes. */
 export const TEXEL_LANES = 8;
@@ -76,19 +83,52 @@ export function texelTile(p: MatmulProblem): TexelTile {
 }
 
 /**
- * Whether the texel kernel can run this product on `gpu`: each operand's rows
- * hold whole texels and start on a texel, and both fit a staging texture.
+ * An operand as its staging texture holds it: `rows` rows of `cols` elements,
+ * each row starting on a texel; with `padded`, columns up to the next multiple
+ * of 4 and rows up to `paddedRows` are zeros (see `stagePaddedTexels`).
+ */
+interface OperandLayout {
+  rows: number;
+  cols: number;
+  paddedRows: number;
+  padded: boolean;
+}
+
+/**
+ * How a and b are staged: a step takes 4 depths, so K is padded to a multiple of
+ * 4 with zero rows or columns, and so is each row's length.
+ */
+function operandLayouts(p: MatmulProblem): { a: OperandLayout; b: OperandLayout } {
+  const paddedK = Math.ceil(p.k / 4) * 4;
+  const layout = (rows: number, cols: number, paddedRows: number): OperandLayout => ({
+    rows,
+    cols,
+    paddedRows,
+    padded: cols % 4 !== 0 || paddedRows !== rows,
+  });
+  return {
+    a: p.transposeA ? layout(p.k, p.m, paddedK) : layout(p.m, p.k, p.m),
+    b: p.transposeB ? layout(p.n, p.k, p.n) : layout(p.k, p.n, paddedK),
+  };
+}
+
+/**
+ * Whether the texel kernel can run this product on `gpu`: each operand fits a
+ * staging texture, and one whose rows are not whole texels (or whose K is not
+ * a multiple of 4) is unbatched, so a kernel can pad it on the way in.
  *
  * @param gpu The device.
  * @param p The product.
  * @returns True when {@link texelMatmul} applies.
  */
 export function texelMatmulFits(gpu: Gpu, p: MatmulProblem): boolean {
-  // The loop along K takes 4 depths a step, so K is a multiple of 4 in every form.
-  const aRow = p.transposeA ? p.m : p.k;
-  const bRow = p.transposeB ? p.k : p.n;
-  return p.k % 4 === 0 && aRow % 4 === 0 && bRow % 4 === 0 && canStageTexels(gpu, p.a) &&
-    canStageTexels(gpu, p.b);
+  const layouts = operandLayouts(p);
+  const fits = (t: Tensor, layout: OperandLayout, stride: number) =>
+    layout.padded
+      ? stride === 0 && canStagePaddedTexels(gpu, t, layout.paddedRows, layout.cols)
+      : canStageTexels(gpu, t);
+  return fits(p.a, layouts.a, p.aStride) && fits(p.b, layouts.b, p.bStride) &&
+    (p.batch === 1 || (!layouts.a.padded && !layouts.b.padded));
 }
 
 /**
@@ -105,8 +145,11 @@ export function texelMatmul(rec: Recorder, p: MatmulProblem, tile: TexelTile = t
   const total = p.batch * Math.ceil(p.m / tile.rows) *
     Math.ceil(Math.ceil(p.n / 4) / (TEXEL_LANES * tile.quads));
   if (total === 0) return;
-  const a = stageTexels(rec, p.a, "matmul a");
-  const b = stageTexels(rec, p.b, "matmul b");
+  const layouts = operandLayouts(p);
+  const stage = (t: Tensor, layout: OperandLayout, slot: string) =>
+    layout.padded ? stagePaddedTexels(rec, t, layout, slot) : stageTexels(rec, t, slot);
+  const a = stage(p.a, layouts.a, "matmul a");
+  const b = stage(p.b, layouts.b, "matmul b");
   const code = kernel(p, tile, a, b);
   const label = `matmul texel ${tile.rows}x${tile.quads} ${p.transposeA ? "Aᵀ" : "A"}·${
     p.transposeB ? "Bᵀ" : "B"
@@ -135,7 +178,10 @@ function kernel(p: MatmulProblem, tile: TexelTile, a: StagedTexels, b: StagedTex
   const { rows: TM, quads: TQ } = tile;
   const groups = Math.ceil(Math.ceil(p.n / 4) / (TEXEL_LANES * TQ));
   const tiles = Math.ceil(p.m / TM) * groups;
-  const k4 = p.k / 4;
+  // Texels per row of each staged operand (rows start on a texel) and steps along K.
+  const k4 = Math.ceil(p.k / 4);
+  const aRow4 = p.transposeA ? Math.ceil(p.m / 4) : k4;
+  const bRow4 = p.transposeB ? k4 : Math.ceil(p.n / 4);
   // Per step along K (4 values, kk = 0..3): aValue[i][kk] is a at row m0 + i,
   // bValue[j][kk] the 4 columns of the lane's quad j of b. aFetches[i] are the
   // fetches of a that row i is the first to use.
@@ -146,7 +192,7 @@ function kernel(p: MatmulProblem, tile: TexelTile, a: StagedTexels, b: StagedTex
     for (let c = 0; c < TM / 4; c++) {
       for (let kk = 0; kk < 4; kk++) {
         aFetches[4 * c].push(
-          `let at${kk}_${c} = fetchA(aBase + (k * 4u + ${kk}u) * ${p.m / 4}u + m0 / 4u + ${c}u);`,
+          `let at${kk}_${c} = fetchA(aBase + (k * 4u + ${kk}u) * ${aRow4}u + m0 / 4u + ${c}u);`,
         );
         for (let r = 0; r < 4; r++) aValue[4 * c + r][kk] = `at${kk}_${c}.${XYZW[r]}`;
       }
@@ -154,7 +200,7 @@ function kernel(p: MatmulProblem, tile: TexelTile, a: StagedTexels, b: StagedTex
   } else {
     // a is [M, K]: a texel holds 4 depths of one row.
     for (let i = 0; i < TM; i++) {
-      aFetches[i].push(`let ar${i} = fetchA(aBase + (m0 + ${i}u) * ${k4}u + k);`);
+      aFetches[i].push(`let ar${i} = fetchA(aBase + (m0 + ${i}u) * ${aRow4}u + k);`);
       for (let kk = 0; kk < 4; kk++) aValue[i][kk] = `ar${i}.${XYZW[kk]}`;
     }
   }
@@ -164,7 +210,7 @@ function kernel(p: MatmulProblem, tile: TexelTile, a: StagedTexels, b: StagedTex
     if (p.transposeB) {
       // bᵀ is [N, K]: a texel holds 4 depths of one column.
       for (let c = 0; c < 4; c++) {
-        lines.push(`let bt${j}_${c} = fetchB(bBase + (n${j} + ${c}u) * ${k4}u + k);`);
+        lines.push(`let bt${j}_${c} = fetchB(bBase + (n${j} + ${c}u) * ${bRow4}u + k);`);
       }
       for (let kk = 0; kk < 4; kk++) {
         bValue[j].push(`vec4<f32>(${[0, 1, 2, 3].map((c) => `bt${j}_${c}.${XYZW[kk]}`).join(", ")})`);
@@ -172,7 +218,7 @@ function kernel(p: MatmulProblem, tile: TexelTile, a: StagedTexels, b: StagedTex
     } else {
       // b is [K, N]: a texel holds the quad's 4 columns at one depth.
       for (let kk = 0; kk < 4; kk++) {
-        lines.push(`let b${j}_${kk} = fetchB(bBase + (k * 4u + ${kk}u) * ${p.n / 4}u + q${j});`);
+        lines.push(`let b${j}_${kk} = fetchB(bBase + (k * 4u + ${kk}u) * ${bRow4}u + q${j});`);
         bValue[j].push(`b${j}_${kk}`);
       }
     }
@@ -222,8 +268,8 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   let m0 = (tile / ${groups}u) * ${TM}u;
   let group = tile % ${groups}u;
   ${quads.join("\n  ")}
-  let aBase = batch * ${p.aStride / 4}u;
-  let bBase = batch * ${p.bStride / 4}u;
+  let aBase = batch * ${Math.floor(p.aStride / 4)}u; // whole texels: a batched operand is not padded
+  let bBase = batch * ${Math.floor(p.bStride / 4)}u;
   let outBase = batch * ${p.m * p.n}u;
   ${accs.join("\n  ")}
   for (var k = 0u; k < ${k4}u; k++) {

@@ -22,7 +22,9 @@
 
 import type { Gpu } from "./device.ts";
 import type { Recorder } from "./recorder.ts";
+import { grid } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
+import { declare } from "./wgsl.ts";
 
 /** A filled staging texture: texel i is at (i mod `width`, i / `width`). */
 export interface StagedTexels {
@@ -74,6 +76,76 @@ export function stageTexels(rec: Recorder, tensor: Tensor, slot: string): Staged
     cache.set(key, staging);
   }
   rec.copyToTexture(staging.texture, tensor);
+  return staging;
+}
+
+/**
+ * Whether `tensor`, read as a [rows, cols] matrix padded with zeros to
+ * [paddedRows, ⌈cols/4⌉·4], fits one staging texture on `gpu`.
+ *
+ * @param gpu The device.
+ * @param tensor The tensor, rows·cols elements.
+ * @param paddedRows Rows of the padded matrix (at least `rows`).
+ * @param cols Columns of the matrix.
+ * @returns True when {@link stagePaddedTexels} accepts it.
+ */
+export function canStagePaddedTexels(gpu: Gpu, tensor: Tensor, paddedRows: number, cols: number): boolean {
+  return paddedRows > 0 && cols > 0 && textureSizeFor(gpu, paddedRows * Math.ceil(cols / 4)) !== null;
+}
+
+/**
+ * Records a kernel that writes `tensor`, read as a [rows, cols] matrix, into the
+ * staging texture of `slot` as [paddedRows, ⌈cols/4⌉] texels: each row starts on
+ * a texel, and the columns past `cols` and the rows past `rows` are zero. For
+ * texel kernels whose operands' rows are not whole texels (a vocabulary of 65);
+ * a plain copy cannot move rows that are not whole texels.
+ *
+ * @param rec The recorder.
+ * @param tensor The tensor (rows·cols elements, f32 or f16).
+ * @param shape `rows`, `cols` and `paddedRows` (≥ rows).
+ * @param slot Names the texture among those of the same size (e.g. "matmul a").
+ * @returns The texture's view, width and format.
+ */
+export function stagePaddedTexels(
+  rec: Recorder,
+  tensor: Tensor,
+  shape: { rows: number; cols: number; paddedRows: number },
+  slot: string,
+): StagedTexels {
+  const { rows, cols, paddedRows } = shape;
+  const rowTexels = Math.ceil(cols / 4);
+  const texels = paddedRows * rowTexels;
+  const [width, height] = textureSizeFor(rec.gpu, texels)!;
+  const format = formatOf(tensor);
+  let cache = stagingByGpu.get(rec.gpu);
+  if (!cache) stagingByGpu.set(rec.gpu, cache = new Map());
+  const key = `${slot} padded ${format} ${width}x${height}`;
+  let staging = cache.get(key);
+  if (!staging) {
+    const texture = rec.gpu.createTexture(key, [width, height], format);
+    staging = { texture, view: texture.createView(), width, format };
+    cache.set(key, staging);
+  }
+  const { wgsl, bindings } = declare([{ name: "src", tensor }]);
+  const code = `${wgsl}
+@group(0) @binding(1) var dst: texture_storage_2d<${format}, write>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let t = gid.x + gid.y * nwg.x * 64u;
+  if (t >= ${texels}u) { return; }
+  let r = t / ${rowTexels}u;
+  let c = (t % ${rowTexels}u) * 4u;
+  var v = vec4<f32>();
+  if (r < ${rows}u) {
+    for (var i = 0u; i < 4u; i++) {
+      if (c + i < ${cols}u) { v[i] = f32(src[r * ${cols}u + c + i]); }
+    }
+  }
+  textureStore(dst, vec2u(t % ${width}u, t / ${width}u), v);
+}`;
+  const pipeline = rec.gpu.pipelines.get(`pad texels ${rows}x${cols} -> ${paddedRows}x${rowTexels}`, code);
+  rec.dispatch(pipeline, [...bindings, staging.view], grid(rec.gpu, Math.ceil(texels / 64)));
   return staging;
 }
 
@@ -199,6 +271,11 @@ function textureSize(gpu: Gpu, tensor: Tensor): [number, number] | null {
   const texelBytes = 4 * Tensor.bytesPerElement(tensor.dtype);
   const texels = tensor.length / 4;
   if (!Number.isInteger(texels) || texels === 0 || tensor.byteOffset % texelBytes !== 0) return null;
+  return textureSizeFor(gpu, texels);
+}
+
+/** Width and height of a texture of `texels` texels, or null when too many. */
+function textureSizeFor(gpu: Gpu, texels: number): [number, number] | null {
   const max = gpu.limits.maxTextureDimension2D;
   // Rows of a multi-row copy must be 256-byte multiples: at least 32 texels wide.
   let width = 32;

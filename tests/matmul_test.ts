@@ -139,11 +139,12 @@ Deno.test("the texel kernel matches the naive kernel bit for bit in every form a
   // tile's rows and N/4 not of its lanes' quads; bᵀ also takes an N that is not a
   // multiple of 4. 48x192x36 is a whole number of 16x64 and 12x96 tiles, not of 16x128; M below 8
   // (a decoding step) takes fewer rows per workgroup.
+  // K, M (for aᵀ) and N (for b) that are not multiples of 4 take zero-padded staging.
   const shapes: Record<string, [number, number, number][]> = {
-    "false,false": [[13, 36, 20], [40, 72, 36], [48, 192, 36], [1, 4, 4], [3, 36, 8]],
-    "true,false": [[12, 36, 20], [40, 72, 36], [4, 12, 8]],
-    "false,true": [[13, 37, 20], [40, 72, 36], [9, 1, 8], [1, 37, 20]],
-    "true,true": [[20, 7, 12], [48, 192, 36]],
+    "false,false": [[13, 36, 20], [40, 72, 36], [48, 192, 36], [1, 4, 4], [3, 36, 8], [13, 37, 21]],
+    "true,false": [[12, 36, 20], [40, 72, 36], [4, 12, 8], [13, 38, 21], [3, 12, 5]],
+    "false,true": [[13, 37, 20], [40, 72, 36], [9, 1, 8], [1, 37, 20], [13, 37, 21]],
+    "true,true": [[20, 7, 12], [48, 192, 36], [21, 7, 13]],
   };
   const tiles: (true | TexelTile)[] = [
     true,
@@ -180,6 +181,9 @@ Deno.test("the texel kernel accumulates, reads f16, batches and shares operands"
     await check(gpu, { batch: 3, m: 12, n: 20, k: 8, transposeA, transposeB, texel }, F32);
   }
   await check(gpu, { m: 13, n: 36, k: 20, dtypes: ["f32", "f16", "f32"], texel }, F32);
+  // Zero-padded staging (K, M and N not multiples of 4) from f16 and into +=.
+  await check(gpu, { m: 13, n: 37, k: 21, transposeA: true, dtypes: ["f16", "f16", "f16"], texel }, F16_OUT);
+  await check(gpu, { m: 13, n: 37, k: 21, accumulate: true, texel }, F32);
   await check(gpu, { batch: 3, m: 13, n: 24, k: 20, transposeB: true, bBatched: false, texel }, F32); // x·Wᵀ
   await check(gpu, { batch: 2, m: 8, n: 12, k: 4, aBatched: false, accumulate: true, texel }, F32);
 });
@@ -189,8 +193,9 @@ Deno.test("software adapters take the texel kernel when the shapes allow it, and
   const a = gpu.tensor([64, 32], "f32", { label: "a" });
   const b = gpu.tensor([48, 32], "f32", { label: "b" });
   const out = gpu.tensor([64, 48], "f32", { label: "out" });
-  const odd = gpu.tensor([64, 30], "f32", { label: "odd" });
-  const odd2 = gpu.tensor([48, 30], "f32", { label: "odd2" });
+  const odd = gpu.tensor([2, 64, 30], "f32", { label: "odd" });
+  const odd2 = gpu.tensor([2, 48, 30], "f32", { label: "odd2" });
+  const oddOut = gpu.tensor([2, 64, 48], "f32", { label: "oddOut" });
   const row = gpu.tensor([1, 48], "f32", { label: "row" });
   const expected = gpu.info.fallback ? /^texel / : /^tiled /;
   assert.match(matmulKernel(gpu, { out, a, b, transposeB: true }), expected);
@@ -214,12 +219,17 @@ Deno.test("software adapters take the texel kernel when the shapes allow it, and
     /^texel 1x32$/,
   );
   assert.match(matmulKernel(gpu, { out, a, b, transposeB: true, tile: MATMUL_TILES.small }), /^tiled 32x32/);
-  assert.match(matmulKernel(gpu, { out, a: odd, b: odd2, transposeB: true }), /^tiled /);
+  // An odd K pads on the way into the texture, but not for a batch.
+  const oddA = odd.view(0, [64, 30]);
+  const oddB = odd2.view(0, [48, 30]);
+  assert.match(matmulKernel(gpu, { out, a: oddA, b: oddB, transposeB: true }), expected);
+  assert.match(matmulKernel(gpu, { out: oddOut, a: odd, b: odd2, transposeB: true }), /^tiled /);
   assert.throws(
-    () => matmulKernel(gpu, { out, a: odd, b: odd2, transposeB: true, texel: true }),
+    () => matmulKernel(gpu, { out: oddOut, a: odd, b: odd2, transposeB: true, texel: true }),
     (e: unknown) =>
       e instanceof GpuError &&
-      /needs K and .* multiples of 4 .*M=64 N=48 K=30; leave texel unset$/.test(e.message),
+      /no batch when K or a row .* is not a multiple of 4; got batch=2 M=64 N=48 K=30; leave texel unset$/
+        .test(e.message),
   );
   assert.throws(
     () => matmul(gpu.recorder(), { out, a, b, transposeB: true, texel: { rows: 0, quads: 2 } }),
@@ -238,7 +248,7 @@ Deno.test("software adapters take the texel kernel when the shapes allow it, and
       }),
     /rows a multiple of 4 for aᵀ; got rows=6 quads=1$/,
   );
-  for (const t of [a, b, out, odd, odd2, row, narrow, wide, aT]) gpu.release(t);
+  for (const t of [a, b, out, odd, odd2, oddOut, row, narrow, wide, aT]) gpu.release(t);
 });
 
 Deno.test("matmul accumulates into out (+=) with f32 and f16 outputs", async () => {
