@@ -125,7 +125,7 @@ export function texelMatmulFits(gpu: Gpu, p: MatmulProblem): boolean {
   const layouts = operandLayouts(p);
   const fits = (t: Tensor, layout: OperandLayout, stride: number) =>
     layout.padded
-      ? stride === 0 && canStagePaddedTexels(gpu, t, layout.paddedRows, layout.cols)
+      ? stride === 0 && canStagePaddedTexels(gpu, layout.paddedRows, layout.cols)
       : canStageTexels(gpu, t);
   return fits(p.a, layouts.a, p.aStride) && fits(p.b, layouts.b, p.bStride) &&
     (p.batch === 1 || (!layouts.a.padded && !layouts.b.padded));

@@ -80,16 +80,15 @@ export function stageTexels(rec: Recorder, tensor: Tensor, slot: string): Staged
 }
 
 /**
- * Whether `tensor`, read as a [rows, cols] matrix padded with zeros to
- * [paddedRows, ⌈cols/4⌉·4], fits one staging texture on `gpu`.
+ * Whether a matrix padded with zeros to [paddedRows, ⌈cols/4⌉·4] fits one
+ * staging texture on `gpu`.
  *
  * @param gpu The device.
- * @param tensor The tensor, rows·cols elements.
- * @param paddedRows Rows of the padded matrix (at least `rows`).
+ * @param paddedRows Rows of the padded matrix.
  * @param cols Columns of the matrix.
- * @returns True when {@link stagePaddedTexels} accepts it.
+ * @returns True when {@link stagePaddedTexels} accepts a tensor of that shape.
  */
-export function canStagePaddedTexels(gpu: Gpu, tensor: Tensor, paddedRows: number, cols: number): boolean {
+export function canStagePaddedTexels(gpu: Gpu, paddedRows: number, cols: number): boolean {
   return paddedRows > 0 && cols > 0 && textureSizeFor(gpu, paddedRows * Math.ceil(cols / 4)) !== null;
 }
 
