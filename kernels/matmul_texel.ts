@@ -15,10 +15,12 @@
  * invocation, so bigger tiles fetch less per FMA until spilled accumulators
  * cost more than the fetches they save ({@link texelTile} picks the size).
  *
- * A texel must hold 4 consecutive elements of one row of each operand, so the
- * contiguous dimension of each (K for a and bᵀ, M for aᵀ, N for b) must be a
- * multiple of 4, and so must K, the steps along it; {@link texelMatmulFits} says
- * when a call qualifies.
+ * A texel holds 4 consecutive elements of one row of an operand, and the loop
+ * takes 4 depths a step. An operand whose rows (K for a and bᵀ, M for aᵀ, N for
+ * b) are whole texels, with K a multiple of 4, is copied into its texture as it
+ * is; any other is written by a padding kernel (each row starting on a texel,
+ * zeros after it and in the rows past K), which needs an unbatched operand.
+ * {@link texelMatmulFits} says when a call qualifies.
  *
  * @module
  */
