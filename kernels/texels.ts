@@ -65,16 +65,7 @@ export function canStageTexels(gpu: Gpu, tensor: Tensor): boolean {
  */
 export function stageTexels(rec: Recorder, tensor: Tensor, slot: string): StagedTexels {
   if (rec.texelCache?.holds(tensor)) return rec.texelCache.stage(rec, tensor);
-  const [width, height] = textureSize(rec.gpu, tensor)!;
-  const format = formatOf(tensor);
-  let cache = stagingByGpu.get(rec.gpu);
-  if (!cache) stagingByGpu.set(rec.gpu, cache = new Map());
-  const key = `${slot} ${format} ${width}x${height}`;
-  let staging = cache.get(key);
-  if (!staging) {
-    staging = makeStaging(rec.gpu, key, tensor);
-    cache.set(key, staging);
-  }
+  const staging = slotTexture(rec.gpu, slot, textureSize(rec.gpu, tensor)!, formatOf(tensor));
   rec.copyToTexture(staging.texture, tensor);
   return staging;
 }
@@ -114,17 +105,9 @@ export function stagePaddedTexels(
   const { rows, cols, paddedRows } = shape;
   const rowTexels = Math.ceil(cols / 4);
   const texels = paddedRows * rowTexels;
-  const [width, height] = textureSizeFor(rec.gpu, texels)!;
   const format = formatOf(tensor);
-  let cache = stagingByGpu.get(rec.gpu);
-  if (!cache) stagingByGpu.set(rec.gpu, cache = new Map());
-  const key = `${slot} padded ${format} ${width}x${height}`;
-  let staging = cache.get(key);
-  if (!staging) {
-    const texture = rec.gpu.createTexture(key, [width, height], format);
-    staging = { texture, view: texture.createView(), width, format };
-    cache.set(key, staging);
-  }
+  const staging = slotTexture(rec.gpu, `${slot} padded`, textureSizeFor(rec.gpu, texels)!, format);
+  const { width } = staging;
   const { wgsl, bindings } = declare([{ name: "src", tensor }]);
   const code = `${wgsl}
 @group(0) @binding(1) var dst: texture_storage_2d<${format}, write>;
@@ -152,12 +135,33 @@ function formatOf(tensor: Tensor): StagedTexels["format"] {
   return tensor.dtype === "f16" ? "rgba16float" : "rgba32float";
 }
 
-/** A new texture that fits `tensor`. */
-function makeStaging(gpu: Gpu, label: string, tensor: Tensor): Staging {
-  const [width, height] = textureSize(gpu, tensor)!;
-  const format = formatOf(tensor);
-  const texture = gpu.createTexture(label, [width, height], format);
-  return { texture, view: texture.createView(), width, format };
+/** A new texture of `size` texels. */
+function makeStaging(
+  gpu: Gpu,
+  label: string,
+  size: [number, number],
+  format: StagedTexels["format"],
+): Staging {
+  const texture = gpu.createTexture(label, size, format);
+  return { texture, view: texture.createView(), width: size[0], format };
+}
+
+/** The device's texture of `slot`, format and size, made on first use. */
+function slotTexture(
+  gpu: Gpu,
+  slot: string,
+  size: [number, number],
+  format: StagedTexels["format"],
+): Staging {
+  let cache = stagingByGpu.get(gpu);
+  if (!cache) stagingByGpu.set(gpu, cache = new Map());
+  const key = `${slot} ${format} ${size[0]}x${size[1]}`;
+  let staging = cache.get(key);
+  if (!staging) {
+    staging = makeStaging(gpu, key, size, format);
+    cache.set(key, staging);
+  }
+  return staging;
 }
 
 /**
@@ -214,7 +218,12 @@ export class TexelCache {
     } ${tensor.byteOffset} ${tensor.length} ${tensor.dtype}`;
     let staging = this.#staged.get(key);
     if (!staging) {
-      staging = makeStaging(this.#gpu, `constant ${tensor.label}`, tensor);
+      staging = makeStaging(
+        this.#gpu,
+        `constant ${tensor.label}`,
+        textureSize(this.#gpu, tensor)!,
+        formatOf(tensor),
+      );
       rec.copyToTexture(staging.texture, tensor);
       this.#staged.set(key, staging);
     }
