@@ -107,8 +107,18 @@ export async function timeOp(
       samples.push(performance.now() - start);
     }
   }
-  samples.sort((a, b) => a - b);
-  return samples[Math.floor(samples.length / 2)];
+  return median(samples);
+}
+
+/**
+ * The middle value (the upper one of an even count).
+ *
+ * @param values At least one number.
+ * @returns The median.
+ */
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
 }
 
 /**

@@ -14,6 +14,7 @@ import type { Gpu, GpuStats } from "../../kernels/device.ts";
 import { GpuTimer } from "../../kernels/timer.ts";
 import type { DatasetMeta } from "../../model/meta.ts";
 import { Rng } from "../../model/rng.ts";
+import { median } from "./harness.ts";
 import {
   loadConfigFile,
   modelConfigFor,
@@ -179,9 +180,4 @@ function randomData(
     val_fraction: 0.1,
   };
   return { train, val, meta };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
 }
