@@ -26,7 +26,16 @@ import { grid } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
 import { declare } from "./wgsl.ts";
 
-/** A filled staging texture: texel i is at (i mod `width`, i / `width`). */
+/**
+ * A filled staging texture: texel i is at (i mod `width`, i / `width`).
+ *
+ * @example
+ * ```ts
+ * const staged = stageTexels(rec, x, "my kernel x");
+ * const wgsl = texelReaderWgsl("fetchX", 1, staged, { fixedWidth: true }); // fn fetchX(i: u32) -> vec4<f32>
+ * rec.dispatch(pipeline, [out, staged.view], [groups]);
+ * ```
+ */
 export interface StagedTexels {
   /** The view to bind (see {@link texelReaderWgsl}). */
   view: GPUTextureView;
