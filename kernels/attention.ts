@@ -650,14 +650,17 @@ ${shared}`;
   }
 
   /**
-   * Loads every vec4 of the chunk's streamed rows once, as `${name}{c}_{d}`, for a
-   * body that reads them twice (the backward's dots and accumulation): a reload
-   * from a spill slot is cheaper than a second texel fetch.
+   * For a body that reads the chunk's streamed rows twice (the backward's dots and
+   * accumulation): with texels, loads every vec4 once as `${name}{c}_{d}`, since
+   * a reload from a spill slot is cheaper than a second texel fetch; otherwise
+   * (workgroup memory or storage, on a GPU) reads them where used, keeping
+   * registers free.
    */
   loadAll(
     name: string,
     load: (c: number, d: number) => string,
   ): { code: string; load: (c: number, d: number) => string } {
+    if (!this.plan.textures) return { code: "", load };
     const lines: string[] = [];
     for (let c = 0; c < this.C; c++) {
       for (let d = 0; d < this.H4; d++) lines.push(`let ${name}${c}_${d} = ${load(c, d)};`);
@@ -667,13 +670,12 @@ ${shared}`;
 
   /**
    * `${acc}{ρ}_d += Σ_c ${weight}{ρ}[c] · streamed[c][d]`, each streamed vec4 loaded
-   * once; with `scale`, the accumulator is first multiplied by `${scale}{ρ}` inside
-   * the first fma, so a spilled accumulator is loaded and stored once per chunk row
-   * rather than once more for the rescale.
+   * once. An accumulator's chunk terms are added in a row (in chunk order), so a
+   * spilled accumulator is loaded and stored once per chunk; with `scale` it is
+   * first multiplied by `${scale}{ρ}` inside the first fma (the forward's
+   * rescale) rather than in a pass of its own.
    */
   accumulate(acc: string, weight: string, load: (c: number, d: number) => string, scale?: string): string {
-    // An accumulator's chunk terms in a row, in chunk order as before, so a spilled
-    // accumulator is loaded and stored once per chunk.
     const lines: string[] = [];
     for (let d = 0; d < this.H4; d++) {
       const xs = each(this.C, (c) => `let x${c} = ${load(c, d)};`, " ");

@@ -64,8 +64,8 @@ export interface TexelTile {
 
 /**
  * The blocking {@link texelMatmul} uses for `p`: 16 rows by 4 quads per lane, which
- * fetches 16 + 16 texels per step for 1024 FMAs a lane (8 + 4 for 128 at 8×1)
- * and ran the 1024³ product about 1.9× faster than 8×1 on lavapipe; fewer where
+ * fetches 16 + 16 texels per step for 1024 FMAs a lane (8 + 4 for 128 at 8×1;
+ * on lavapipe 16×4 ran the 1024³ product 1.2× faster than 8×1); fewer where
  * M or N is so small that the bigger tile would mostly compute past the edge,
  * and M rows when M is below 8 (a decoding step: one row per sequence, each row
  * a fetch per step).
