@@ -177,8 +177,8 @@ function slotTexture(
  * Staged copies of tensors that do not change while the cache lives (a
  * generator's weights), each in its own texture and copied once, on first use:
  * a decoding step multiplies by every weight matrix, and on lavapipe copying
- * them all again each step (and breaking the compute pass for each copy) cost
- * about a quarter of the step. Pass it to a recorder (`texelCache`) and
+ * them all again each step (each copy also ends the compute pass, about 45 µs
+ * there) made decoding 1.1–1.2× slower. Pass it to a recorder (`texelCache`) and
  * {@link stageTexels} uses it for the tensors it holds.
  *
  * @example
