@@ -49,6 +49,31 @@ export async function runDeno(args: string[], env: Record<string, string> = {}):
   return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
 }
 
+/**
+ * Starts `scripts/train.ts` with the train task's permissions as a child process
+ * that a test can watch, signal or kill while it runs.
+ *
+ * @param args Training flags.
+ * @param stdout Whether the test reads standard output.
+ * @returns The child; standard error is piped.
+ */
+export function spawnTrain(args: string[], stdout: "piped" | "null"): Deno.ChildProcess {
+  return new Deno.Command("deno", {
+    args: [
+      "run",
+      "--allow-read=.",
+      "--allow-write=.",
+      "--allow-env=XDG_RUNTIME_DIR,DENO_WEBGPU_BACKEND",
+      "scripts/train.ts",
+      ...args,
+    ],
+    cwd: new URL("..", import.meta.url).pathname,
+    env: { NO_COLOR: "1" },
+    stdout,
+    stderr: "piped",
+  }).spawn();
+}
+
 /** Environment that hides every Vulkan driver: no adapter, since only Vulkan is tried by default. */
 export const NO_ADAPTER: Record<string, string> = { VK_DRIVER_FILES: "/nonexistent/icd.json" };
 

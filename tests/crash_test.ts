@@ -6,29 +6,20 @@
  */
 import assert from "node:assert/strict";
 import { loadCheckpoint } from "../model/checkpoint.ts";
+import { spawnTrain } from "./cli.ts";
 
 const OUT = "tests/tmp/sigkill";
 const CKPT = `${OUT}/ckpt.safetensors`;
 const KILLS = 8;
 
 function train(resume: boolean): Deno.ChildProcess {
-  return new Deno.Command("deno", {
-    args: [
-      "run",
-      "--allow-read=.",
-      "--allow-write=.",
-      "--allow-env=XDG_RUNTIME_DIR,DENO_WEBGPU_BACKEND",
-      "scripts/train.ts",
-      // ~0.4 M parameters: a 5 MB checkpoint takes a few milliseconds to write, long enough to land in.
-      ...["--n_layer=2", "--n_head=4", "--n_embd=128", "--block_size=16", "--batch_size=2", "--eval_iters=1"],
-      ...["--max_iters=100000", "--eval_interval=1", "--log_interval=1000", "--always_save_checkpoint=true"],
-      `--out_dir=${OUT}`,
-      `--init_from=${resume ? "resume" : "scratch"}`,
-    ],
-    env: { NO_COLOR: "1" },
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
+  return spawnTrain([
+    // ~0.4 M parameters: a 5 MB checkpoint takes a few milliseconds to write, long enough to land in.
+    ...["--n_layer=2", "--n_head=4", "--n_embd=128", "--block_size=16", "--batch_size=2", "--eval_iters=1"],
+    ...["--max_iters=100000", "--eval_interval=1", "--log_interval=1000", "--always_save_checkpoint=true"],
+    `--out_dir=${OUT}`,
+    `--init_from=${resume ? "resume" : "scratch"}`,
+  ], "null");
 }
 
 async function exists(path: string): Promise<boolean> {

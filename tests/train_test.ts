@@ -8,7 +8,7 @@ import { paramLayout } from "../model/params.ts";
 import { Trainer, type TrainingData } from "../model/trainer.ts";
 import { applyOverrides, TRAIN_DEFAULTS, type TrainConfig } from "../model/train_config.ts";
 import { testGpu } from "./harness.ts";
-import { runTask } from "./cli.ts";
+import { runTask, spawnTrain } from "./cli.ts";
 
 const DIR = "tests/tmp/train";
 
@@ -181,20 +181,10 @@ Deno.test("f16 compute trains like f32, and an overflowing loss scale skips the 
 Deno.test("Ctrl-C during training saves a checkpoint that resumes, and exits cleanly", async () => {
   const out = `${DIR}/interrupted`;
   await Deno.remove(out, { recursive: true }).catch(() => {});
-  const child = new Deno.Command("deno", {
-    args: [
-      "run",
-      "--allow-read=.",
-      "--allow-write=.",
-      "--allow-env=XDG_RUNTIME_DIR,DENO_WEBGPU_BACKEND",
-      "scripts/train.ts",
-      ...["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4", "--eval_iters=1"],
-      ...["--max_iters=100000", "--log_interval=1", "--eval_interval=100000", `--out_dir=${out}`],
-    ],
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const child = spawnTrain([
+    ...["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4", "--eval_iters=1"],
+    ...["--max_iters=100000", "--log_interval=1", "--eval_interval=100000", `--out_dir=${out}`],
+  ], "piped");
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let seen = "";
   while (!/iter 2:/.test(seen)) {
