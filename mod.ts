@@ -58,7 +58,8 @@ export { Tensor } from "./kernels/tensor.ts";
 export type { DType, TensorData } from "./kernels/tensor.ts";
 // Types the model's classes expose; their functions live in the ./kernels entry point.
 export type { Recorder, RecorderOptions, Workgroups } from "./kernels/recorder.ts";
-export type { StagedTexels, TexelCache } from "./kernels/texels.ts";
+export type { StagedTexels } from "./kernels/texels.ts";
+export type { TexelCache } from "./kernels/texel_cache.ts";
 export type { GpuTimer, KernelTime } from "./kernels/timer.ts";
 export type { BindGroupCache, Binding, PipelineCache } from "./kernels/pipeline.ts";
 export type { EmbeddingIndexBuffer } from "./kernels/embedding.ts";

@@ -158,6 +158,8 @@ export interface GpuStats {
   readbacks: number;
   /** Dispatches recorded. */
   dispatches: number;
+  /** Copies and clears recorded: each also ends the compute pass. */
+  copies: number;
   /**
    * Bytes in buffers and textures allocated and not yet freed through {@link Gpu.release}:
    * what a model, trainer or run holds.
@@ -219,6 +221,7 @@ export class Gpu {
     submits: 0,
     readbacks: 0,
     dispatches: 0,
+    copies: 0,
     bytes: 0,
   };
   /** Compiled pipelines, keyed by WGSL text. */

@@ -19,18 +19,27 @@ const WORKGROUP = 256;
 /**
  * Records a one-thread-per-element kernel over `n` elements: `body` is WGSL that
  * reads and writes the declared bindings at index `i`; `helpers` holds WGSL
- * functions the body calls.
+ * functions the body calls, and may declare `textures`, bound after the tensors.
  *
  * @param rec The recorder.
  * @param options The kernel's label, bindings, element count and body.
  */
 export function recordElementwise(
   rec: Recorder,
-  options: { label: string; decls: readonly StorageDecl[]; n: number; body: string; helpers?: string },
+  options: {
+    label: string;
+    decls: readonly StorageDecl[];
+    n: number;
+    body: string;
+    helpers?: string;
+    textures?: readonly GPUTextureView[];
+  },
 ): void {
   const { label, decls, n, body } = options;
   expectF16Support(label, rec.gpu.features.f16, decls.map((d) => d.tensor));
-  const { wgsl, bindings } = declare(decls);
+  const declared = declare(decls);
+  const bindings = [...declared.bindings, ...(options.textures ?? [])];
+  const wgsl = declared.wgsl;
   const code = `${wgsl}
 const N = ${n}u;${options.helpers ?? ""}
 @compute @workgroup_size(${WORKGROUP})

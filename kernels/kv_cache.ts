@@ -16,7 +16,7 @@ import { recordElementwise } from "./elementwise.ts";
 import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
-import { canStageTexels, stageTexels, texelReaderWgsl } from "./texels.ts";
+import { canStageTexels, stageTexels, texelReaderWgsl, texelWriterWgsl } from "./texels.ts";
 import { declare, expectDType, expectF16Support, expectLength, float } from "./wgsl.ts";
 
 /**
@@ -92,25 +92,48 @@ export function kvCacheWrite(
       `kvCacheWrite: position ${position} + ${s.Tq} tokens does not fit a cache of ${s.Tmax}`,
     );
   }
+  // Kept texel copies of the caches (for the texel attention) are written too while
+  // they are current; a thread then moves 4 values of a row, one texel.
+  const kMirror = width % 4 === 0 ? rec.texelCache?.mirror(rec, kCache, { partial: true }) ?? null : null;
+  const vMirror = width % 4 === 0 ? rec.texelCache?.mirror(rec, vCache, { partial: true }) ?? null : null;
+  const per = kMirror || vMirror ? 4 : 1;
+  const decls = [
+    ...(positioned ? [{ name: "position", tensor: position }] : []),
+    { name: "qkv", tensor: qkv },
+    { name: "kCache", tensor: kCache, write: true },
+    { name: "vCache", tensor: vCache, write: true },
+  ];
+  const mirrors = [["storeK", kMirror], ["storeV", vMirror]] as const;
+  const stores = (cache: Tensor, name: string, store: string, mirrored: boolean, offset: string) => {
+    const values = Array.from({ length: per }, (_, e) => `${name}${e}`);
+    const lines = values.flatMap((value, e) => [
+      `let ${value} = ${cache.dtype}(qkv[source + ${offset}${e}u]);`,
+      `${name}[slot + ${e}u] = ${value};`,
+    ]);
+    if (mirrored) lines.push(`${store}(slot / 4u, vec4<f32>(${values.map((v) => `f32(${v})`).join(", ")}));`);
+    return lines.join("\n  ");
+  };
+  let binding = decls.length;
   recordElementwise(rec, {
-    label: `kv cache write ${qkv.dtype}->${kCache.dtype}`,
-    decls: [
-      ...(positioned ? [{ name: "position", tensor: position }] : []),
-      { name: "qkv", tensor: qkv },
-      { name: "kCache", tensor: kCache, write: true },
-      { name: "vCache", tensor: vCache, write: true },
-    ],
-    n: s.B * s.Tq * width,
-    body: `let c = i % ${width}u;
-  let t = (i / ${width}u) % ${s.Tq}u;
-  let b = i / ${width * s.Tq}u;
+    label: `kv cache write ${qkv.dtype}->${kCache.dtype}${per === 4 ? " by texels" : ""}${
+      kMirror ? " +k texels" : ""
+    }${vMirror ? " +v texels" : ""}`,
+    decls,
+    n: (s.B * s.Tq * width) / per,
+    body: `let c = (i * ${per}u) % ${width}u;
+  let t = ((i * ${per}u) / ${width}u) % ${s.Tq}u;
+  let b = (i * ${per}u) / ${width * s.Tq}u;
   let source = (b * ${s.Tq}u + t) * ${s.row}u + ${s.NH * s.HS}u + c;
   let pos = ${positioned ? "position[0]" : `${position}u`} + t;
   if (pos >= ${s.Tmax}u) { return; }
   let slot = (b * ${s.Tmax}u + pos) * ${width}u + c;
-  kCache[slot] = ${kCache.dtype}(qkv[source]);
-  vCache[slot] = ${vCache.dtype}(qkv[source + ${width}u]);`,
+  ${stores(kCache, "kCache", "storeK", kMirror !== null, "")}
+  ${stores(vCache, "vCache", "storeV", vMirror !== null, `${width}u + `)}`,
+    helpers: mirrors.map(([name, m]) => (m ? `\n${texelWriterWgsl(name, binding++, m)}` : "")).join(""),
+    textures: mirrors.flatMap(([, m]) => (m ? [m.view] : [])),
   });
+  if (kMirror) rec.texelCache!.markCurrent(rec, kCache);
+  if (vMirror) rec.texelCache!.markCurrent(rec, vCache);
 }
 
 /**
@@ -278,6 +301,8 @@ function cachedAttentionTexels(
   const H4 = s.HS / 4;
   const k = stageTexels(rec, args.kCache, "cache k");
   const v = stageTexels(rec, args.vCache, "cache v");
+  // A kept texel copy of out (the next matmul's input) is written as well.
+  const mirror = rec.texelCache?.mirror(rec, out) ?? null;
   const { wgsl, bindings } = declare([
     { name: "position", tensor: position },
     { name: "qkv", tensor: qkv },
@@ -288,6 +313,7 @@ function cachedAttentionTexels(
   const code = `${wgsl}
 ${texelReaderWgsl("fetchK", 3, k, { fixedWidth: true })}
 ${texelReaderWgsl("fetchV", 4, v, { fixedWidth: true })}
+${mirror ? texelWriterWgsl("storeOut", 5, mirror) : ""}
 const TMAX = ${s.Tmax}u;
 const ROW4 = ${(s.NKV * s.HS) / 4}u; // texels per cached position
 var<workgroup> scores: array<f32, ${s.Tmax}>;
@@ -314,12 +340,16 @@ ${cachedAttentionEntry()}
       acc += scores[t] * fetchV((b * TMAX + t) * ROW4 + kvHead * ${H4}u + lid);
     }
     let o = (b * ${s.NH}u + h) * ${s.HS}u + lid * 4u;
-    let r = acc / rowSum;
-    ${[0, 1, 2, 3].map((c) => `out[o + ${c}u] = ${out.dtype}(r.${"xyzw"[c]});`).join("\n    ")}
+    let r = vec4<${out.dtype}>(acc / rowSum);
+    ${[0, 1, 2, 3].map((c) => `out[o + ${c}u] = r.${"xyzw"[c]};`).join("\n    ")}${
+    mirror ? "\n    storeOut(o / 4u, vec4<f32>(r));" : ""
+  }
   }
 }`;
-  const pipeline = rec.gpu.pipelines.get(`cached attention texels HS${s.HS}`, code);
-  rec.dispatch(pipeline, [...bindings, k.view, v.view], [s.NH, s.B]);
+  const label = `cached attention texels HS${s.HS}${mirror ? " +texels" : ""}`;
+  const textures = mirror ? [k.view, v.view, mirror.view] : [k.view, v.view];
+  rec.dispatch(rec.gpu.pipelines.get(label, code), [...bindings, ...textures], [s.NH, s.B]);
+  if (mirror) rec.texelCache!.markCurrent(rec, out);
 }
 
 /**

@@ -40,7 +40,7 @@ export { Tensor } from "./tensor.ts";
 export type { DType, TensorData } from "./tensor.ts";
 export { grid, Recorder } from "./recorder.ts";
 export type { RecorderOptions, Workgroups } from "./recorder.ts";
-export { TexelCache } from "./texels.ts";
+export { TexelCache } from "./texel_cache.ts";
 export type { StagedTexels } from "./texels.ts";
 export { BindGroupCache, PipelineCache } from "./pipeline.ts";
 export type { Binding } from "./pipeline.ts";

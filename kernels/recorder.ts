@@ -12,7 +12,7 @@ import { GpuError } from "./errors.ts";
 import type { Binding } from "./pipeline.ts";
 import { Tensor } from "./tensor.ts";
 import type { GpuTimer } from "./timer.ts";
-import type { TexelCache } from "./texels.ts";
+import type { TexelCache } from "./texel_cache.ts";
 
 /**
  * Options of {@link Recorder}: a timer to profile each dispatch, and a label
@@ -29,7 +29,7 @@ export interface RecorderOptions {
   timer?: GpuTimer;
   /** Names the command buffer. */
   label?: string;
-  /** Kept staging copies of constant tensors (a generator's weights) for texel kernels. */
+  /** Staging copies for texel kernels kept across recordings: of constant and of mirrored tensors. */
   texelCache?: TexelCache;
 }
 
@@ -100,6 +100,7 @@ export class Recorder {
     }
     if (x === 0 || y === 0 || z === 0) return;
     const group = this.gpu.bindGroups.get(pipeline, bindings);
+    if (this.texelCache) { for (const binding of bindings) this.texelCache.touch(this, binding); }
     const pass = this.#timer ? this.#timedPass(pipeline.label) : this.#sharedPass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
@@ -119,7 +120,9 @@ export class Recorder {
     if (target.byteLength !== source.byteLength) {
       throw new GpuError(`Cannot copy "${source.label}" into "${target.label}": sizes differ`);
     }
+    this.texelCache?.touch(this, target);
     this.#endPass();
+    this.gpu.stats.copies++;
     const size = source.range().size;
     this.encoder.copyBufferToBuffer(source.buffer, source.byteOffset, target.buffer, target.byteOffset, size);
   }
@@ -145,6 +148,7 @@ export class Recorder {
       );
     }
     this.#endPass();
+    this.gpu.stats.copies++;
     const rowBytes = texture.width * texelBytes;
     const rows = Math.floor(texels / texture.width);
     const rest = texels % texture.width;
@@ -165,7 +169,9 @@ export class Recorder {
    * @param tensor The tensor to clear; its byte range must be 4-byte aligned.
    */
   clear(tensor: Tensor): void {
+    this.texelCache?.touch(this, tensor);
     this.#endPass();
+    this.gpu.stats.copies++;
     const { offset, size } = tensor.range();
     this.encoder.clearBuffer(tensor.buffer, offset, size);
   }
@@ -178,6 +184,7 @@ export class Recorder {
   finish(): GPUCommandBuffer {
     this.#endPass();
     this.#timer?.resolve(this.encoder);
+    this.texelCache?.commit(this);
     return this.encoder.finish();
   }
 

@@ -42,6 +42,7 @@ import {
   float,
   type StorageDecl,
 } from "./wgsl.ts";
+import { texelWriterWgsl } from "./texels.ts";
 
 /**
  * Row groups the backward aims for before it gives each group more rows: 4096
@@ -241,7 +242,10 @@ function recordForward(
   );
   expectF16Support(kernel, rec.gpu.features.f16, tensors);
   const { wgsl, bindings } = declare(decls);
+  // A kept texel copy of out (a decoding step's matmul input) is written as well; a vec4 is a texel.
+  const mirror = layout.width === 4 ? rec.texelCache?.mirror(rec, out) ?? null : null;
   const code = `${wgsl}
+${mirror ? texelWriterWgsl("storeOut", bindings.length, mirror) : ""}
 ${rowPrelude(layout)}
 const EPS = ${float(eps)};
 
@@ -270,16 +274,18 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   for (var k = 0u; k < PER; k++) {
     let c = t + k * T;
     if (c < VECS) {
-      out[row * VECS + c] = ${elem(out)}(xs[k] * r * ${F}(weight[c]));
+      let o = ${elem(out)}(xs[k] * r * ${F}(weight[c]));
+      out[row * VECS + c] = o;${mirror ? "\n      storeOut(row * VECS + c, vec4<f32>(o));" : ""}
     }
   }
 }`;
-  const label = `${kernel} C=${layout.C} ${x.dtype}->${out.dtype}`;
+  const label = `${kernel} C=${layout.C} ${x.dtype}->${out.dtype}${mirror ? " +texels" : ""}`;
   rec.dispatch(
     rec.gpu.pipelines.get(label, code),
-    bindings,
+    mirror ? [...bindings, mirror.view] : bindings,
     grid(rec.gpu, Math.ceil(layout.N / layout.rows)),
   );
+  if (mirror) rec.texelCache!.markCurrent(rec, out);
 }
 
 /**

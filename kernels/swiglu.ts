@@ -19,6 +19,7 @@ import { recordElementwise } from "./elementwise.ts";
 import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
+import { texelWriterWgsl } from "./texels.ts";
 import { expectDType, expectShape, type StorageDecl } from "./wgsl.ts";
 
 /** Checks out-like [..., H] against gateUp [..., 2H]; returns H, the vector width and vectors per half-row. */
@@ -98,13 +99,19 @@ export function swigluForward(rec: Recorder, args: { out: Tensor; gateUp: Tensor
     { name: "gateUp", tensor: gateUp, element: elem(gateUp) },
     { name: "out", tensor: out, write: true, element: elem(out) },
   ];
+  // A kept texel copy of out (a decoding step's matmul input) is written as well; a vec4 is a texel.
+  const mirror = F === "vec4f" ? rec.texelCache?.mirror(rec, out) ?? null : null;
   recordElementwise(rec, {
-    label: `${kernel} ${elem(gateUp)}->${elem(out)}`,
+    label: `${kernel} ${elem(gateUp)}->${elem(out)}${mirror ? " +texels" : ""}`,
     decls,
     n: out.length / (F === "vec4f" ? 4 : 1),
     body: `${loadGateUp("gateUp", F, vecs)}
-  out[i] = ${elem(out)}(g * s * u);`,
+  let o = ${elem(out)}(g * s * u);
+  out[i] = o;${mirror ? "\n  storeOut(i, vec4<f32>(o));" : ""}`,
+    helpers: mirror ? `\n${texelWriterWgsl("storeOut", decls.length, mirror)}` : undefined,
+    textures: mirror ? [mirror.view] : undefined,
   });
+  if (mirror) rec.texelCache!.markCurrent(rec, out);
 }
 
 /**

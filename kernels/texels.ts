@@ -45,7 +45,9 @@ export interface StagedTexels {
   format: "rgba32float" | "rgba16float";
 }
 
-interface Staging extends StagedTexels {
+/** A staging texture with the view and layout kernels read it by. */
+export interface Staging extends StagedTexels {
+  /** The texture itself (for copies into it, and to free it). */
   texture: GPUTexture;
 }
 
@@ -65,7 +67,7 @@ export function canStageTexels(gpu: Gpu, tensor: Tensor): boolean {
 
 /**
  * Records a copy of `tensor` into the staging texture of `slot` (made on first use),
- * or, for a tensor the recorder's {@link TexelCache} holds, returns its kept copy.
+ * or, for a tensor the recorder's `TexelCache` holds, returns its kept copy.
  *
  * @param rec The recorder.
  * @param tensor A tensor for which {@link canStageTexels} holds.
@@ -140,12 +142,26 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   return staging;
 }
 
-function formatOf(tensor: Tensor): StagedTexels["format"] {
+/**
+ * The staging format of `tensor`'s dtype.
+ *
+ * @param tensor An f32 or f16 tensor.
+ * @returns `rgba16float` for f16, else `rgba32float`.
+ */
+export function formatOf(tensor: Tensor): StagedTexels["format"] {
   return tensor.dtype === "f16" ? "rgba16float" : "rgba32float";
 }
 
-/** A new texture of `size` texels. */
-function makeStaging(
+/**
+ * A new staging texture of `size` texels, outside the per-slot cache (the caller frees it).
+ *
+ * @param gpu The device.
+ * @param label Names the texture.
+ * @param size Width (a power of two) and height, from {@link textureSize}.
+ * @param format The texel format.
+ * @returns The texture with its view, width and format.
+ */
+export function makeStaging(
   gpu: Gpu,
   label: string,
   size: [number, number],
@@ -171,79 +187,6 @@ function slotTexture(
     cache.set(key, staging);
   }
   return staging;
-}
-
-/**
- * Staged copies of tensors that do not change while the cache lives (a
- * generator's weights), each in its own texture and copied once, on first use:
- * a decoding step multiplies by every weight matrix, and on lavapipe copying
- * them all again each step (each copy also ends the compute pass, about 45 µs
- * there) made decoding 1.1–1.2× slower. Pass it to a recorder (`texelCache`) and
- * {@link stageTexels} uses it for the tensors it holds.
- *
- * @example
- * ```ts
- * const texels = new TexelCache(gpu, [model.params]); // written once, before any use
- * const rec = gpu.recorder({ texelCache: texels });
- * ```
- */
-export class TexelCache {
-  readonly #gpu: Gpu;
-  readonly #buffers: GPUBuffer[];
-  readonly #staged = new Map<string, Staging>();
-
-  /**
-   * Makes an empty cache; textures are made on first use.
-   *
-   * @param gpu The device.
-   * @param constants Tensors (and so every view of their buffers) whose contents
-   *   stay fixed from the first recording that stages them until {@link release}.
-   */
-  constructor(gpu: Gpu, constants: readonly Tensor[]) {
-    this.#gpu = gpu;
-    this.#buffers = constants.map((t) => t.buffer);
-  }
-
-  /**
-   * Whether `tensor` lives in one of the constant buffers.
-   *
-   * @param tensor The tensor.
-   * @returns True when {@link TexelCache.stage} keeps its copy.
-   */
-  holds(tensor: Tensor): boolean {
-    return this.#buffers.includes(tensor.buffer);
-  }
-
-  /**
-   * The staged copy of `tensor`, recording the copy the first time only.
-   *
-   * @param rec The recorder.
-   * @param tensor A tensor this cache {@link TexelCache.holds} and {@link canStageTexels} accepts.
-   * @returns The texture's view, width and format.
-   */
-  stage(rec: Recorder, tensor: Tensor): StagedTexels {
-    const key = `${
-      this.#buffers.indexOf(tensor.buffer)
-    } ${tensor.byteOffset} ${tensor.length} ${tensor.dtype}`;
-    let staging = this.#staged.get(key);
-    if (!staging) {
-      staging = makeStaging(
-        this.#gpu,
-        `constant ${tensor.label}`,
-        textureSize(this.#gpu, tensor)!,
-        formatOf(tensor),
-      );
-      rec.copyToTexture(staging.texture, tensor);
-      this.#staged.set(key, staging);
-    }
-    return staging;
-  }
-
-  /** Frees the textures. */
-  release(): void {
-    for (const { texture } of this.#staged.values()) this.#gpu.destroyTexture(texture);
-    this.#staged.clear();
-  }
 }
 
 /**
@@ -283,8 +226,36 @@ fn ${name}(i: u32) -> vec4<f32> {
 }`;
 }
 
-/** Width and height of `tensor`'s texture, or null when it cannot have one. */
-function textureSize(gpu: Gpu, tensor: Tensor): [number, number] | null {
+/**
+ * WGSL that declares `staged` at `@binding(binding)` of group 0 as a write-only
+ * storage texture `tex_{name}`, and `fn name(i: u32, v: vec4<f32>)`, which writes
+ * texel i: how a kernel writes a kept copy (see `TexelCache.mirror`) along with
+ * the tensor it produces.
+ *
+ * @param name The function's name.
+ * @param binding The binding index.
+ * @param staged The texture it will be bound to (its width and format are baked in).
+ * @returns WGSL for the module scope.
+ * @example
+ * ```ts
+ * const mirror = rec.texelCache?.mirror(rec, out) ?? null;
+ * const wgsl = mirror ? texelWriterWgsl("storeOut", 2, mirror) : ""; // storeOut(i, value) beside out[i] = value
+ * ```
+ */
+export function texelWriterWgsl(name: string, binding: number, staged: StagedTexels): string {
+  const texture = `tex_${name}`;
+  return `@group(0) @binding(${binding}) var ${texture}: texture_storage_2d<${staged.format}, write>;
+fn ${name}(i: u32, v: vec4<f32>) { textureStore(${texture}, vec2u(i % ${staged.width}u, i / ${staged.width}u), v); }`;
+}
+
+/**
+ * Width and height of `tensor`'s staging texture, or null when it cannot have one.
+ *
+ * @param gpu The device.
+ * @param tensor The tensor.
+ * @returns The size, or null.
+ */
+export function textureSize(gpu: Gpu, tensor: Tensor): [number, number] | null {
   const texelBytes = 4 * Tensor.bytesPerElement(tensor.dtype);
   const texels = tensor.length / 4;
   if (!Number.isInteger(texels) || texels === 0 || tensor.byteOffset % texelBytes !== 0) return null;

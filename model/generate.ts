@@ -24,7 +24,8 @@ import type { Gpu } from "../kernels/device.ts";
 import { selectPosition } from "../kernels/kv_cache.ts";
 import { advanceDecodeStep, sampleNextTokens } from "../kernels/draw.ts";
 import type { Tensor } from "../kernels/tensor.ts";
-import { TexelCache } from "../kernels/texels.ts";
+import { TexelCache } from "../kernels/texel_cache.ts";
+import { canStageTexels } from "../kernels/texels.ts";
 import { headSize, type ModelConfig } from "./config.ts";
 import { type KvCache, Llama } from "./model.ts";
 import type { Rng } from "./rng.ts";
@@ -97,8 +98,12 @@ export class Generator {
 
   #block: Llama;
   #step: Llama;
-  /** Staged copies of the weights for texel kernels (software adapters), made once: the weights never change. */
-  #weightTexels: TexelCache;
+  /**
+   * Kept texel copies for texel kernels (software adapters): of the weights, made
+   * once, and of what a decoding step's matmuls and attention read, written by the
+   * kernels that produce it rather than copied before each read.
+   */
+  #texels: TexelCache;
   #cache: KvCache;
   #blockTokens: Tensor;
   #stepTokens: Tensor;
@@ -142,8 +147,6 @@ export class Generator {
       dtype,
       weightsFrom: this.#block,
     });
-    const weights = [this.#block.params, this.#block.weights16].filter((t): t is Tensor => t !== null);
-    this.#weightTexels = new TexelCache(gpu, weights);
     const kvWidth = model.config.n_kv_head * headSize(model.config);
     const layers = Array.from({ length: model.config.n_layer }, (_, l) => l);
     this.#cache = {
@@ -151,6 +154,16 @@ export class Generator {
       v: layers.map((l) => gpu.tensor([B, T, kvWidth], dtype, { label: `layer ${l} v cache` })),
       position: gpu.tensor([1], "u32", { label: "decode position" }),
     };
+    const weights = [this.#block.params, this.#block.weights16].filter((t): t is Tensor => t !== null);
+    // What a decoding step's matmuls and attention read by texels (software adapters only).
+    const stepActs = this.#step.acts;
+    const read = [
+      ...stepActs.layers.flatMap((a) => [a.ln1, a.atty, a.ln2, a.hidden]),
+      stepActs.lnf,
+      ...this.#cache.k,
+      ...this.#cache.v,
+    ];
+    this.#texels = new TexelCache(gpu, weights, { mirrored: read.filter((t) => canStageTexels(gpu, t)) });
     this.#blockTokens = gpu.tensor([B, T], "u32", { label: "prefill tokens" });
     this.#stepTokens = gpu.tensor([B, 1], "u32", { label: "step tokens" });
     this.#lastRow = gpu.tensor([1], "u32", { label: "last prompt row" });
@@ -236,7 +249,7 @@ export class Generator {
   release(): void {
     this.#step.release();
     this.#block.release();
-    this.#weightTexels.release();
+    this.#texels.release();
     for (const t of [...this.#cache.k, ...this.#cache.v, this.#cache.position]) this.gpu.release(t);
     const buffers = [this.#blockTokens, this.#stepTokens, this.#lastRow, this.#hidden, this.#logits];
     for (const t of [...buffers, this.#drawState, this.#history]) this.gpu.release(t);
@@ -251,7 +264,7 @@ export class Generator {
     windows.forEach((w, b) => tokens.set(w, b * T));
     this.gpu.write(this.#blockTokens, tokens);
     this.gpu.write(this.#lastRow, [n - 1]);
-    const rec = this.gpu.recorder({ label: "prefill", texelCache: this.#weightTexels });
+    const rec = this.gpu.recorder({ label: "prefill", texelCache: this.#texels });
     this.#block.forwardHidden(rec, { tokens: this.#blockTokens, cache: this.#cache });
     selectPosition(rec, { out: this.#hidden, x: this.#block.acts.lnf, position: this.#lastRow });
     this.#block.head(rec, { out: this.#logits, hidden: this.#hidden });
@@ -279,7 +292,7 @@ export class Generator {
     this.gpu.write(this.#drawState, [0, draw.seed]);
     for (let step = 0; step < count; step++) {
       // A submit per step lets the GPU run one step while the CPU records the next.
-      const rec = this.gpu.recorder({ label: "decode step", texelCache: this.#weightTexels });
+      const rec = this.gpu.recorder({ label: "decode step", texelCache: this.#texels });
       this.#step.forwardHidden(rec, { tokens: this.#stepTokens, cache: this.#cache });
       this.#step.head(rec, { out: this.#logits, hidden: this.#step.acts.lnf });
       sampleNextTokens(rec, {
@@ -304,7 +317,7 @@ export class Generator {
     const started = performance.now();
     this.gpu.write(this.#stepTokens, tokens);
     this.gpu.write(this.#cache.position, [position]);
-    const rec = this.gpu.recorder({ label: "decode", texelCache: this.#weightTexels });
+    const rec = this.gpu.recorder({ label: "decode", texelCache: this.#texels });
     this.#step.forwardHidden(rec, { tokens: this.#stepTokens, cache: this.#cache });
     this.#step.head(rec, { out: this.#logits, hidden: this.#step.acts.lnf });
     rec.submit();

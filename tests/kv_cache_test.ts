@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { Gpu } from "../kernels/device.ts";
 import { cachedAttention, kvCacheWrite, selectPosition } from "../kernels/kv_cache.ts";
+import { TexelCache } from "../kernels/texel_cache.ts";
 import { assertClose, randomArray, testGpu } from "./harness.ts";
 import { attentionRef } from "./reference/attention.ts";
 
@@ -15,7 +16,23 @@ Deno.test("decoding token by token through the cache equals causal attention ove
   }
 });
 
-async function decodeAll(gpu: Gpu, [B, NH, NKV, HS, Tmax]: (typeof SHAPES)[number], texels: boolean) {
+Deno.test("decoding with kept texel copies of the caches matches causal attention, copying only at the first step", async () => {
+  const gpu = await testGpu();
+  for (const shape of SHAPES) await decodeAll(gpu, shape, true, { mirrored: true });
+});
+
+/**
+ * Decodes every position of random keys and values one step at a time and checks the
+ * outputs against causal attention. With `mirrored`, a TexelCache keeps texel copies of
+ * the caches and the output, written by the kernels that produce them: only the first
+ * step copies (the caches, into their new kept copies).
+ */
+async function decodeAll(
+  gpu: Gpu,
+  [B, NH, NKV, HS, Tmax]: (typeof SHAPES)[number],
+  texels: boolean,
+  options: { mirrored?: boolean } = {},
+) {
   {
     const row = (NH + 2 * NKV) * HS;
     const T = Tmax - 1; // decode all but the last slot
@@ -26,16 +43,21 @@ async function decodeAll(gpu: Gpu, [B, NH, NKV, HS, Tmax]: (typeof SHAPES)[numbe
     const qkv = gpu.tensor([B, 1, row], "f32", { label: "token qkv" });
     const out = gpu.tensor([B, NH * HS], "f32", { label: "token out" });
     const position = gpu.tensor([1], "u32", { label: "position" });
+    const texelCache = options.mirrored
+      ? new TexelCache(gpu, [], { mirrored: [kCache, vCache, out] })
+      : undefined;
     const got = new Float64Array(want.length);
     for (let t = 0; t < T; t++) {
       const token = new Float64Array(B * row);
       for (let b = 0; b < B; b++) token.set(all.subarray((b * T + t) * row, (b * T + t + 1) * row), b * row);
       gpu.write(qkv, token);
       gpu.write(position, [t]);
-      const rec = gpu.recorder();
+      const copies = gpu.stats.copies;
+      const rec = gpu.recorder({ texelCache });
       kvCacheWrite(rec, { kCache, vCache, qkv, position, nHead: NH, nKvHead: NKV });
       cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV, texels });
       rec.submit();
+      if (texelCache) assert.equal(gpu.stats.copies - copies, t === 0 ? 2 : 0, `copies at step ${t}`);
       const o = await gpu.readFloats(out);
       for (let b = 0; b < B; b++) got.set(o.subarray(b * NH * HS, (b + 1) * NH * HS), (b * T + t) * NH * HS);
     }
@@ -44,8 +66,9 @@ async function decodeAll(gpu: Gpu, [B, NH, NKV, HS, Tmax]: (typeof SHAPES)[numbe
       got,
       want,
       { atol: 1e-5, rtol: 1e-5 },
-      `B${B} NH${NH} NKV${NKV} HS${HS} T${T} texels ${texels}`,
+      `B${B} NH${NH} NKV${NKV} HS${HS} T${T} texels ${texels}${texelCache ? " mirrored" : ""}`,
     );
+    texelCache?.release();
     for (const x of [kCache, vCache, qkv, out, position]) gpu.release(x);
   }
 }

@@ -55,6 +55,19 @@ Deno.test("greedy decoding with the KV cache returns exactly the tokens of recom
   generator.release();
 });
 
+Deno.test("decoding steps copy nothing: kernels write the texel copies the next kernels read", async () => {
+  const gpu = await testGpu();
+  const generator = new Generator(gpu, { config: CONFIG, params: params(3) }, { batchSize: 2 });
+  const copiesOf = async (maxNewTokens: number) => {
+    const before = gpu.stats.copies;
+    await run(generator, [[1, 2, 3], [4, 5, 6]], { maxNewTokens, temperature: 0 });
+    return gpu.stats.copies - before;
+  };
+  await copiesOf(2);
+  assert.equal(await copiesOf(12), await copiesOf(3), "10 more decoding steps, no more copies");
+  generator.release();
+});
+
 Deno.test("the same seed gives the same samples; top_k=1 equals greedy", async () => {
   const gpu = await testGpu();
   const generator = new Generator(gpu, { config: CONFIG, params: params(4) }, { batchSize: 3 });
