@@ -66,7 +66,7 @@ await runCli(async () => {
   let train: TrainResult[] = [];
   if (!only || only === "train") {
     console.log(
-      "\ntraining step                                  ms/iter    tokens/s  dispatches  submits  created  cpu ms  vs kernels",
+      "\ntraining step                                  ms/iter    tokens/s  dispatches  submits  copies  created  cpu ms  vs kernels",
     );
     train = await trainBenchmarks(gpu);
     for (const r of train) {
@@ -78,6 +78,7 @@ await runCli(async () => {
           r.tokens_per_s.toFixed(0).padStart(11),
           r.dispatches_per_step.toFixed(0).padStart(11),
           r.submits_per_step.toFixed(0).padStart(8),
+          r.copies_per_step.toFixed(0).padStart(7),
           String(created).padStart(8),
           r.cpu_encode_ms.toFixed(1).padStart(7),
           (r.overhead_ratio === null ? "-" : `${r.overhead_ratio.toFixed(2)}x`).padStart(11),
@@ -92,7 +93,7 @@ await runCli(async () => {
   let sample: SampleResult[] = [];
   if (!only || only === "sample") {
     console.log(
-      "\ngeneration (tokens/s)        prefill    decode (KV cache)    recompute    decode/recompute",
+      "\ngeneration (tokens/s)        prefill    decode (KV cache)    recompute    decode/recompute   per decoding step",
     );
     sample = await sampleBenchmarks(gpu);
     for (const r of sample) {
@@ -103,7 +104,8 @@ await runCli(async () => {
           `${r.decode_tokens_per_s.toFixed(1).padStart(20)} ${
             r.recompute_tokens_per_s.toFixed(2).padStart(12)
           } ` +
-          `${(r.decode_tokens_per_s / r.recompute_tokens_per_s).toFixed(1).padStart(18)}x`,
+          `${(r.decode_tokens_per_s / r.recompute_tokens_per_s).toFixed(1).padStart(18)}x` +
+          `   ${r.decode_dispatches_per_step} dispatches, ${r.decode_copies_per_step} copies`,
       );
     }
   }

@@ -28,6 +28,10 @@ export interface SampleResult {
   decode_tokens_per_s: number;
   /** Generated tokens per second recomputing the whole window each token. */
   recompute_tokens_per_s: number;
+  /** Dispatches per KV-cache decoding step: on a software adapter each costs a round trip to its threads. */
+  decode_dispatches_per_step: number;
+  /** Copies per KV-cache decoding step (texel staging on a software adapter). */
+  decode_copies_per_step: number;
 }
 
 /**
@@ -68,6 +72,16 @@ export async function sampleBenchmarks(gpu: Gpu): Promise<SampleResult[]> {
         // Every generated token after the first costs one full-window pass.
         rates.recompute.push(recomputed.prefillTokens / prompt.length / (recomputed.prefillMs / 1000));
       }
+      // What one decoding step records: a burst's count less the prefill's.
+      const counts = async (maxNewTokens: number) => {
+        const before = { ...gpu.stats };
+        await run(maxNewTokens, false);
+        return {
+          dispatches: gpu.stats.dispatches - before.dispatches,
+          copies: gpu.stats.copies - before.copies,
+        };
+      };
+      const [burst, prefillOnly] = [await counts(17), await counts(1)];
       results.push({
         block_size: block,
         model: `${shape.n_layer}x${shape.n_head}x${shape.n_embd}`,
@@ -75,6 +89,8 @@ export async function sampleBenchmarks(gpu: Gpu): Promise<SampleResult[]> {
         prefill_tokens_per_s: median(rates.prefill),
         decode_tokens_per_s: median(rates.decode),
         recompute_tokens_per_s: median(rates.recompute),
+        decode_dispatches_per_step: (burst.dispatches - prefillOnly.dispatches) / 16,
+        decode_copies_per_step: (burst.copies - prefillOnly.copies) / 16,
       });
     } finally {
       generator.release();

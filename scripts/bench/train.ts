@@ -37,6 +37,8 @@ export interface TrainResult {
   dispatches_per_step: number;
   /** Command buffers submitted per step (one is the design). */
   submits_per_step: number;
+  /** Copies and clears per step: each ends the compute pass (texel staging on software adapters). */
+  copies_per_step: number;
   /** Buffers, textures, pipelines and bind groups created during the timed steps (zero is the design). */
   created_after_first_step: { buffers: number; textures: number; pipelines: number; bindGroups: number };
   /** CPU milliseconds to draw the batch, record the step and submit it. */
@@ -110,7 +112,15 @@ async function benchConfig(
     const wall: number[] = [];
     const encode: number[] = [];
     const profiles: Record<string, number>[] = [];
-    const counted = { dispatches: 0, submits: 0, buffers: 0, textures: 0, pipelines: 0, bindGroups: 0 };
+    const counted = {
+      dispatches: 0,
+      submits: 0,
+      copies: 0,
+      buffers: 0,
+      textures: 0,
+      pipelines: 0,
+      bindGroups: 0,
+    };
     for (let i = 0; i < steps; i++) {
       const before: GpuStats = { ...gpu.stats };
       const start = performance.now();
@@ -136,6 +146,7 @@ async function benchConfig(
       tokens_per_s: trainer.tokensPerStep / (ms / 1000),
       dispatches_per_step: counted.dispatches / steps,
       submits_per_step: counted.submits / steps,
+      copies_per_step: counted.copies / steps,
       created_after_first_step: {
         buffers: counted.buffers,
         textures: counted.textures,
