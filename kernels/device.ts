@@ -125,6 +125,8 @@ export interface GpuLimits {
   maxComputeWorkgroupsPerDimension: number;
   /** Storage buffers one shader may bind. */
   maxStorageBuffersPerShaderStage: number;
+  /** Storage textures one kernel may bind (texel reads on software adapters). */
+  maxStorageTexturesPerShaderStage: number;
   /** Alignment of a storage binding's offset, bytes. */
   minStorageBufferOffsetAlignment: number;
   /** Width and height of a 2D texture, texels. */
@@ -176,6 +178,7 @@ const LIMIT_NAMES: (keyof GpuLimits)[] = [
   "maxComputeWorkgroupSizeY",
   "maxComputeWorkgroupsPerDimension",
   "maxStorageBuffersPerShaderStage",
+  "maxStorageTexturesPerShaderStage",
   "minStorageBufferOffsetAlignment",
   "maxTextureDimension2D",
 ];

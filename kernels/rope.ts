@@ -164,7 +164,6 @@ function recordRope(
   expectF16Support(kernel, rec.gpu.features.f16, [x]);
   decls.push({ name: "x", tensor: x, write: true });
   const half = HS / 2;
-  const [hi, lo] = turnFractions(HS, theta);
   const { wgsl, bindings } = declare(decls);
   const t = x.dtype;
   // direction 1 rotates by +angle; -1 by -angle (the transpose, for the gradient).
@@ -176,18 +175,7 @@ const HALF = ${half}u;      // HS / 2
 const HS = ${HS}u;
 const ROW = ${(nHead + 2 * nKvHead) * HS}u;
 const ROTATED = ${nHead + nKvHead}u; // q heads then k heads, contiguous in a row
-// freq_i / 2π as a 64-bit binary fraction of a turn, split in two u32 words.
-var<private> F_HI: array<u32, ${half}> = array<u32, ${half}>(${hi.join(", ")});
-var<private> F_LO: array<u32, ${half}> = array<u32, ${half}>(${lo.join(", ")});
-
-// High 32 bits of the 64-bit product a·b.
-fn mulhi(a: u32, b: u32) -> u32 {
-  let a0 = a & 0xffffu; let a1 = a >> 16u;
-  let b0 = b & 0xffffu; let b1 = b >> 16u;
-  let p01 = a0 * b1; let p10 = a1 * b0;
-  let mid = ((a0 * b0) >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
-  return a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
-}
+${ropeAngleWgsl(HS, theta)}
 
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
@@ -197,12 +185,7 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   let n = gidx / HALF;
   let i = gidx % HALF;
   let t = n % T;
-  let pos = ${position};
-  // pos·F mod 2^64: the turn fraction in [0, 1), as a signed 32.32 fixed-point word pair.
-  let lo = pos * F_LO[i];
-  let hi = pos * F_HI[i] + mulhi(pos, F_LO[i]);
-  let turns = (f32(bitcast<i32>(hi)) + f32(lo) * 2.3283064365386963e-10) * 2.3283064365386963e-10;
-  let angle = turns * 6.283185307179586;
+  let angle = ropeAngle(${position}, i);
   let c = cos(angle);
   let s = ${sign}sin(angle);
   for (var h = 0u; h < ROTATED; h++) {
@@ -216,6 +199,40 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   const label = `${kernel} ${t} HS${HS}`;
   const workgroups = Math.ceil((B * T * half) / WORKGROUP);
   rec.dispatch(rec.gpu.pipelines.get(label, code), bindings, grid(rec.gpu, workgroups));
+}
+
+/**
+ * WGSL for `fn ropeAngle(pos: u32, i: u32) -> f32`: the angle, in radians within
+ * [-π, π), by which RoPE rotates pair i of a head at position pos, reduced
+ * exactly in fixed point (see the module doc); with the constants it needs.
+ *
+ * @param HS The head size (even).
+ * @param theta The frequency base.
+ * @returns WGSL for the module scope.
+ */
+export function ropeAngleWgsl(HS: number, theta: number): string {
+  const half = HS / 2;
+  const [hi, lo] = turnFractions(HS, theta);
+  return `// freq_i / 2π as a 64-bit binary fraction of a turn, split in two u32 words.
+var<private> F_HI: array<u32, ${half}> = array<u32, ${half}>(${hi.join(", ")});
+var<private> F_LO: array<u32, ${half}> = array<u32, ${half}>(${lo.join(", ")});
+
+// High 32 bits of the 64-bit product a·b.
+fn mulhi(a: u32, b: u32) -> u32 {
+  let a0 = a & 0xffffu; let a1 = a >> 16u;
+  let b0 = b & 0xffffu; let b1 = b >> 16u;
+  let p01 = a0 * b1; let p10 = a1 * b0;
+  let mid = ((a0 * b0) >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+  return a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
+}
+
+fn ropeAngle(pos: u32, i: u32) -> f32 {
+  // pos·F mod 2^64: the turn fraction in [0, 1), as a signed 32.32 fixed-point word pair.
+  let lo = pos * F_LO[i];
+  let hi = pos * F_HI[i] + mulhi(pos, F_LO[i]);
+  let turns = (f32(bitcast<i32>(hi)) + f32(lo) * 2.3283064365386963e-10) * 2.3283064365386963e-10;
+  return turns * 6.283185307179586;
+}`;
 }
 
 /**

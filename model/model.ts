@@ -23,6 +23,7 @@ import { cachedAttention, kvCacheWrite } from "../kernels/kv_cache.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import { residualRmsnormForward, rmsnormForward } from "../kernels/rmsnorm.ts";
 import { ropeForward } from "../kernels/rope.ts";
+import { decodeLayer, decodeLayerFits } from "../kernels/decode_layer.ts";
 import { swigluForward } from "../kernels/swiglu.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { type Activations, allocateActivations, releaseActivations } from "./activations.ts";
@@ -376,13 +377,20 @@ export class Llama {
    * @param rec The recorder.
    * @param args Token ids (B, T); dropout (training only); a KV cache.
    */
-  forwardHidden(rec: Recorder, args: { tokens: Tensor; dropout?: DropoutStep; cache?: KvCache }): void {
+  forwardHidden(
+    rec: Recorder,
+    args: { tokens: Tensor; dropout?: DropoutStep; cache?: KvCache; fusedDecode?: boolean },
+  ): void {
     const { config, acts, views } = this;
     const { dropout: drop, cache } = args;
     const decoding = cache !== undefined && this.blockSize === 1;
     const eps = config.norm_eps;
     const heads = { nHead: config.n_head, nKvHead: config.n_kv_head };
     const W = this.weights16 ?? this.params; // what the matmuls read
+    if (decoding && (args.fusedDecode ?? rec.gpu.info.fallback) && this.#fusedDecodeFits()) {
+      this.#decodeFused(rec, args.tokens, cache);
+      return;
+    }
     const drops = (x: Tensor, site: number) => {
       if (drop && config.dropout > 0) {
         dropout(rec, {
@@ -453,6 +461,53 @@ export class Llama {
         eps,
       });
     }
+  }
+
+  /** Whether a decoding step can run each layer as {@link decodeLayer}'s two dispatches. */
+  #fusedDecodeFits(): boolean {
+    const { config } = this;
+    return this.weights16 === null && this.#lora === null &&
+      decodeLayerFits(this.gpu, {
+        B: this.batchSize,
+        C: config.n_embd,
+        NH: config.n_head,
+        NKV: config.n_kv_head,
+        HS: headSize(config),
+        H: config.mlp_hidden,
+        Tmax: config.block_size,
+      });
+  }
+
+  /**
+   * A decoding step with two dispatches a layer (software adapters, where each
+   * dispatch costs more than a layer's work for one token): the residual stream
+   * stays in the first layer's `resid`, and `acts.lnf` gets the final norm.
+   */
+  #decodeFused(rec: Recorder, tokens: Tensor, cache: KvCache): void {
+    const { config, acts, views } = this;
+    const resid = acts.layers[0].resid.view(0, [this.batchSize, config.n_embd]);
+    embeddingForward(rec, { out: resid, tokens, weight: views.embedding(this.params) });
+    for (let l = 0; l < config.n_layer; l++) {
+      decodeLayer(rec, {
+        resid,
+        qkv: acts.layers[l].qkv,
+        kCache: cache.k[l],
+        vCache: cache.v[l],
+        position: cache.position,
+        weights: views.layer(this.params, l),
+        nHead: config.n_head,
+        nKvHead: config.n_kv_head,
+        eps: config.norm_eps,
+        theta: config.rope_theta,
+      });
+    }
+    rmsnormForward(rec, {
+      out: acts.lnf,
+      rstd: acts.rstdf,
+      x: acts.layers[0].resid,
+      weight: views.finalNorm(this.params),
+      eps: config.norm_eps,
+    });
   }
 
   /**
