@@ -227,9 +227,15 @@ function recordQuery(rec: Recorder, s: DecodeLayerShape, args: LayerArgs): void 
   const half = HS / 2;
   const quads = half / 4; // quads per half-head
   const { kCache, vCache } = args;
-  // The kept copies are written along while they are current (this writes only one row).
-  const kMirror = rec.texelCache?.mirror(rec, kCache, { partial: true }) ?? null;
-  const vMirror = rec.texelCache?.mirror(rec, vCache, { partial: true }) ?? null;
+  // Kept copies of the caches are written along, made current first (a copy, the first
+  // time) so that one pipeline serves every step: this dispatch writes only one row.
+  const mirrorOf = (cache: Tensor) => {
+    if (!rec.texelCache?.holds(cache)) return null;
+    rec.texelCache.stage(rec, cache);
+    return rec.texelCache.mirror(rec, cache, { partial: true });
+  };
+  const kMirror = mirrorOf(kCache);
+  const vMirror = mirrorOf(vCache);
   const weight = stageTexels(rec, args.weights.qkv, "decode qkv weight");
   const { wgsl, bindings } = declare([
     { name: "resid", tensor: args.resid, element: "vec4<f32>" },

@@ -372,10 +372,12 @@ export class Llama {
    * position's hidden state. With a `cache`, a prefill also writes every
    * position's keys and values into it, and a decode step (blockSize 1) rotates
    * its token by the cache position, appends it to the cache and attends over
-   * the cache instead of the block.
+   * the cache instead of the block. On a software adapter a decode step runs
+   * each layer as two dispatches (`decodeLayer`) where the shape allows
+   * (`fusedDecode` forces the choice either way, for tests).
    *
    * @param rec The recorder.
-   * @param args Token ids (B, T); dropout (training only); a KV cache.
+   * @param args Token ids (B, T); dropout (training only); a KV cache; `fusedDecode`.
    */
   forwardHidden(
     rec: Recorder,
