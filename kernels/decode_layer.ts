@@ -34,7 +34,14 @@ import type { Tensor } from "./tensor.ts";
 import { canStageTexels, stageTexels, texelReaderWgsl, texelWriterWgsl } from "./texels.ts";
 import { declare, expectDType, expectLength, expectShape, float } from "./wgsl.ts";
 
-/** Invocations per workgroup: one vector of llvmpipe's 8 lanes. */
+/**
+ * Invocations per workgroup: one vector of llvmpipe's 8 lanes.
+ *
+ * @example
+ * ```ts
+ * const lanes = DECODE_LANES; // each lane takes every 8th output column and cached position
+ * ```
+ */
 export const DECODE_LANES = 8;
 
 /**
@@ -99,6 +106,10 @@ function sharedBytes(s: DecodeLayerShape): number {
  * @param gpu The device.
  * @param s The layer's sizes.
  * @returns True when it applies.
+ * @example
+ * ```ts
+ * const fits = decodeLayerFits(gpu, { B: 1, C: 384, NH: 6, NKV: 6, HS: 64, H: 1024, Tmax: 256 });
+ * ```
  */
 export function decodeLayerFits(gpu: Gpu, s: DecodeLayerShape): boolean {
   return s.C % 4 === 0 && s.H % 4 === 0 && s.HS % 8 === 0 && s.NH % s.NKV === 0 &&

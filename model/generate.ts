@@ -11,11 +11,12 @@
  * next block_size/4 decode steps rather than one token.
  *
  * When only the temperature shapes the draw ({@link drawsOnGpu}), the tokens are
- * drawn on the GPU and up to {@link DECODE_BURST} steps go in one submit with
- * one readback: a readback's round trip, not the work, bounds one-token-per-
- * submit decoding (about 12 ms in Deno on the CI machine, or ~80 tokens/s however
- * small the model). Greedy draws are the same either way; a temperature draw
- * uses the GPU's noise, seeded from `rng`, instead of `rng` itself.
+ * drawn on the GPU and up to {@link DECODE_BURST} steps share one readback: a
+ * readback's round trip, not the work, bounds one-token-per-readback decoding
+ * (about 12 ms in Deno on the CI machine, or ~80 tokens/s however small the
+ * model). The next burst is recorded before the last one is read back, so the
+ * GPU keeps decoding through that wait. Greedy draws are the same either way; a
+ * temperature draw uses the GPU's noise, seeded from `rng`, instead of `rng` itself.
  *
  * @module
  */
@@ -201,6 +202,13 @@ export class Generator {
     // Logits to draw the next tokens from on the CPU, or null when the GPU draws them.
     let logits: Float32Array | null = await this.#prefill(sequences.map((s) => s.slice(start)));
     let produced = 0;
+    const B = this.batchSize;
+    const draw = () => ({
+      temperature: options.temperature ?? 1,
+      seed: (options.temperature ?? 1) === 0 ? 0 : Math.floor(rng.uniform() * 2 ** 32),
+    });
+    // A burst recorded before the last one is read back (see #startBurst), or null.
+    let ahead: { count: number; steps: Promise<number[][]> } | null = null;
     while (options.maxNewTokens > 0) {
       let steps: number[][];
       if (logits) {
@@ -209,13 +217,26 @@ export class Generator {
           sequences.map((_, b) => sampleToken(rows.subarray(b * V, (b + 1) * V), counts[b], options, rng)),
         ];
       } else {
+        const began = performance.now();
         // Steps until the maximum, or until the cache's last slot (the input sits at slot length - 1 - start).
-        const count = Math.min(DECODE_BURST, options.maxNewTokens - produced, T - (length - 1 - start));
-        const seed = (options.temperature ?? 1) === 0 ? 0 : Math.floor(rng.uniform() * 2 ** 32);
-        steps = await this.#decodeBurst(sequences.map((s) => s[length - 1]), length - 1 - start, count, {
-          temperature: options.temperature ?? 1,
-          seed,
-        });
+        const slot = length - 1 - start;
+        const count = Math.min(DECODE_BURST, options.maxNewTokens - produced, T - slot);
+        const burst = ahead ?? {
+          count,
+          steps: this.#startBurst(count, draw(), { tokens: sequences.map((s) => s[length - 1]), slot }),
+        };
+        // The next burst goes in before this one is read back, so the GPU decodes while the
+        // readback waits (about 10 ms in Deno); a stop token that ends the generation wastes it.
+        const nextCount = Math.min(
+          DECODE_BURST,
+          options.maxNewTokens - produced - burst.count,
+          T - (slot + burst.count),
+        );
+        ahead = nextCount > 0 ? { count: nextCount, steps: this.#startBurst(nextCount, draw()) } : null;
+        ahead?.steps.catch(() => {}); // read next time round, or dropped when the generation ends
+        steps = await burst.steps;
+        this.timing.decodeMs += performance.now() - began;
+        this.timing.decodeTokens += burst.count * B;
       }
       for (const next of steps) {
         const tokens = next.map((token, b) => {
@@ -276,19 +297,20 @@ export class Generator {
   }
 
   /**
-   * `count` decoding steps with one readback, the GPU drawing each step's tokens
-   * and feeding them to the next; the first step feeds `tokens` at cache slot
-   * `position`. Returns the drawn tokens, a row of B per step.
+   * Records `count` decoding steps, the GPU drawing each step's tokens and feeding
+   * them to the next, and starts reading the drawn tokens back (a row of B per
+   * step). `from` gives the first step's tokens and cache slot; without it the
+   * steps continue from where the GPU's previous burst left its tokens and position.
    */
-  async #decodeBurst(
-    tokens: number[],
-    position: number,
+  #startBurst(
     count: number,
     draw: { temperature: number; seed: number },
+    from?: { tokens: number[]; slot: number },
   ): Promise<number[][]> {
-    const started = performance.now();
-    this.gpu.write(this.#stepTokens, tokens);
-    this.gpu.write(this.#cache.position, [position]);
+    if (from) {
+      this.gpu.write(this.#stepTokens, from.tokens);
+      this.gpu.write(this.#cache.position, [from.slot]);
+    }
     this.gpu.write(this.#drawState, [0, draw.seed]);
     for (let step = 0; step < count; step++) {
       // A submit per step lets the GPU run one step while the CPU records the next.
@@ -305,11 +327,11 @@ export class Generator {
       advanceDecodeStep(rec, { state: this.#drawState, position: this.#cache.position });
       rec.submit();
     }
-    const drawn = await this.gpu.read(this.#history);
-    this.timing.decodeMs += performance.now() - started;
-    this.timing.decodeTokens += count * this.batchSize;
+    // The copy is queued behind these steps; later bursts may overwrite the history.
     const B = this.batchSize;
-    return Array.from({ length: count }, (_, step) => Array.from(drawn.subarray(step * B, (step + 1) * B)));
+    return this.gpu.read(this.#history).then((drawn) =>
+      Array.from({ length: count }, (_, step) => Array.from(drawn.subarray(step * B, (step + 1) * B)))
+    );
   }
 
   /** Feeds one token per sequence at cache slot `position`, returns the next logits. */

@@ -160,6 +160,18 @@ Deno.test("generation stops a sequence at the stop token", async () => {
   generator.release();
 });
 
+Deno.test("a burst decoded ahead and dropped at a stop token leaves the next generation unchanged", async () => {
+  const gpu = await testGpu();
+  const generator = new Generator(gpu, { config: CONFIG, params: params(3) }, { batchSize: 1 });
+  const options = { maxNewTokens: 3 * DECODE_BURST, temperature: 0.8 };
+  const [free] = await run(generator, [[1, 2, 3]], options, 5);
+  // The stop comes in the first burst, while the second is already on the GPU.
+  const [stopped] = await run(generator, [[1, 2, 3]], { ...options, stopToken: free[1] }, 5);
+  assert.deepEqual(stopped, free.slice(0, free.indexOf(free[1]) + 1));
+  assert.deepEqual((await run(generator, [[1, 2, 3]], options, 5))[0], free, "the same samples again");
+  generator.release();
+});
+
 Deno.test("penalties change the logits as specified", () => {
   const logits = Float32Array.of(2, -2, 1, 0.5);
   const counts = new Map([[0, 1], [1, 3], [3, 2]]);
