@@ -18,9 +18,13 @@
  *
  * Each dispatch is one workgroup of {@link DECODE_LANES} invocations, one vector
  * of llvmpipe's lanes, looping over the sequences. Weights and caches are read
- * by texel fetches (see `texels.ts`); the vector a product reads is loaded from
- * workgroup memory once into registers, and each lane computes 4 output columns
- * at a time with every depth unrolled.
+ * by texel fetches (see `texels.ts`); the vector a product reads is copied from
+ * workgroup memory once into a private array, and each lane computes 4 output
+ * columns at a time, 4 depths a loop trip. Loops with a constant trip count are
+ * bounded by `num_workgroups.x` (1) instead, which the compiler cannot see:
+ * llvmpipe unrolls such loops whole, which compiled for seconds longer (a few
+ * seconds remain, the first time a shape decodes) and ran slower (177 against
+ * 214 tokens/s).
  *
  * @module
  */
