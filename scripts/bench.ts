@@ -8,7 +8,7 @@
 import { requestGpu } from "../kernels/device.ts";
 import { type KernelBench, type KernelResult, runBench } from "./bench/harness.ts";
 import { measurePeak } from "./bench/peak.ts";
-import { attentionBenches } from "./bench/attention.ts";
+import { attentionBenches, type AttentionVsMatmul, attentionVsMatmul } from "./bench/attention.ts";
 import { elementwiseBenches } from "./bench/elementwise.ts";
 import { lossBenches } from "./bench/loss.ts";
 import { matmulBenches } from "./bench/matmul.ts";
@@ -47,6 +47,7 @@ await runCli(async () => {
 
   const filter = (flags.filter as string | undefined)?.toLowerCase();
   const kernels: KernelResult[] = [];
+  let attention: AttentionVsMatmul | null = null;
   if (!only || only === "kernels") {
     const benches: KernelBench[] = [
       ...matmulBenches(gpu),
@@ -61,6 +62,15 @@ await runCli(async () => {
       const result = await runBench(gpu, bench, peak, { iterations });
       kernels.push(result);
       console.log(row(result));
+    }
+    if (!filter || "attention".includes(filter) || filter.includes("attention")) {
+      attention = await attentionVsMatmul(gpu);
+      console.log(
+        `\nattention vs a matmul of the same FLOPs, side by side: forward ${
+          attention.forward.toFixed(2)
+        }x, ` +
+          `backward ${attention.backward.toFixed(2)}x (target: 2x or less)`,
+      );
     }
   }
   let train: TrainResult[] = [];
@@ -114,6 +124,7 @@ await runCli(async () => {
       adapter: { ...gpu.info, limits: gpu.limits, enabled: gpu.features },
       peak,
       kernels,
+      attention_vs_matmul: attention,
       train,
       sample,
     };

@@ -18,7 +18,7 @@ import type { Recorder } from "../../kernels/recorder.ts";
 import { ropeForward } from "../../kernels/rope.ts";
 import type { Tensor } from "../../kernels/tensor.ts";
 import { declare, float } from "../../kernels/wgsl.ts";
-import type { KernelBench, PreparedOp } from "./harness.ts";
+import { type KernelBench, type PreparedOp, timeSideBySide } from "./harness.ts";
 
 /** One attention problem. */
 interface Shape {
@@ -301,4 +301,37 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
     record: (rec) => record(rec, backward ? backwardKernels : kernels),
     release: () => releaseAll(gpu, [...t.all, p, dp]),
   };
+}
+
+/** Attention time over the time of a matmul with the same FLOPs, timed side by side. */
+export interface AttentionVsMatmul {
+  /** Flash forward over the matmul with its FLOPs (the target is 2 or less). */
+  forward: number;
+  /** Flash backward over 2.5 matmuls (its FLOPs: 10·HS per pair against 4·HS). */
+  backward: number;
+}
+
+/**
+ * The flash-vs-matmul target, measured side by side: the forward, the backward and
+ * the matmul with the forward's FLOPs of {@link attentionBenches} in rotating order,
+ * each round's times divided by its matmul's.
+ *
+ * @param gpu The device.
+ * @returns The two ratios (medians over the rounds).
+ */
+export async function attentionVsMatmul(gpu: Gpu): Promise<AttentionVsMatmul> {
+  const cases = attentionBenches(gpu);
+  const find = (variant: string) =>
+    cases.find((c) => c.name === "attention" && c.variant.startsWith(variant))!;
+  const ops = {
+    matmul: find("matmul with").prepare(gpu),
+    forward: find("flash forward").prepare(gpu),
+    backward: find("flash backward").prepare(gpu),
+  };
+  try {
+    const ratios = await timeSideBySide(gpu, ops.matmul, { forward: ops.forward, backward: ops.backward });
+    return { forward: ratios.forward, backward: ratios.backward / 2.5 };
+  } finally {
+    for (const op of Object.values(ops)) op.release();
+  }
 }

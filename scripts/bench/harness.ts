@@ -87,27 +87,57 @@ export async function timeOp(
   for (let i = 0; i < warmup; i++) op.record(warm);
   warm.submit();
   await gpu.sync();
+  const timer = gpu.features.timestamps ? new GpuTimer(gpu, 256) : null;
   const samples: number[] = [];
-  if (gpu.features.timestamps) {
-    const timer = new GpuTimer(gpu, 256);
-    for (let i = 0; i < iterations; i++) {
-      const rec = gpu.recorder({ timer, label: "bench" });
-      op.record(rec);
-      rec.submit();
-      const times = await timer.read();
-      samples.push(times.reduce((sum, t) => sum + t.ms, 0));
-    }
-  } else {
-    for (let i = 0; i < iterations; i++) {
-      const start = performance.now();
-      const rec = gpu.recorder({ label: "bench" });
-      op.record(rec);
-      rec.submit();
-      await gpu.sync();
-      samples.push(performance.now() - start);
-    }
-  }
+  for (let i = 0; i < iterations; i++) samples.push(await timeOnce(gpu, op, timer));
   return median(samples);
+}
+
+/** One call's milliseconds: its dispatches' GPU time with a timer, else wall clock to completion. */
+async function timeOnce(gpu: Gpu, op: PreparedOp, timer: GpuTimer | null): Promise<number> {
+  const start = performance.now();
+  const rec = gpu.recorder({ label: "bench", timer: timer ?? undefined });
+  op.record(rec);
+  rec.submit();
+  if (timer) return (await timer.read()).reduce((sum, t) => sum + t.ms, 0);
+  await gpu.sync();
+  return performance.now() - start;
+}
+
+/**
+ * Times ops side by side: each round times every op once, in a rotating order,
+ * and each op's time is divided by the reference's of the same round; returns the
+ * median of those ratios per op. On a noisy host the ratio within a round holds
+ * where separate medians, taken seconds apart, drift.
+ *
+ * @param gpu The device.
+ * @param reference The op the others are compared with.
+ * @param ops The ops to compare, by name.
+ * @param rounds Rounds to run.
+ * @returns Each op's median ratio of its time to the reference's.
+ */
+export async function timeSideBySide(
+  gpu: Gpu,
+  reference: PreparedOp,
+  ops: Record<string, PreparedOp>,
+  rounds = 9,
+): Promise<Record<string, number>> {
+  const all = [reference, ...Object.values(ops)];
+  const warm = gpu.recorder({ label: "bench warm-up" });
+  for (const op of all) op.record(warm);
+  warm.submit();
+  await gpu.sync();
+  const timer = gpu.features.timestamps ? new GpuTimer(gpu, 256) : null;
+  const ratios: number[][] = Object.keys(ops).map(() => []);
+  for (let round = 0; round < rounds; round++) {
+    const times = new Array<number>(all.length);
+    for (let i = 0; i < all.length; i++) {
+      const at = (i + round) % all.length;
+      times[at] = await timeOnce(gpu, all[at], timer);
+    }
+    times.slice(1).forEach((t, i) => ratios[i].push(t / times[0]));
+  }
+  return Object.fromEntries(Object.keys(ops).map((name, i) => [name, median(ratios[i])]));
 }
 
 /**
