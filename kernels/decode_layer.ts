@@ -49,26 +49,27 @@ import { declare, expectDType, expectLength, expectShape, float } from "./wgsl.t
 export const DECODE_LANES = 8;
 
 /**
- * A layer's parameters as {@link decodeLayer} reads them (the shapes of the
- * model's layer views).
+ * One LLaMA layer's parameters, each a tensor to bind (the model's `LayerViews`
+ * are these, as views of its flat parameter buffer); Hugging Face's names in
+ * parentheses.
  *
  * @example
  * ```ts
- * const weights: DecodeLayerWeights = model.views.layer(model.params, l);
+ * const weights: LayerWeights = model.views.layer(model.params, l);
  * ```
  */
-export interface DecodeLayerWeights {
-  /** Gain of the attention norm (C). */
+export interface LayerWeights {
+  /** Gain of the attention norm, input_layernorm (C). */
   attnNorm: Tensor;
-  /** Fused q, k, v projection ((NH + 2·NKV)·HS, C). */
+  /** q, k and v projections stacked ((NH + 2·NKV)·HS, C). */
   qkv: Tensor;
-  /** Output projection (C, NH·HS). */
+  /** Output projection, o_proj (C, NH·HS). */
   attnOut: Tensor;
-  /** Gain of the MLP norm (C). */
+  /** Gain of the MLP norm, post_attention_layernorm (C). */
   mlpNorm: Tensor;
-  /** Fused gate and up projections (2H, C). */
+  /** Gate and up projections stacked (2·H, C). */
   gateUp: Tensor;
-  /** Down projection (C, H). */
+  /** Down projection, down_proj (C, H). */
   down: Tensor;
 }
 
@@ -147,7 +148,7 @@ export function decodeLayer(
     kCache: Tensor;
     vCache: Tensor;
     position: Tensor;
-    weights: DecodeLayerWeights;
+    weights: LayerWeights;
     eps: number;
     theta: number;
   },

@@ -64,7 +64,7 @@ export { cachedAttention, kvCacheWrite, selectPosition } from "./kv_cache.ts";
 export { advanceDecodeStep, sampleNextTokens } from "./draw.ts";
 export type { CacheHeads } from "./kv_cache.ts";
 export { DECODE_LANES, decodeLayer, decodeLayerFits } from "./decode_layer.ts";
-export type { DecodeLayerShape, DecodeLayerWeights } from "./decode_layer.ts";
+export type { DecodeLayerShape, LayerWeights } from "./decode_layer.ts";
 export {
   buildEmbeddingIndex,
   embeddingBackward,

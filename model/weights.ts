@@ -5,12 +5,14 @@
  * @module
  */
 
+import type { LayerWeights } from "../kernels/decode_layer.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "./config.ts";
 import type { ParamLayout, ParamTensor } from "./params.ts";
 
 /**
- * One layer's tensors as views of a flat buffer, ready to bind to kernels.
+ * One layer's tensors as views of a flat buffer, ready to bind to kernels (the
+ * kernels' `LayerWeights`).
  *
  * @example
  * ```ts
@@ -18,20 +20,7 @@ import type { ParamLayout, ParamTensor } from "./params.ts";
  * console.log(layer0.qkv.shape, await gpu.read(layer0.attnNorm)); // [384, 128] Float32Array(128) [1, 1, ...]
  * ```
  */
-export interface LayerViews {
-  /** input_layernorm gain (C). */
-  attnNorm: Tensor;
-  /** q, k, v projections stacked ((NH + 2·NKV)·HS, C). */
-  qkv: Tensor;
-  /** o_proj (C, NH·HS). */
-  attnOut: Tensor;
-  /** post_attention_layernorm gain (C). */
-  mlpNorm: Tensor;
-  /** gate and up projections stacked (2·H, C). */
-  gateUp: Tensor;
-  /** down_proj (C, H). */
-  down: Tensor;
-}
+export type LayerViews = LayerWeights;
 
 /**
  * Views of the model's tensors in any flat buffer with the parameter layout:
