@@ -45,13 +45,22 @@ import type { Recorder } from "./recorder.ts";
 import { qkvSizes } from "./rope.ts";
 import type { Binding } from "./pipeline.ts";
 import type { Tensor } from "./tensor.ts";
-import { canStageTexels, type StagedTexels, stageTexels, texelReaderWgsl } from "./texels.ts";
+import {
+  canStageTexels,
+  scratchTexels,
+  type StagedTexels,
+  stageTexels,
+  texelReaderWgsl,
+  texelWriterWgsl,
+} from "./texels.ts";
 import { declare, expectDType, expectF16Support, expectShape, float } from "./wgsl.ts";
 
 /** Workgroup memory budget, bytes: what NVIDIA and others give without opting in. */
 const SHARED_BYTES = 16384;
 /** The largest head size: past it the registers a thread holds (4·HS floats per row in the backward) are absurd. */
 const MAX_HS = 256;
+/** The scratch texture through which the backward's dQ pass hands row statistics to the dK/dV pass. */
+const STATS_SLOT = "attention row stats";
 /** A finite stand-in for −∞ (WGSL has no infinity literal); exp2 of it minus anything is 0. */
 const NEG_BIG = "-1e30";
 
@@ -231,14 +240,16 @@ export function attentionForward(rec: Recorder, args: AttentionForwardArgs): voi
   expectShape(kernel, "lse", lse, [B, NH, T]);
   expectF16Support(kernel, rec.gpu.features.f16, [out, qkv]);
   expectDisjoint(kernel, [["out", out], ["lse", lse]], [["qkv", qkv]]);
-  const g = new Gen(s, planOf(kernel, rec, s.HS, args.plan, [qkv]));
+  const g = new Gen(s, planOf(kernel, rec, s, args.plan, [qkv]));
+  const staged = g.plan.textures ? stageTexels(rec, qkv, "attention qkv") : null;
   const { wgsl, bindings } = withTexels(
     declare([
-      { name: "qkv", tensor: qkv, element: `vec4<${qkv.dtype}>` },
+      // With texels every row of qkv is read from its staged copy.
+      ...(staged ? [] : [{ name: "qkv", tensor: qkv, element: `vec4<${qkv.dtype}>` }]),
       { name: "out", tensor: out, write: true, element: `vec4<${out.dtype}>` },
       { name: "lse", tensor: lse, write: true },
     ]),
-    g.plan.textures ? [["qkv", stageTexels(rec, qkv, "attention qkv")]] : [],
+    staged ? [["qkv", staged]] : [],
   );
   const label = `${kernel} ${qkv.dtype}->${out.dtype} HS${HS} ${g.name}`;
   const pipeline = rec.gpu.pipelines.get(label, g.forward(wgsl, out.dtype));
@@ -273,53 +284,77 @@ export function attentionBackward(rec: Recorder, args: AttentionBackwardArgs): v
   expectShape(kernel, "lse", lse, [B, NH, T]);
   expectF16Support(kernel, rec.gpu.features.f16, [dqkv, dout, out, qkv]);
   expectDisjoint(kernel, [["dqkv", dqkv]], [["qkv", qkv], ["out", out], ["dout", dout], ["lse", lse]]);
-  const g = new Gen(s, planOf(kernel, rec, s.HS, args.plan, [qkv, dout]));
-  const delta = deltaScratch(rec.gpu, B * NH * T);
-  const staged = g.plan.textures
-    ? { qkv: stageTexels(rec, qkv, "attention qkv"), dout: stageTexels(rec, dout, "attention dout") }
-    : null;
+  const g = new Gen(s, planOf(kernel, rec, s, args.plan, [qkv, dout, out], B * NH * T));
   const types = `${qkv.dtype}/${dout.dtype}->${dqkv.dtype} HS${HS} ${g.name}`;
-  const q = withTexels(
-    declare([
-      { name: "qkv", tensor: qkv, element: `vec4<${qkv.dtype}>` },
-      { name: "out", tensor: out, element: `vec4<${out.dtype}>` },
-      { name: "dout", tensor: dout, element: `vec4<${dout.dtype}>` },
-      { name: "lse", tensor: lse },
-      { name: "dqkv", tensor: dqkv, write: true, element: `vec4<${dqkv.dtype}>` },
-      { name: "delta", tensor: delta, write: true },
-    ]),
-    staged ? [["qkv", staged.qkv]] : [],
+  const lseArg = { name: "lse", tensor: lse };
+  const dqkvArg = { name: "dqkv", tensor: dqkv, write: true, element: `vec4<${dqkv.dtype}>` };
+  if (g.plan.textures) {
+    // Every row is read from a staged copy, and the dQ pass hands each query row's
+    // lse·log2 e and D to the dK/dV pass as a texel of a scratch texture.
+    const staged = {
+      qkv: stageTexels(rec, qkv, "attention qkv"),
+      dout: stageTexels(rec, dout, "attention dout"),
+      out: stageTexels(rec, out, "attention out"),
+      stats: scratchTexels(rec.gpu, STATS_SLOT, B * NH * T)!,
+    };
+    const streams = [["qkv", staged.qkv], ["dout", staged.dout]] as const;
+    const q = withTexels(declare([lseArg, dqkvArg]), [...streams, ["out", staged.out]], [[
+      "stats",
+      staged.stats,
+    ]]);
+    rec.dispatch(
+      rec.gpu.pipelines.get(`${kernel} dQ ${types}`, g.backwardQuery(q.wgsl, dqkv.dtype)),
+      q.bindings,
+      g.grid(NH, B),
+    );
+    const kv = withTexels(declare([lseArg, dqkvArg]), [...streams, ["stats", staged.stats]]);
+    const dkv = rec.gpu.pipelines.get(`${kernel} dK/dV ${types}`, g.backwardKeyValue(kv.wgsl, dqkv.dtype));
+    rec.dispatch(dkv, kv.bindings, g.grid(NKV, B));
+    return;
+  }
+  const delta = deltaScratch(rec.gpu, B * NH * T);
+  const q = declare([
+    { name: "qkv", tensor: qkv, element: `vec4<${qkv.dtype}>` },
+    { name: "out", tensor: out, element: `vec4<${out.dtype}>` },
+    { name: "dout", tensor: dout, element: `vec4<${dout.dtype}>` },
+    lseArg,
+    dqkvArg,
+    { name: "delta", tensor: delta, write: true },
+  ]);
+  rec.dispatch(
+    rec.gpu.pipelines.get(`${kernel} dQ ${types}`, g.backwardQuery(q.wgsl, dqkv.dtype)),
+    q.bindings,
+    g.grid(NH, B),
   );
-  const dq = rec.gpu.pipelines.get(`${kernel} dQ ${types}`, g.backwardQuery(q.wgsl, dqkv.dtype));
-  rec.dispatch(dq, q.bindings, g.grid(NH, B));
-  const kv = withTexels(
-    declare([
-      { name: "qkv", tensor: qkv, element: `vec4<${qkv.dtype}>` },
-      // Only streamed here: from its texture when staged.
-      ...(staged ? [] : [{ name: "dout", tensor: dout, element: `vec4<${dout.dtype}>` }]),
-      { name: "lse", tensor: lse },
-      { name: "delta", tensor: delta },
-      { name: "dqkv", tensor: dqkv, write: true, element: `vec4<${dqkv.dtype}>` },
-    ]),
-    staged ? [["qkv", staged.qkv], ["dout", staged.dout]] : [],
-  );
+  const kv = declare([
+    { name: "qkv", tensor: qkv, element: `vec4<${qkv.dtype}>` },
+    { name: "dout", tensor: dout, element: `vec4<${dout.dtype}>` },
+    lseArg,
+    { name: "delta", tensor: delta },
+    dqkvArg,
+  ]);
   const dkv = rec.gpu.pipelines.get(`${kernel} dK/dV ${types}`, g.backwardKeyValue(kv.wgsl, dqkv.dtype));
   rec.dispatch(dkv, kv.bindings, g.grid(NKV, B));
 }
 
 /**
- * Adds the staged textures of `streams` to a kernel's declarations: bindings after
- * the storage ones, and `fetch_{name}(i)`, texel i, for each.
+ * Adds textures to a kernel's declarations, bound after the storage ones: for each
+ * of `reads`, `fetch_{name}(i)` reads texel i; for each of `writes`,
+ * `store_{name}(i, v)` writes it.
  */
 function withTexels(
   decl: { wgsl: string; bindings: Binding[] },
-  streams: readonly (readonly [string, StagedTexels])[],
+  reads: readonly (readonly [string, StagedTexels])[],
+  writes: readonly (readonly [string, StagedTexels])[] = [],
 ): { wgsl: string; bindings: Binding[] } {
   const first = decl.bindings.length;
-  const lines = streams.map(([name, staged], i) => texelReaderWgsl(`fetch_${name}`, first + i, staged));
+  const lines = [
+    ...reads.map(([name, staged], i) => texelReaderWgsl(`fetch_${name}`, first + i, staged)),
+    ...writes.map(([name, staged], i) => texelWriterWgsl(`store_${name}`, first + reads.length + i, staged)),
+  ];
   return {
     wgsl: [decl.wgsl, ...lines].join("\n"),
-    bindings: [...decl.bindings, ...streams.map(([, staged]) => staged.view)],
+    bindings: [...decl.bindings, ...[...reads, ...writes].map(([, staged]) => staged.view)],
   };
 }
 
@@ -349,19 +384,22 @@ function sizesOf(kernel: string, qkv: Tensor, nHead: number, nKvHead: number, sc
 }
 
 /**
- * The plan to run: `plan` or the one chosen, checked; streamed rows come from
- * textures only without workgroup memory and when every streamed tensor can be staged.
+ * The plan to run: `plan` or the one chosen, checked; rows come from textures
+ * only without workgroup memory, when every tensor read can be staged and, for
+ * the backward, when its `statsTexels` row statistics fit the scratch texture.
  */
 function planOf(
   kernel: string,
   rec: Recorder,
-  headSize: number,
+  s: Sizes,
   plan: AttentionPlan | undefined,
-  streamed: readonly Tensor[],
+  read: readonly Tensor[],
+  statsTexels = 0,
 ): AttentionPlan {
-  const chosen = plan ?? chooseAttentionPlan(rec.gpu, headSize);
+  const chosen = plan ?? chooseAttentionPlan(rec.gpu, s.HS);
   const textures = (chosen.textures ?? false) && !chosen.shared &&
-    streamed.every((t) => canStageTexels(rec.gpu, t));
+    read.every((t) => canStageTexels(rec.gpu, t)) &&
+    (statsTexels === 0 || scratchTexels(rec.gpu, STATS_SLOT, statsTexels) !== null);
   const p = { ...chosen, textures };
   const ok = [p.rows, p.threads].every((n) => Number.isInteger(n) && n >= 1) && p.threads <= 256 &&
     p.rows <= 16 && [1, 2, 4].includes(p.chunk) && (p.rows * p.threads) % p.chunk === 0;
@@ -409,11 +447,11 @@ interface Stream {
   stride: string;
 }
 
-/** What a loop body reads: vec4 d of chunk row c of stream A or B, and the rows' scalars. */
+/** What a loop body reads: vec4 d of chunk row c of stream A or B, and the rows' statistics. */
 interface Access {
   a(c: number, d: number): string;
   b(c: number, d: number): string;
-  /** vec4 of a per-row scalar (0: lse·log2 e, 1: D) of the chunk's rows. */
+  /** A row statistic (0: lse·log2 e, 1: D) of the chunk's rows, as f32 or vecC<f32>. */
   scalars(which: 0 | 1): string;
 }
 
@@ -484,6 +522,11 @@ class Gen {
     return this.C === 1 ? v : `dot(${v}, vec${this.C}<f32>(1.0))`;
   }
 
+  /** vec4 `index` of `array` as f32s: a fetch from its staged copy with texels, else a storage load. */
+  read(array: string, index: string): string {
+    return this.plan.textures ? `fetch_${array}(${index})` : `vec4<f32>(${array}[${index}])`;
+  }
+
   /** Per-row code, ρ = 0..R-1. */
   rows(piece: (r: number) => string, joiner = "\n  "): string {
     return each(this.R, piece, joiner);
@@ -551,7 +594,7 @@ ${shared}`;
   ${this.rowIndices()}
   ${
       this.rowVecs((r, d) =>
-        `let q${r}_${d} = vec4<f32>(qkv[(b * T + r${r}) * ROW4 + h * H4 + ${d}u]) * QSCALE;`
+        `let q${r}_${d} = ${this.read("qkv", `(b * T + r${r}) * ROW4 + h * H4 + ${d}u`)} * QSCALE;`
       )
     }`;
   }
@@ -565,23 +608,24 @@ ${shared}`;
    * Loops over streamed rows [start, end) (bounds uniform over the workgroup;
    * start a multiple of the chunk, and of TILE with workgroup memory) a chunk at
    * a time; `i0` is the chunk's first row in the body. Rows at or past T read as
-   * row T − 1 (direct) or 0 (tiles); the body masks them.
+   * row T − 1 (direct) or 0 (tiles); the body masks them. `stats(i)`, where
+   * given, is an expression whose .x and .y are streamed row i's lse·log2 e and D.
    */
   stream(
     start: string,
     end: string,
     a: Stream,
     b: Stream,
-    scalars: ((i: string) => [string, string]) | null,
+    stats: ((i: string) => string) | null,
     body: (x: Access) => string,
   ): string {
     const { H4, C } = this;
     if (this.plan.shared) {
-      const fillScalars = scalars
+      const fillScalars = stats
         ? `for (var e = lid; e < TILE; e += WG) {
-      let i = min(t0 + e, T - 1u);
-      rs0[e] = ${scalars("i")[0]};
-      rs1[e] = ${scalars("i")[1]};
+      let st = ${stats("min(t0 + e, T - 1u)")};
+      rs0[e] = st.x;
+      rs1[e] = st.y;
     }`
         : "";
       const access: Access = {
@@ -608,36 +652,44 @@ ${shared}`;
   }`;
     }
     const rowOf = (c: number) => `min(i0 + ${c}u, T - 1u)`;
-    const read = (array: string, i: string) =>
-      this.plan.textures ? `fetch_${array}(${i})` : `vec4<f32>(${array}[${i}])`;
     const access: Access = {
-      a: (c, d) => read(a.array, `ia${c} + ${d}u`),
-      b: (c, d) => read(b.array, `ib${c} + ${d}u`),
-      scalars: (k) => this.vec((c) => scalars!(rowOf(c))[k]),
+      a: (c, d) => this.read(a.array, `ia${c} + ${d}u`),
+      b: (c, d) => this.read(b.array, `ib${c} + ${d}u`),
+      scalars: (k) => this.vec((c) => `st${c}.${"xy"[k]}`),
     };
     return `for (var i0 = ${start}; i0 < ${end}; i0 += ${C}u) {
     ${each(C, (c) => `let ia${c} = ${a.base} + ${rowOf(c)} * ${a.stride};`, "\n    ")}
     ${each(C, (c) => `let ib${c} = ${b.base} + ${rowOf(c)} * ${b.stride};`, "\n    ")}
+    ${stats ? each(C, (c) => `let st${c} = ${stats(rowOf(c))};`, "\n    ") : ""}
     ${body(access)}
   }`;
   }
 
   /**
    * `let ${out}{ρ}`: the dot products of row ρ's registers `${reg}{ρ}_d` with
-   * each streamed row of the chunk; each streamed vec4 is loaded once for all rows.
+   * each streamed row of the chunk.
+   *
+   * With texels the streamed vec4s are already loaded (see {@link loadAll}) and
+   * the products go row by row: one row's register is read once for all the
+   * chunk's rows, and only that row's partial sums are live, so on llvmpipe
+   * the spilled registers are loaded once and no partial sum goes back to the
+   * stack. Otherwise each streamed vec4 is read once, where used, for all rows.
    */
   dots(reg: string, load: (c: number, d: number) => string, out: string): string {
     const lines = [this.rows((r) => each(this.C, (c) => `var ${out}${r}_${c}: vec4<f32>;`, " "), "\n      ")];
-    for (let c = 0; c < this.C; c++) {
-      for (let d = 0; d < this.H4; d++) {
-        lines.push(
-          `{ let x = ${load(c, d)}; ${
-            this.rows((r) =>
-              d === 0
-                ? `${out}${r}_${c} = ${reg}${r}_${d} * x;`
-                : `${out}${r}_${c} = fma(${reg}${r}_${d}, x, ${out}${r}_${c});`, " ")
-          } }`,
-        );
+    const step = (r: number, c: number, d: number, x: string) =>
+      d === 0
+        ? `${out}${r}_${c} = ${reg}${r}_${d} * ${x};`
+        : `${out}${r}_${c} = fma(${reg}${r}_${d}, ${x}, ${out}${r}_${c});`;
+    if (this.plan.textures) {
+      for (let r = 0; r < this.R; r++) {
+        for (let d = 0; d < this.H4; d++) lines.push(each(this.C, (c) => step(r, c, d, load(c, d)), " "));
+      }
+    } else {
+      for (let c = 0; c < this.C; c++) {
+        for (let d = 0; d < this.H4; d++) {
+          lines.push(`{ let x = ${load(c, d)}; ${this.rows((r) => step(r, c, d, "x"), " ")} }`);
+        }
       }
     }
     lines.push(
@@ -650,11 +702,11 @@ ${shared}`;
   }
 
   /**
-   * For a body that reads the chunk's streamed rows twice (the backward's dots and
-   * accumulation): with texels, loads every vec4 once as `${name}{c}_{d}`, since
-   * a reload from a spill slot is cheaper than a second texel fetch; otherwise
-   * (workgroup memory or storage, on a GPU) reads them where used, keeping
-   * registers free.
+   * With texels, fetches every vec4 of the chunk's streamed rows once, as
+   * `${name}{c}_{d}`, for {@link dots} to take row by row and for bodies that
+   * read them twice (a reload from a spill slot is cheaper than a second texel
+   * fetch); otherwise (workgroup memory or storage, on a GPU) they are read
+   * where used, keeping registers free.
    */
   loadAll(
     name: string,
@@ -694,8 +746,10 @@ ${shared}`;
 
   forward(decls: string, outType: string): string {
     const { H4 } = this;
-    const body = (x: Access) =>
-      `${this.dots("q", x.a, "s")}
+    const body = (x: Access) => {
+      const keys = this.loadAll("ka", x.a);
+      return `${keys.code}
+      ${this.dots("q", keys.load, "s")}
       let kk = ${this.iota("i0")};
       ${
         this.rows((r) =>
@@ -708,6 +762,7 @@ ${shared}`;
       m${r} = mn${r};`, "\n      ")
       }
       ${this.accumulate("o", "p", x.b, "al")}`;
+    };
     return `${this.header(decls)}
 
 @compute @workgroup_size(${this.plan.threads})
@@ -746,6 +801,7 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
     const { H4 } = this;
     const body = (x: Access) => {
       const keys = this.loadAll("ka", x.a);
+      const values = this.loadAll("va", x.b);
       return `${keys.code}
       ${this.dots("q", keys.load, "s")}
       let kk = ${this.iota("i0")};
@@ -755,7 +811,8 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
             this.splat(`r${r}`, "u32")
           });`, "\n      ")
       }
-      ${this.dots("do", x.b, "dp")}
+      ${values.code}
+      ${this.dots("do", values.load, "dp")}
       ${this.rows((r) => `let ds${r} = p${r} * (dp${r} - D${r});`, "\n      ")}
       ${this.accumulate("dq", "ds", keys.load)}`;
     };
@@ -766,11 +823,19 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
 fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
   ${this.queryBlock()}
-  ${this.rowVecs((r, d) => `let do${r}_${d} = vec4<f32>(dout[(b * T + r${r}) * OUT4 + h * H4 + ${d}u]);`)}
+  ${
+      this.rowVecs((r, d) =>
+        `let do${r}_${d} = ${this.read("dout", `(b * T + r${r}) * OUT4 + h * H4 + ${d}u`)};`
+      )
+    }
   ${
       this.rows((r) =>
         `let D${r} = dot(${
-          each(H4, (d) => `do${r}_${d} * vec4<f32>(out[(b * T + r${r}) * OUT4 + h * H4 + ${d}u])`, " + ")
+          each(
+            H4,
+            (d) => `do${r}_${d} * ${this.read("out", `(b * T + r${r}) * OUT4 + h * H4 + ${d}u`)}`,
+            " + ",
+          )
         }, vec4<f32>(1.0));`
       )
     }
@@ -796,7 +861,11 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
             "\n    ",
           )
         }
-    delta[(b * NH + h) * T + r${r}] = D${r};
+    ${
+          this.plan.textures
+            ? `store_stats((b * NH + h) * T + r${r}, vec4<f32>(ls${r}, D${r}, 0.0, 0.0));`
+            : `delta[(b * NH + h) * T + r${r}] = D${r};`
+        }
   }`
       )
     }
@@ -807,6 +876,7 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
     const { H4 } = this;
     const body = (x: Access) => {
       const queries = this.loadAll("qa", x.a);
+      const grads = this.loadAll("ga", x.b);
       return `${queries.code}
       ${this.dots("k", queries.load, "s")}
       let ls = ${x.scalars(0)};
@@ -820,7 +890,8 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
           } & inT);`, "\n      ")
       }
       ${this.rows((r) => each(this.C, (c) => `var dp${r}_${c} = vec4<f32>(0.0);`, " "), "\n      ")}
-      ${this.accumulateDvDp(x.b)}
+      ${grads.code}
+      ${this.accumulateDvDp(grads.load)}
       ${
         this.rows(
           (r) => `let ds${r} = p${r} * (${this.vec((c) => `dot(dp${r}_${c}, vec4<f32>(1.0))`)} - dd);`,
@@ -843,12 +914,12 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
   ${this.rowIndices()}
   ${
       this.rowVecs((r, d) =>
-        `let k${r}_${d} = vec4<f32>(qkv[(b * T + r${r}) * ROW4 + (NH + kvh) * H4 + ${d}u]) * QSCALE;`
+        `let k${r}_${d} = ${this.read("qkv", `(b * T + r${r}) * ROW4 + (NH + kvh) * H4 + ${d}u`)} * QSCALE;`
       )
     }
   ${
       this.rowVecs((r, d) =>
-        `let v${r}_${d} = vec4<f32>(qkv[(b * T + r${r}) * ROW4 + (NH + NKV + kvh) * H4 + ${d}u]);`
+        `let v${r}_${d} = ${this.read("qkv", `(b * T + r${r}) * ROW4 + (NH + NKV + kvh) * H4 + ${d}u`)};`
       )
     }
   ${this.rowVecs((r, d) => `var dk${r}_${d} = vec4<f32>(0.0);`)}
@@ -863,7 +934,10 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
         "T",
         { array: "qkv", base: "b * T * ROW4 + h * H4", stride: "ROW4" },
         { array: "dout", base: "b * T * OUT4 + h * H4", stride: "OUT4" },
-        (i) => [`lse[sb + ${i}] * LOG2E`, `delta[sb + ${i}]`],
+        (i) =>
+          this.plan.textures
+            ? `fetch_stats(sb + ${i})`
+            : `vec2<f32>(lse[sb + ${i}] * LOG2E, delta[sb + ${i}])`,
         body,
       )
     }
@@ -893,19 +967,26 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
 }`;
   }
 
-  /** dv{ρ}_d += p{ρ}[c]·dO[c][d] and dp{ρ}_c += v{ρ}_d·dO[c][d], sharing each dO load. */
+  /**
+   * dv{ρ}_d += p{ρ}[c]·dO[c][d] and dp{ρ}_c += v{ρ}_d·dO[c][d]. With texels (dO
+   * already loaded) row by row, as in {@link dots}; otherwise each dO load is
+   * shared by all rows.
+   */
   accumulateDvDp(load: (c: number, d: number) => string): string {
     const lines: string[] = [];
-    for (let c = 0; c < this.C; c++) {
-      for (let d = 0; d < this.H4; d++) {
-        const use = this.rows(
-          (r) =>
-            `dv${r}_${d} = fma(vec4<f32>(${
-              this.comp(`p${r}`, c)
-            }), x, dv${r}_${d}); dp${r}_${c} = fma(v${r}_${d}, x, dp${r}_${c});`,
-          " ",
-        );
-        lines.push(`{ let x = ${load(c, d)}; ${use} }`);
+    const update = (r: number, c: number, d: number, x: string) =>
+      `dv${r}_${d} = fma(vec4<f32>(${
+        this.comp(`p${r}`, c)
+      }), ${x}, dv${r}_${d}); dp${r}_${c} = fma(v${r}_${d}, ${x}, dp${r}_${c});`;
+    if (this.plan.textures) {
+      for (let r = 0; r < this.R; r++) {
+        for (let d = 0; d < this.H4; d++) lines.push(each(this.C, (c) => update(r, c, d, load(c, d)), " "));
+      }
+    } else {
+      for (let c = 0; c < this.C; c++) {
+        for (let d = 0; d < this.H4; d++) {
+          lines.push(`{ let x = ${load(c, d)}; ${this.rows((r) => update(r, c, d, "x"), " ")} }`);
+        }
       }
     }
     return lines.join("\n      ");

@@ -171,6 +171,21 @@ export function makeStaging(
   return { texture, view: texture.createView(), width: size[0], format };
 }
 
+/**
+ * A texture of at least `texels` rgba32float texels that the device keeps for `slot`,
+ * made on first use: one kernel writes it (see {@link texelWriterWgsl}) and a later
+ * one in the same recording reads it (see {@link texelReaderWgsl}).
+ *
+ * @param gpu The device.
+ * @param slot Names the texture among those of the same size.
+ * @param texels How many texels it must hold.
+ * @returns The texture, or null when that many texels do not fit one.
+ */
+export function scratchTexels(gpu: Gpu, slot: string, texels: number): StagedTexels | null {
+  const size = textureSizeFor(gpu, texels);
+  return size ? slotTexture(gpu, slot, size, "rgba32float") : null;
+}
+
 /** The device's texture of `slot`, format and size, made on first use. */
 function slotTexture(
   gpu: Gpu,
