@@ -29,14 +29,18 @@ const CONFIGS: Config[] = [
   { B: 2, NH: 2, NKV: 2, HS: 64, amp: 1.5, Ts: [65] },
   { B: 1, NH: 2, NKV: 1, HS: 128, amp: 1, Ts: [130] },
 ];
-// Plans besides the adapter's default (on lavapipe: 4 rows per thread, direct
-// loads, 1 key per step): the GPU plan (one row per thread, tiles in workgroup
-// memory, 4 keys per step) and mixed ones (16-row blocks with tiles and 2 keys
-// per step; direct loads with 4 keys per step), on the configurations with small heads.
+// Plans besides the adapter's default (on lavapipe: 8 rows per thread, 4 at HS
+// 128, rows from staged textures, 2 keys per step): the GPU plan (one row per
+// thread, tiles in workgroup memory, 4 keys per step), mixed ones (16-row blocks
+// with tiles and 2 keys per step; direct loads with 4 keys per step) and texel
+// ones with other row counts and steps (24-row blocks, 1 key per step; 16-row
+// blocks, 4 keys per step), on the configurations with small heads.
 const PLANS: AttentionPlan[] = [
   ATTENTION_PLANS.gpu,
   { rows: 2, threads: 8, chunk: 2, shared: true },
   { rows: 2, threads: 16, chunk: 4, shared: false },
+  { rows: 3, threads: 8, chunk: 1, shared: false, textures: true },
+  { rows: 4, threads: 4, chunk: 4, shared: false, textures: true },
 ];
 // out is a convex combination of v (|v| <= amp, tolerances scale with it): f32
 // roundings of scores, exponentials and sums, ~1e-6 measured. lse is the log of

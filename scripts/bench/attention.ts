@@ -311,22 +311,32 @@ export interface AttentionVsMatmul {
   backward: number;
 }
 
+/** Calls of each op a round of {@link attentionVsMatmul} times together: a few ms each on lavapipe, too short alone. */
+const CALLS_PER_ROUND = 4;
+
 /**
  * The flash-vs-matmul target, measured side by side: the forward, the backward and
  * the matmul with the forward's FLOPs of {@link attentionBenches} in rotating order,
- * each round's times divided by its matmul's.
+ * {@link CALLS_PER_ROUND} calls each, each round's times divided by its matmul's.
  *
  * @param gpu The device.
  * @returns The two ratios (medians over the rounds).
  */
 export async function attentionVsMatmul(gpu: Gpu): Promise<AttentionVsMatmul> {
   const cases = attentionBenches(gpu);
-  const find = (variant: string) =>
-    cases.find((c) => c.name === "attention" && c.variant.startsWith(variant))!;
+  const find = (variant: string): PreparedOp => {
+    const op = cases.find((c) => c.name === "attention" && c.variant.startsWith(variant))!.prepare(gpu);
+    return {
+      record: (rec) => {
+        for (let i = 0; i < CALLS_PER_ROUND; i++) op.record(rec);
+      },
+      release: () => op.release(),
+    };
+  };
   const ops = {
-    matmul: find("matmul with").prepare(gpu),
-    forward: find("flash forward").prepare(gpu),
-    backward: find("flash backward").prepare(gpu),
+    matmul: find("matmul with"),
+    forward: find("flash forward"),
+    backward: find("flash backward"),
   };
   try {
     const ratios = await timeSideBySide(gpu, ops.matmul, { forward: ops.forward, backward: ops.backward });
