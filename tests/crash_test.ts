@@ -26,6 +26,12 @@ async function exists(path: string): Promise<boolean> {
   return await Deno.stat(path).then(() => true, () => false);
 }
 
+/** The iteration of the checkpoint on disk, or -1 before the first save. */
+async function savedIteration(): Promise<number> {
+  if (!await exists(CKPT)) return -1;
+  return (await loadCheckpoint(CKPT)).training!.iteration;
+}
+
 Deno.test("a training process killed during checkpoint saves always leaves a checkpoint that loads and resumes", async () => {
   await Deno.remove(OUT, { recursive: true }).catch(() => {});
   let lastIteration = -1;
@@ -34,21 +40,22 @@ Deno.test("a training process killed during checkpoint saves always leaves a che
   for (let kill = 0; kill < KILLS; kill++) {
     await Deno.remove(`${CKPT}.tmp`).catch(() => {}); // the killed save's leftover, so we see the next one begin
     const child = train(kill > 0);
-    // Let the run save a few times (so every run adds progress), then wait for the next save to begin (the
-    // temporary file appears) and kill after 0-7 ms: before, during or just after the write, sync and rename.
-    const saveStarted = async () => {
+    const waitFor = async (what: string, done: () => Promise<boolean>, pollMs = 0) => {
       const deadline = Date.now() + 60_000;
-      while (!await exists(CKPT) || !await exists(`${CKPT}.tmp`)) {
+      while (!await done()) {
         if (Date.now() > deadline) {
           child.kill("SIGKILL");
-          throw new Error(`no save started: ${await new Response(child.stderr).text()}`);
+          throw new Error(`${what}: ${await new Response(child.stderr).text()}`);
         }
-        await new Promise((resolve) => setTimeout(resolve, 0));
+        await new Promise((resolve) => setTimeout(resolve, pollMs));
       }
     };
-    await saveStarted();
-    await new Promise((resolve) => setTimeout(resolve, 300 + 200 * (kill % 4)));
-    await saveStarted();
+    // Let the run save past the last run's iteration (so every run adds progress, however slowly it starts),
+    // then wait 0-600 ms and for the next save to begin (the temporary file appears), and kill after 0-7 ms:
+    // before, during or just after the write, sync and rename.
+    await waitFor("no save past the last run's", async () => await savedIteration() > lastIteration, 20);
+    await new Promise((resolve) => setTimeout(resolve, 200 * (kill % 4)));
+    await waitFor("no save started", () => exists(`${CKPT}.tmp`));
     await new Promise((resolve) => setTimeout(resolve, kill % 8));
     child.kill("SIGKILL");
     const status = await child.status;
