@@ -30,6 +30,7 @@ import { GpuError } from "./errors.ts";
 import { chunkRanges } from "./reduce.ts";
 import { grid, type Recorder, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
+import { canStageTexels, stageTexels, texelReaderWgsl } from "./texels.ts";
 import { declare, expectDType, expectLength } from "./wgsl.ts";
 
 const WORKGROUP = 256;
@@ -37,6 +38,13 @@ const WORKGROUP = 256;
 const CHUNK_GRANULE = 2048;
 /** Bytes of the uniform struct `Hyper` (12 f32, a multiple of 16). */
 const HYPER_BYTES = 48;
+/**
+ * Largest chunk when reading through staged textures: 4 MiB per staged tensor,
+ * so the four staging textures stay small next to the state they copy.
+ */
+const TEXEL_CHUNK = 1 << 20;
+/** The tensors AdamW reads, in the order their staged textures are bound. */
+const READ = ["grads", "params", "m", "v"] as const;
 
 /**
  * Hyperparameters of one AdamW step, passed to every {@link AdamW.record}: they
@@ -170,6 +178,12 @@ export class AdamW {
   readonly n: number;
   /** Parameters per thread: 4 (vec4 loads and stores) or 1. */
   readonly width: 1 | 4;
+  /**
+   * Whether the vec4 kernel reads grads, params, m and v by texel fetches from
+   * staged copies (software adapters, where a storage load is a loop over the
+   * SIMD lanes and a store is not; see `texels.ts`) rather than from storage.
+   */
+  readonly texels: boolean;
   /** The uniform buffer of per-step values. */
   readonly uniforms: GPUBuffer;
   readonly #chunks: [number, number][];
@@ -183,9 +197,15 @@ export class AdamW {
    * @param n Parameters in the flat buffer (positive integer).
    * @param options `maxChunkElements` caps a chunk below the binding limit (tests
    *   exercise chunking with it); `width` 1 makes one thread per parameter (the
-   *   naive layout, for the bench) instead of one per 4.
+   *   naive layout, for the bench) instead of one per 4; `texels` overrides the
+   *   choice of {@link AdamW.texels} (default: on a software adapter, at width 4),
+   *   and caps chunks at 2^20 parameters when on.
    */
-  constructor(gpu: Gpu, n: number, options: { maxChunkElements?: number; width?: 1 | 4 } = {}) {
+  constructor(
+    gpu: Gpu,
+    n: number,
+    options: { maxChunkElements?: number; width?: 1 | 4; texels?: boolean } = {},
+  ) {
     if (!Number.isInteger(n) || n < 1 || n > 0xffffffff) {
       throw new GpuError(`adamw: n must be an integer from 1 to 2^32-1, got ${n}`);
     }
@@ -195,7 +215,11 @@ export class AdamW {
     if (this.width !== 1 && this.width !== 4) {
       throw new GpuError(`adamw: width must be 1 or 4, got ${this.width}`);
     }
-    this.#chunks = chunkRanges(gpu, n, CHUNK_GRANULE, options.maxChunkElements);
+    this.texels = this.width === 4 && (options.texels ?? gpu.info.fallback);
+    const cap = this.texels
+      ? Math.min(options.maxChunkElements ?? TEXEL_CHUNK, TEXEL_CHUNK)
+      : options.maxChunkElements;
+    this.#chunks = chunkRanges(gpu, n, CHUNK_GRANULE, cap);
     this.uniforms = gpu.createBuffer(
       "adamw hyper",
       HYPER_BYTES,
@@ -276,8 +300,15 @@ export class AdamW {
     plan: { width: 1 | 4; first: number; count: number; offset: number },
   ): void {
     const element = plan.width === 4 ? "vec4<f32>" : "f32";
-    const { wgsl, bindings } = declare([
-      { name: "grads", tensor: t.grads, element },
+    // The chunk's whole vec4s, staged; its tail (width 1) reads storage.
+    const staged = plan.width === 4 && this.texels
+      ? READ.map((name) => t[name].view(0, [4 * plan.count]))
+        .filter((view) => canStageTexels(rec.gpu, view))
+        .map((view, i) => stageTexels(rec, view, `adamw ${READ[i]}`))
+      : [];
+    const texels = staged.length === READ.length;
+    const declared = declare([
+      ...(texels ? [] : [{ name: "grads", tensor: t.grads, element }]),
       { name: "decayMask", tensor: t.decayMask },
       { name: "normSquared", tensor: t.normSquared },
       ...(t.lossScale ? [{ name: "lossScale", tensor: t.lossScale }] : []),
@@ -285,7 +316,15 @@ export class AdamW {
       { name: "m", tensor: t.m, write: true, element },
       { name: "v", tensor: t.v, write: true, element },
     ], ["hyper", "Hyper", this.uniforms]);
-    const label = plan.width === 4 ? "adamw vec4" : "adamw";
+    const first = declared.bindings.length;
+    const wgsl = texels
+      ? [declared.wgsl, ...READ.map((name, i) => texelReaderWgsl(`read_${name}`, first + i, staged[i]))].join(
+        "\n",
+      )
+      : [declared.wgsl, ...READ.map((name) => `fn read_${name}(j: u32) -> ${element} { return ${name}[j]; }`)]
+        .join("\n");
+    const bindings = texels ? [...declared.bindings, ...staged.map((x) => x.view)] : declared.bindings;
+    const label = plan.width === 4 ? (texels ? "adamw vec4 texels" : "adamw vec4") : "adamw";
     rec.dispatch(
       rec.gpu.pipelines.get(label, adamwWgsl(wgsl, { ...plan, lossScale: t.lossScale !== undefined })),
       bindings,
@@ -351,9 +390,9 @@ function adamwWgsl(
   const decay = plan.width === 4
     ? `let bits = (decayMask[k >> 5u] >> (k & 31u)) & 15u;
   let decays = (vec4<u32>(bits) & vec4<u32>(1u, 2u, 4u, 8u)) != vec4<u32>(0u);
-  let p = params[j] * select(vec4<f32>(1.0), vec4<f32>(hyper.decayFactor), decays);`
+  let p = read_params(j) * select(vec4<f32>(1.0), vec4<f32>(hyper.decayFactor), decays);`
     : `let decays = ((decayMask[k >> 5u] >> (k & 31u)) & 1u) != 0u;
-  let p = params[j] * select(1.0, hyper.decayFactor, decays);`;
+  let p = read_params(j) * select(1.0, hyper.decayFactor, decays);`;
   return `struct Hyper {
   stepSize: f32,     // lr / (1 - beta1^t)
   decayFactor: f32,  // 1 - lr * weightDecay
@@ -394,10 +433,10 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   }
   let j = FIRST + i;                // index in the bound arrays
   let k = OFFSET + ${plan.width}u * j; // first parameter's index in the flat buffer
-  let g = grads[j] * gscale;
+  let g = read_grads(j) * gscale;
   ${decay}
-  let mi = hyper.beta1 * m[j] + hyper.oneMinusBeta1 * g;
-  let vi = hyper.beta2 * v[j] + hyper.oneMinusBeta2 * (g * g);
+  let mi = hyper.beta1 * read_m(j) + hyper.oneMinusBeta1 * g;
+  let vi = hyper.beta2 * read_v(j) + hyper.oneMinusBeta2 * (g * g);
   m[j] = mi;
   v[j] = vi;
   params[j] = p - hyper.stepSize * (mi / (sqrt(vi) / hyper.sqrtBc2 + hyper.eps));

@@ -51,7 +51,7 @@ class Fixture {
   constructor(
     readonly gpu: Gpu,
     readonly n: number,
-    options: { moments?: boolean; maxChunkElements?: number; width?: 1 | 4 } = {},
+    options: { moments?: boolean; maxChunkElements?: number; width?: 1 | 4; texels?: boolean } = {},
   ) {
     const p = Float32Array.from(randomArray(n, 1, 1));
     // Later-step moments: m any sign, v ≥ 0 and on the scale of g².
@@ -67,7 +67,11 @@ class Fixture {
     this.decayMask = gpu.tensor([words.length], "u32", { label: "decay mask", data: words });
     this.normSquared = gpu.tensor([1], "f32", { label: "normSquared" });
     this.gradNorm = new GradNorm(gpu, n);
-    this.adamw = new AdamW(gpu, n, { maxChunkElements: options.maxChunkElements, width: options.width });
+    this.adamw = new AdamW(gpu, n, {
+      maxChunkElements: options.maxChunkElements,
+      width: options.width,
+      texels: options.texels,
+    });
     this.ref = { params: Float64Array.from(p), m: Float64Array.from(m), v: Float64Array.from(v) };
   }
 
@@ -241,6 +245,24 @@ Deno.test("adamw split into binding chunks gives the same bits as one dispatch",
   await expectMatchesReference(chunked, "chunked");
   whole.release();
   chunked.release();
+});
+
+Deno.test("adamw reading staged textures, in chunks, gives the same bits as reading storage", async () => {
+  const gpu = await testGpu();
+  const n = 70_001; // texel chunks of 16384 with their tails, against one storage dispatch
+  const storage = new Fixture(gpu, n, { texels: false });
+  const texels = new Fixture(gpu, n, { texels: true, maxChunkElements: 16_384 });
+  assert.ok(!storage.adamw.texels && texels.adamw.texels);
+  for (let step = 1; step <= 2; step++) {
+    const g = Float32Array.from(randomArray(n, 10 + step, 1));
+    const hyper = { ...BASE, maxGradNorm: 1e-3, step };
+    storage.step(g, hyper);
+    texels.step(g, hyper);
+  }
+  const [a, b] = [await storage.state(), await texels.state()];
+  for (const key of ["params", "m", "v"] as const) assertSameBits(b[key], a[key], `${key} from textures`);
+  storage.release();
+  texels.release();
 });
 
 Deno.test("adamw with one thread per parameter (width 1) matches the reference", async () => {
