@@ -19,6 +19,10 @@
  *
  * - Forward: running max m, running sum l, accumulator rescaled by
  *   exp2(m_old − m_new) per chunk; out = acc / l, lse = (m + log2 l)·ln 2.
+ *   m is kept an integer (the running max rounded up), so the rescale is an
+ *   exact power of two made from its exponent bits rather than an exp2 (0 once
+ *   it falls below 2^-126, and for the initial −big), and each p = exp2(s − m)
+ *   stays ≤ 1.
  * - Backward (overwrites dqkv, every element: it is an activation gradient),
  *   two dispatches, no atomics, so results are bit-identical run to run:
  *   1. dQ, per query block streaming K and V up to the diagonal:
@@ -758,8 +762,8 @@ ${shared}`;
         this.rows((r) =>
           `let live${r} = kk <= ${this.splat(`r${r}`, "u32")};
       let sm${r} = select(${this.splat(NEG_BIG, "f32")}, s${r}, live${r});
-      let mn${r} = max(m${r}, ${this.hmax(`sm${r}`)});
-      let al${r} = exp2(m${r} - mn${r});
+      let mn${r} = max(m${r}, ceil(${this.hmax(`sm${r}`)}));
+      let al${r} = bitcast<f32>(u32(max(m${r} - mn${r} + 127.0, 0.0)) << 23u);
       let p${r} = select(${this.splat("0.0", "f32")}, exp2(sm${r} - mn${r}), live${r});
       l${r} = l${r} * al${r} + ${this.hsum(`p${r}`)};
       m${r} = mn${r};`, "\n      ")

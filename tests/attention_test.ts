@@ -157,6 +157,27 @@ Deno.test("attention honours a custom scale", async () => {
   assertClose(got.dqkv, attentionBackwardRef(dout, qkv, s, 0.9), GRAD_F32, "dqkv with scale 0.9");
 });
 
+Deno.test("attention stays exact when scores span thousands of log2 units (rescales underflow to 0)", async () => {
+  // Scale 40 puts scores up to ~1800 apart in log2 units: the forward's running max
+  // jumps by far more than the 126 binades a rescale can express, and most
+  // probabilities underflow, as they do in the float64 reference rounded to f32.
+  // A score that large carries an f32 rounding of ~1e-4, so the probabilities the
+  // backward recomputes, and the gradients, carry ~1e-4 relative.
+  const gpu = await testGpu();
+  const s = { B: 1, T: 37, NH: 2, NKV: 2, HS: 8, amp: 2 };
+  const { qkv, dout } = inputs(s, 210);
+  const got = await run(gpu, s, qkv, dout, { scale: 40 });
+  const ref = attentionRef(qkv, s, 40);
+  assertClose(got.out, ref.out, OUT_F32, "out with scale 40");
+  assertClose(got.lse, ref.lse, { atol: 1e-3, rtol: 5e-6 }, "lse with scale 40");
+  assertClose(
+    got.dqkv,
+    attentionBackwardRef(dout, qkv, s, 40),
+    { atol: 1e-4, rtol: 1e-4 },
+    "dqkv with scale 40",
+  );
+});
+
 Deno.test("attention backward matches finite differences of the float64 forward", async () => {
   const gpu = await testGpu();
   const s = { B: 1, T: 3, NH: 2, NKV: 1, HS: 4, amp: 1.5 };
