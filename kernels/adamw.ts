@@ -22,6 +22,9 @@
  * If normSquared or the norm is inf or NaN the kernel changes nothing (a skipped
  * step); the trainer reads the norm back to notice and to lower its loss scale.
  *
+ * On a software adapter the vec4 kernel reads grads, params, m and v from staged
+ * texture copies (see {@link AdamW.texels}) and writes storage as everywhere else.
+ *
  * @module
  */
 
