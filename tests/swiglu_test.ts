@@ -170,6 +170,31 @@ Deno.test("swiglu is bit-identical run to run", async () => {
   for (const t of [tg, td]) gpu.release(t);
 });
 
+Deno.test("swiglu reading staged textures gives the same bits as reading storage (f32, f16, in place)", async () => {
+  const gpu = await testGpu();
+  const [N, H] = [7, 36];
+  for (const dtype of gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const) {
+    const tg = gpu.tensor([N, 2 * H], dtype, { data: gateUpData(N, H, 93) });
+    const td = gpu.tensor([N, H], dtype, { data: randomArray(N * H, 94, 1) });
+    const bits: Uint32Array[] = [];
+    for (const texels of [false, true]) {
+      const out = gpu.tensor([N, H], dtype);
+      const dg = gpu.tensor([N, 2 * H], dtype);
+      const inPlace = gpu.tensor([N, 2 * H], dtype, { data: gateUpData(N, H, 93) });
+      const rec = gpu.recorder();
+      swigluForward(rec, { out, gateUp: tg, texels });
+      swigluBackward(rec, { dgateUp: dg, dout: td, gateUp: tg, texels });
+      swigluBackward(rec, { dgateUp: inPlace, dout: td, gateUp: inPlace, texels });
+      rec.submit();
+      const read = async (t: typeof out) => [...new Uint32Array((await gpu.readFloats(t)).buffer)];
+      bits.push(new Uint32Array([...await read(out), ...await read(dg), ...await read(inPlace)]));
+      for (const t of [out, dg, inPlace]) gpu.release(t);
+    }
+    assert.deepEqual(bits[1], bits[0], `${dtype}: texel reads differ from storage reads`);
+    for (const t of [tg, td]) gpu.release(t);
+  }
+});
+
 Deno.test("swiglu refuses bad shapes, dtypes and overlapping outputs with the argument named", async () => {
   const gpu = await testGpu();
   const gu = gpu.tensor([4, 16], "f32", { label: "gu" });
