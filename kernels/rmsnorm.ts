@@ -42,7 +42,7 @@ import {
   float,
   type StorageDecl,
 } from "./wgsl.ts";
-import { texelWriterWgsl } from "./texels.ts";
+import { stageReads, texelReads, texelWriterWgsl } from "./texels.ts";
 
 /**
  * Row groups the backward aims for before it gives each group more rows: 4096
@@ -189,10 +189,17 @@ function expectEps(kernel: string, eps: number): void {
  * normalizes the residual sum as stored (rounded to f16 when residualOut is f16),
  * so its backward, which reads residualOut back as x, sees what the forward used.
  */
+/**
+ * Elements of x from which the forward reads x (and branch) and the weight by texel
+ * fetch on a software adapter, where a storage load is a loop over the SIMD lanes:
+ * below it (a decoding step's few rows) a staging copy moves more than the loads cost.
+ */
+const TEXEL_READ_MIN = 1 << 14;
+
 function recordForward(
   rec: Recorder,
   kernel: string,
-  io: { out: Tensor; rstd: Tensor; x: Tensor; weight: Tensor; eps: number },
+  io: { out: Tensor; rstd: Tensor; x: Tensor; weight: Tensor; eps: number; texels?: boolean },
   residual?: { residualOut: Tensor; branch: Tensor; inPlace: boolean },
 ): void {
   const { out, rstd, x, weight, eps } = io;
@@ -204,6 +211,16 @@ function recordForward(
   expectLength(kernel, "rstd", rstd, layout.N);
   const { F, elem, dot } = typing(layout);
   const tensors = [out, rstd, x, weight];
+  const texels = layout.width === 4 && (io.texels ?? (rec.gpu.info.fallback && x.length >= TEXEL_READ_MIN));
+  // Staged before the kernel runs, so an in-place residual reads the old x from its copy.
+  const staged = texels
+    ? stageReads(rec, kernel, [["x", x], ...(residual ? [["branch", residual.branch] as const] : []), [
+      "weight",
+      weight,
+    ]])
+    : null;
+  const read = (name: string, index: string, storage = name) =>
+    staged ? `fetch_${name}(${index})` : `${F}(${storage}[${index}])`;
   let decls: StorageDecl[];
   let load: string;
   if (residual) {
@@ -220,21 +237,23 @@ function recordForward(
     tensors.push(residualOut, branch);
     const xName = inPlace ? "residualOut" : "x";
     decls = [
-      ...(inPlace ? [] : [{ name: "x", tensor: x, element: elem(x) }]),
-      { name: "branch", tensor: branch, element: elem(branch) },
-      { name: "weight", tensor: weight, element: elem(weight) },
+      ...(inPlace || staged ? [] : [{ name: "x", tensor: x, element: elem(x) }]),
+      ...(staged ? [] : [
+        { name: "branch", tensor: branch, element: elem(branch) },
+        { name: "weight", tensor: weight, element: elem(weight) },
+      ]),
       { name: "residualOut", tensor: residualOut, write: true, element: elem(residualOut) },
     ];
-    load = `let s = ${elem(residualOut)}(${F}(${xName}[i]) + ${F}(branch[i]));
+    load = `let s = ${elem(residualOut)}(${read("x", "i", xName)} + ${read("branch", "i")});
       residualOut[i] = s;
       let v = ${F}(s);`;
   } else {
     expectDisjoint(kernel, [["out", out], ["rstd", rstd]], [["x", x], ["weight", weight]]);
-    decls = [
+    decls = staged ? [] : [
       { name: "x", tensor: x, element: elem(x) },
       { name: "weight", tensor: weight, element: elem(weight) },
     ];
-    load = `let v = ${F}(x[i]);`;
+    load = `let v = ${read("x", "i")};`;
   }
   decls.push(
     { name: "out", tensor: out, write: true, element: elem(out) },
@@ -244,8 +263,10 @@ function recordForward(
   const { wgsl, bindings } = declare(decls);
   // A kept texel copy of out (a decoding step's matmul input) is written as well; a vec4 is a texel.
   const mirror = layout.width === 4 ? rec.texelCache?.mirror(rec, out) ?? null : null;
+  const reads = texelReads(staged ?? [], bindings.length + (mirror ? 1 : 0));
   const code = `${wgsl}
 ${mirror ? texelWriterWgsl("storeOut", bindings.length, mirror) : ""}
+${reads.wgsl}
 ${rowPrelude(layout)}
 const EPS = ${float(eps)};
 
@@ -274,15 +295,17 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   for (var k = 0u; k < PER; k++) {
     let c = t + k * T;
     if (c < VECS) {
-      let o = ${elem(out)}(xs[k] * r * ${F}(weight[c]));
+      let o = ${elem(out)}(xs[k] * r * ${read("weight", "c")});
       out[row * VECS + c] = o;${mirror ? "\n      storeOut(row * VECS + c, vec4<f32>(o));" : ""}
     }
   }
 }`;
-  const label = `${kernel} C=${layout.C} ${x.dtype}->${out.dtype}${mirror ? " +texels" : ""}`;
+  const label = `${kernel} C=${layout.C} ${x.dtype}->${out.dtype}${mirror ? " +texels" : ""}${
+    staged ? " from texels" : ""
+  }`;
   rec.dispatch(
     rec.gpu.pipelines.get(label, code),
-    mirror ? [...bindings, mirror.view] : bindings,
+    [...bindings, ...(mirror ? [mirror.view] : []), ...reads.views],
     grid(rec.gpu, Math.ceil(layout.N / layout.rows)),
   );
   if (mirror) rec.texelCache!.markCurrent(rec, out);
@@ -295,7 +318,9 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
  * @param rec The recorder.
  * @param args `out` [N, C] (f32 or f16, overwritten), `rstd` [N] (f32, overwritten),
  *   `x` [N, C] (f32 or f16; any leading shape, e.g. [B, T, C]), `weight` [C]
- *   (f32 or f16) and `eps`, baked into the kernel.
+ *   (f32 or f16) and `eps`, baked into the kernel; `texels` chooses reading x and
+ *   weight from staged copies (default: on a software adapter, for 2^14 or more
+ *   elements of x, when C % 4 == 0).
  * @example
  * ```ts
  * const rec = gpu.recorder();
@@ -305,7 +330,7 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
  */
 export function rmsnormForward(
   rec: Recorder,
-  args: { out: Tensor; rstd: Tensor; x: Tensor; weight: Tensor; eps: number },
+  args: { out: Tensor; rstd: Tensor; x: Tensor; weight: Tensor; eps: number; texels?: boolean },
 ): void {
   recordForward(rec, "rmsnormForward", args);
 }
@@ -317,7 +342,8 @@ export function rmsnormForward(
  *
  * @param rec The recorder.
  * @param args `residualOut` [N, C], `out` [N, C] (f32 or f16, overwritten),
- *   `rstd` [N] (f32), `x` and `branch` [N, C] (f32 or f16), `weight` [C] and `eps`.
+ *   `rstd` [N] (f32), `x` and `branch` [N, C] (f32 or f16), `weight` [C], `eps`
+ *   and `texels` as in {@link rmsnormForward}.
  * @example
  * ```ts
  * // The residual stream takes the attention output, and the MLP's norm reads it.
@@ -334,6 +360,7 @@ export function residualRmsnormForward(
     branch: Tensor;
     weight: Tensor;
     eps: number;
+    texels?: boolean;
   },
 ): void {
   const { residualOut, x, branch } = args;

@@ -21,13 +21,7 @@ import { recordElementwise } from "./elementwise.ts";
 import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
-import {
-  canStageTexels,
-  type StagedTexels,
-  stageTexels,
-  texelReaderWgsl,
-  texelWriterWgsl,
-} from "./texels.ts";
+import { type StagedTexels, stageReads, texelReads, texelWriterWgsl } from "./texels.ts";
 import { expectDType, expectShape, type StorageDecl } from "./wgsl.ts";
 
 /** Checks out-like [..., H] against gateUp [..., 2H]; returns H, the vector width and vectors per half-row. */
@@ -81,16 +75,7 @@ function stagedReads(
   reads: readonly (readonly [string, Tensor])[],
   texels = rec.gpu.info.fallback && reads[reads.length - 1][1].length >= TEXEL_READ_MIN,
 ): (readonly [string, StagedTexels])[] | null {
-  if (width !== 4 || !texels || !reads.every(([, t]) => canStageTexels(rec.gpu, t))) return null;
-  return reads.map(([name, t]) => [name, stageTexels(rec, t, `swiglu ${name}`)] as const);
-}
-
-/** WGSL readers for `staged`, bound from `first` on, and their views. */
-function readers(staged: readonly (readonly [string, StagedTexels])[], first: number) {
-  return {
-    wgsl: staged.map(([name, texels], k) => texelReaderWgsl(`fetch_${name}`, first + k, texels)).join("\n"),
-    views: staged.map(([, texels]) => texels.view),
-  };
+  return width === 4 && texels ? stageReads(rec, "swiglu", reads) : null;
 }
 
 function sameRange(a: Tensor, b: Tensor): boolean {
@@ -142,7 +127,7 @@ export function swigluForward(rec: Recorder, args: { out: Tensor; gateUp: Tensor
   ];
   // A kept texel copy of out (a decoding step's matmul input) is written as well; a vec4 is a texel.
   const mirror = F === "vec4f" ? rec.texelCache?.mirror(rec, out) ?? null : null;
-  const reads = readers(staged ?? [], decls.length + (mirror ? 1 : 0));
+  const reads = texelReads(staged ?? [], decls.length + (mirror ? 1 : 0));
   recordElementwise(rec, {
     label: `${kernel} ${elem(gateUp)}->${elem(out)}${mirror ? " +texels" : ""}${
       staged ? " from texels" : ""
@@ -195,7 +180,7 @@ export function swigluBackward(
     ...(inPlace || staged ? [] : [{ name: "gateUp", tensor: gateUp, element: elem(gateUp) }]),
     { name: "dgateUp", tensor: dgateUp, write: true, element: elem(dgateUp) },
   ];
-  const reads = readers(staged ?? [], decls.length);
+  const reads = texelReads(staged ?? [], decls.length);
   recordElementwise(rec, {
     label: `${kernel} ${elem(gateUp)}->${elem(dgateUp)}${inPlace ? " in place" : ""}${
       staged ? " from texels" : ""

@@ -242,6 +242,42 @@ fn ${name}(i: u32) -> vec4<f32> {
 }
 
 /**
+ * Stages each of `reads` for a kernel that reads them by texel fetch (slots named
+ * `{kernel} {name}`), or returns null, staging nothing, when any cannot be staged.
+ *
+ * @param rec The recorder.
+ * @param kernel Names the slots.
+ * @param reads The tensors, by the names the kernel reads them as.
+ * @returns The staged copies, by name, or null.
+ */
+export function stageReads(
+  rec: Recorder,
+  kernel: string,
+  reads: readonly (readonly [string, Tensor])[],
+): (readonly [string, StagedTexels])[] | null {
+  if (!reads.every(([, t]) => canStageTexels(rec.gpu, t))) return null;
+  return reads.map(([name, t]) => [name, stageTexels(rec, t, `${kernel} ${name}`)] as const);
+}
+
+/**
+ * WGSL readers `fetch_{name}(i)` for the copies {@link stageReads} made, bound from
+ * `first` on, and the views to bind there.
+ *
+ * @param staged The staged copies, by name.
+ * @param first The first binding index.
+ * @returns The WGSL and the views, in binding order.
+ */
+export function texelReads(
+  staged: readonly (readonly [string, StagedTexels])[],
+  first: number,
+): { wgsl: string; views: GPUTextureView[] } {
+  return {
+    wgsl: staged.map(([name, texels], k) => texelReaderWgsl(`fetch_${name}`, first + k, texels)).join("\n"),
+    views: staged.map(([, texels]) => texels.view),
+  };
+}
+
+/**
  * WGSL that declares `staged` at `@binding(binding)` of group 0 as a write-only
  * storage texture `tex_{name}`, and `fn name(i: u32, v: vec4<f32>)`, which writes
  * texel i: how a kernel writes a kept copy (see `TexelCache.mirror`) along with

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "../kernels/rmsnorm.ts";
 import { add } from "../kernels/elementwise.ts";
 import type { Gpu } from "../kernels/device.ts";
+import type { Recorder } from "../kernels/recorder.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { assertClose, finiteDifferences, randomArray, testGpu, weightedSum } from "./harness.ts";
 import { residualRmsnormRef, rmsnormBackwardRef, rmsnormRef } from "./reference/rmsnorm.ts";
@@ -287,6 +288,48 @@ Deno.test("rmsnorm forward and backward are bit-identical run to run", async () 
     assert.deepEqual(new Uint32Array(runs[1][i].buffer), new Uint32Array(runs[0][i].buffer), `output ${i}`);
   }
   for (const t of [tx, tw, tdout]) gpu.release(t);
+});
+
+Deno.test("rmsnorm forwards reading staged textures give the same bits as reading storage", async () => {
+  const gpu = await testGpu();
+  for (const dtype of gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const) {
+    for (const [n, c] of [[7, 64], [33, 768]]) {
+      const { x, weight } = data(n, c, 40 + c);
+      const branch = randomArray(n * c, 50 + c, 1);
+      const tx = gpu.tensor([n, c], dtype, { data: x });
+      const tb = gpu.tensor([n, c], dtype, { data: branch });
+      const tw = gpu.tensor([c], dtype, { data: weight });
+      const bits: number[][] = [];
+      for (const texels of [false, true]) {
+        const out = gpu.tensor([n, c], dtype);
+        const rstd = gpu.tensor([n], "f32");
+        const sum = gpu.tensor([n, c], dtype);
+        const inPlace = gpu.tensor([n, c], dtype, { data: x });
+        const common = { out, rstd, weight: tw, eps: EPS, texels };
+        const read = async (t: Tensor) => [...new Uint32Array((await gpu.readFloats(t)).buffer)];
+        const run = async (record: (rec: Recorder) => void, ...extra: Tensor[]) => {
+          const rec = gpu.recorder();
+          record(rec);
+          rec.submit();
+          return (await Promise.all([out, rstd, ...extra].map(read))).flat();
+        };
+        bits.push([
+          ...await run((rec) => rmsnormForward(rec, { ...common, x: tx })),
+          ...await run(
+            (rec) => residualRmsnormForward(rec, { ...common, residualOut: sum, x: tx, branch: tb }),
+            sum,
+          ),
+          ...await run(
+            (rec) => residualRmsnormForward(rec, { ...common, residualOut: inPlace, x: inPlace, branch: tb }),
+            inPlace,
+          ),
+        ]);
+        for (const t of [out, rstd, sum, inPlace]) gpu.release(t);
+      }
+      assert.deepEqual(bits[1], bits[0], `${dtype} [${n}, ${c}]: texel reads differ from storage reads`);
+      for (const t of [tx, tb, tw]) gpu.release(t);
+    }
+  }
 });
 
 Deno.test("rmsnorm kernels refuse bad shapes, dtypes, eps and overlapping outputs with the argument named", async () => {
