@@ -396,7 +396,8 @@ function partials(gpu: Gpu, blocks: number, C: number): Tensor {
  * @param args `dx` [N, C] (f32 or f16; overwritten, or added into with
  *   `accumulate: true`), `dweight` [C] (f32, always added into; omit it for a
  *   frozen gain, which skips the second pass), `dout` and `x`
- *   [N, C] (f32 or f16), `weight` [C] (f32 or f16), `rstd` [N] (f32, from the forward).
+ *   [N, C] (f32 or f16), `weight` [C] (f32 or f16), `rstd` [N] (f32, from the forward),
+ *   and `texels` as in {@link rmsnormForward} (dout, x, weight and an accumulated dx).
  * @example
  * ```ts
  * // The norm's input gradient joins the residual-stream gradient dresidual.
@@ -413,6 +414,7 @@ export function rmsnormBackward(
     weight: Tensor;
     rstd: Tensor;
     accumulate?: boolean;
+    texels?: boolean;
   },
 ): void {
   const kernel = "rmsnormBackward";
@@ -449,16 +451,33 @@ export function rmsnormBackward(
   const partial = partials(rec.gpu, blocks, layout.C);
   const { F, elem, dot } = typing(layout);
 
+  const texels = layout.width === 4 &&
+    (args.texels ?? (rec.gpu.info.fallback && x.length >= TEXEL_READ_MIN));
+  // Staged before the kernel runs, so an accumulating dx is read from its copy as it was.
+  const staged = texels
+    ? stageReads(rec, kernel, [
+      ["dout", dout],
+      ["x", x],
+      ["weight", weight],
+      ...(accumulate ? [["dx", dx] as const] : []),
+    ])
+    : null;
+  const read = (name: string, index: string) =>
+    staged ? `fetch_${name}(${index})` : `${F}(${name}[${index}])`;
   const rows = declare([
-    { name: "dout", tensor: dout, element: elem(dout) },
-    { name: "x", tensor: x, element: elem(x) },
-    { name: "weight", tensor: weight, element: elem(weight) },
+    ...(staged ? [] : [
+      { name: "dout", tensor: dout, element: elem(dout) },
+      { name: "x", tensor: x, element: elem(x) },
+      { name: "weight", tensor: weight, element: elem(weight) },
+    ]),
     { name: "rstd", tensor: rstd },
     { name: "dx", tensor: dx, write: true, element: elem(dx) },
     { name: "partial", tensor: partial, write: true, element: F },
   ]);
-  const dxValue = accumulate ? `${F}(dx[i]) + d` : "d";
+  const reads = texelReads(staged ?? [], rows.bindings.length);
+  const dxValue = accumulate ? `${read("dx", "i")} + d` : "d";
   const rowsCode = `${rows.wgsl}
+${reads.wgsl}
 ${rowPrelude(layout)}
 const ROWS = ${rowsPerGroup}u; // consecutive rows per row group
 const BLOCKS = ${blocks}u; // workgroups
@@ -477,7 +496,7 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   var dw: array<${F}, PER>; // this row group's Σ dout · x · rstd
   for (var k = 0u; k < PER; k++) {
     let c = t + k * T;
-    if (c < VECS) { ws[k] = ${F}(weight[c]); }
+    if (c < VECS) { ws[k] = ${read("weight", "c")}; }
   }
   let first = (block * R + group) * ROWS;
   // Every row group runs all ROWS steps: rows past the end still take part in the barriers.
@@ -492,8 +511,8 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
         let c = t + k * T;
         if (c < VECS) {
           let i = row * VECS + c;
-          let d = ${F}(dout[i]);
-          let v = ${F}(x[i]);
+          let d = ${read("dout", "i")};
+          let v = ${read("x", "i")};
           xs[k] = v;
           gs[k] = d * ws[k];
           gx += ${dot("gs[k]", "v")};
@@ -526,8 +545,14 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
     workgroupBarrier();
   }
 }`;
-  const rowsLabel = `rmsnormBackward rows C=${layout.C} ${x.dtype}${accumulate ? " accumulate" : ""}`;
-  rec.dispatch(rec.gpu.pipelines.get(rowsLabel, rowsCode), rows.bindings, grid(rec.gpu, blocks));
+  const rowsLabel = `rmsnormBackward rows C=${layout.C} ${x.dtype}${accumulate ? " accumulate" : ""}${
+    staged ? " from texels" : ""
+  }`;
+  rec.dispatch(
+    rec.gpu.pipelines.get(rowsLabel, rowsCode),
+    [...rows.bindings, ...reads.views],
+    grid(rec.gpu, blocks),
+  );
   if (!dweight) return;
 
   const sum = declare([

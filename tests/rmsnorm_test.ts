@@ -332,6 +332,38 @@ Deno.test("rmsnorm forwards reading staged textures give the same bits as readin
   }
 });
 
+Deno.test("rmsnorm backward reading staged textures gives the same bits as reading storage", async () => {
+  const gpu = await testGpu();
+  for (const dtype of gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const) {
+    for (const [n, c] of [[7, 64], [130, 768]]) {
+      const { x, weight, dout } = data(n, c, 60 + c);
+      const tx = gpu.tensor([n, c], dtype, { data: x });
+      const tw = gpu.tensor([c], dtype, { data: weight });
+      const td = gpu.tensor([n, c], dtype, { data: dout });
+      const rstd = gpu.tensor([n], "f32");
+      const out = gpu.tensor([n, c], dtype);
+      const rec = gpu.recorder();
+      rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS });
+      rec.submit();
+      const bits: number[][] = [];
+      for (const texels of [false, true]) {
+        const dx = gpu.tensor([n, c], dtype, { data: dout }); // accumulated into by the second call
+        const dweight = gpu.tensor([c], "f32");
+        const rec = gpu.recorder();
+        const args = { dx, dweight, dout: td, x: tx, weight: tw, rstd, texels };
+        rmsnormBackward(rec, args);
+        rmsnormBackward(rec, { ...args, accumulate: true });
+        rec.submit();
+        const read = async (t: Tensor) => [...new Uint32Array((await gpu.readFloats(t)).buffer)];
+        bits.push([...await read(dx), ...await read(dweight)]);
+        for (const t of [dx, dweight]) gpu.release(t);
+      }
+      assert.deepEqual(bits[1], bits[0], `${dtype} [${n}, ${c}]: texel reads differ from storage reads`);
+      for (const t of [tx, tw, td, rstd, out]) gpu.release(t);
+    }
+  }
+});
+
 Deno.test("rmsnorm kernels refuse bad shapes, dtypes, eps and overlapping outputs with the argument named", async () => {
   const gpu = await testGpu();
   const x = gpu.tensor([4, 8], "f32", { label: "x" });
