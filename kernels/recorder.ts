@@ -15,8 +15,8 @@ import type { GpuTimer } from "./timer.ts";
 import type { TexelCache } from "./texel_cache.ts";
 
 /**
- * Options of {@link Recorder}: a timer to profile each dispatch, and a label
- * for the command buffer in errors and debuggers.
+ * Options of {@link Recorder}: a timer to profile each dispatch and copy, and a
+ * label for the command buffer in errors and debuggers.
  *
  * @example
  * ```ts
@@ -25,7 +25,7 @@ import type { TexelCache } from "./texel_cache.ts";
  * ```
  */
 export interface RecorderOptions {
-  /** Times every dispatch with timestamp queries. */
+  /** Times every dispatch, copy and clear with timestamp queries (a copy's label starts with "copy "). */
   timer?: GpuTimer;
   /** Names the command buffer. */
   label?: string;
@@ -121,10 +121,17 @@ export class Recorder {
       throw new GpuError(`Cannot copy "${source.label}" into "${target.label}": sizes differ`);
     }
     this.texelCache?.touch(this, target);
-    this.#endPass();
     this.gpu.stats.copies++;
     const size = source.range().size;
-    this.encoder.copyBufferToBuffer(source.buffer, source.byteOffset, target.buffer, target.byteOffset, size);
+    this.#timedCopy(`copy ${source.label}`, () => {
+      this.encoder.copyBufferToBuffer(
+        source.buffer,
+        source.byteOffset,
+        target.buffer,
+        target.byteOffset,
+        size,
+      );
+    });
   }
 
   /**
@@ -147,7 +154,6 @@ export class Recorder {
           "of 4, a texel-aligned offset and a texture large enough",
       );
     }
-    this.#endPass();
     this.gpu.stats.copies++;
     const rowBytes = texture.width * texelBytes;
     const rows = Math.floor(texels / texture.width);
@@ -157,10 +163,12 @@ export class Recorder {
       offset: source.byteOffset + offset,
       bytesPerRow: rowBytes,
     });
-    if (rows > 0) this.encoder.copyBufferToTexture(from(0), { texture }, [texture.width, rows]);
-    if (rest > 0) {
-      this.encoder.copyBufferToTexture(from(rows * rowBytes), { texture, origin: [0, rows] }, [rest, 1]);
-    }
+    this.#timedCopy(`copy ${source.label}`, () => {
+      if (rows > 0) this.encoder.copyBufferToTexture(from(0), { texture }, [texture.width, rows]);
+      if (rest > 0) {
+        this.encoder.copyBufferToTexture(from(rows * rowBytes), { texture, origin: [0, rows] }, [rest, 1]);
+      }
+    });
   }
 
   /**
@@ -170,10 +178,9 @@ export class Recorder {
    */
   clear(tensor: Tensor): void {
     this.texelCache?.touch(this, tensor);
-    this.#endPass();
     this.gpu.stats.copies++;
     const { offset, size } = tensor.range();
-    this.encoder.clearBuffer(tensor.buffer, offset, size);
+    this.#timedCopy(`clear ${tensor.label}`, () => this.encoder.clearBuffer(tensor.buffer, offset, size));
   }
 
   /**
@@ -196,6 +203,20 @@ export class Recorder {
 
   #sharedPass(): GPUComputePassEncoder {
     return this.#pass ??= this.encoder.beginComputePass();
+  }
+
+  /**
+   * Records a copy or clear outside any compute pass; with a timer, between two
+   * empty passes that write its start and end timestamps, so profiles count
+   * copies (texel staging, on software adapters) as GPU work too.
+   */
+  #timedCopy(label: string, record: () => void): void {
+    this.#endPass();
+    if (!this.#timer) return record();
+    const { querySet, beginningOfPassWriteIndex, endOfPassWriteIndex } = this.#timer.next(label);
+    this.encoder.beginComputePass({ label, timestampWrites: { querySet, beginningOfPassWriteIndex } }).end();
+    record();
+    this.encoder.beginComputePass({ label, timestampWrites: { querySet, endOfPassWriteIndex } }).end();
   }
 
   #timedPass(label: string): GPUComputePassEncoder {

@@ -76,7 +76,7 @@ await runCli(async () => {
   let train: TrainResult[] = [];
   if (!only || only === "train") {
     console.log(
-      "\ntraining step                                  ms/iter    tokens/s  dispatches  submits  copies  created  cpu ms  vs kernels",
+      "\ntraining step                                  ms/iter    tokens/s  dispatches  submits  copies  created  cpu ms   vs GPU ms",
     );
     train = await trainBenchmarks(gpu);
     for (const r of train) {
@@ -97,7 +97,7 @@ await runCli(async () => {
       const total = Object.values(r.breakdown).reduce((a, b) => a + b, 0);
       const parts = Object.entries(r.breakdown).sort((a, b) => b[1] - a[1])
         .map(([family, ms]) => `${family} ${ms.toFixed(1)} ms (${(100 * ms / total).toFixed(0)}%)`);
-      if (parts.length) console.log(`  GPU time by kernel family: ${parts.join(", ")}`);
+      if (parts.length) console.log(`  GPU time by kernel family (and copies): ${parts.join(", ")}`);
     }
   }
   let sample: SampleResult[] = [];

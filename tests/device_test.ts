@@ -189,6 +189,27 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) 
   gpu.release(hits);
 });
 
+Deno.test("GpuTimer times copies and clears too, labelled by their tensors", async () => {
+  const gpu = await testGpu();
+  if (!gpu.features.timestamps) return;
+  const a = gpu.tensor([1 << 16], "f32", { label: "source", data: new Float32Array(1 << 16).fill(3) });
+  const b = gpu.tensor([1 << 16], "f32", { label: "target" });
+  const timer = new GpuTimer(gpu, 4);
+  const rec = gpu.recorder({ timer });
+  rec.copy(b, a);
+  rec.dispatch(gpu.pipelines.get("fill", fillKernel(64, 5)), [b], 1);
+  rec.clear(a);
+  rec.submit();
+  const times = await timer.read();
+  assert.deepEqual(times.map((t) => t.label), ["copy source", "fill", "clear source"]);
+  for (const t of times) assert.ok(t.ms >= 0 && t.ms < 10_000, `${t.label}: ${t.ms} ms`);
+  const got = await gpu.readFloats(b);
+  assert.deepEqual([got[0], got[64]], [5, 3], "the copy ran before the fill, which wrote the first 64");
+  assert.equal((await gpu.readFloats(a))[0], 0, "cleared");
+  gpu.release(a);
+  gpu.release(b);
+});
+
 Deno.test("GpuTimer times each dispatch by label where timestamps exist", async () => {
   const gpu = await testGpu();
   if (!gpu.features.timestamps) {

@@ -3,7 +3,8 @@
  * ms per iteration and tokens/s; dispatches, submits and objects created per
  * step (a step should submit once and create nothing after the first); the CPU
  * time to record and submit a step; and, with timestamp queries, each kernel
- * family's GPU time, whose sum the step's wall time is compared with (the rest
+ * family's GPU time and that of the copies and clears (texel staging on
+ * software adapters), whose sum the step's wall time is compared with (the rest
  * is overhead; profiled steps alternate with timed ones and the ratio is of the
  * medians). Random tokens stand in for data: speed does not depend on them.
  *
@@ -45,11 +46,12 @@ export interface TrainResult {
   cpu_encode_ms: number;
   /** GPU milliseconds per kernel family in the profiled step of median total (empty without timestamp-query). */
   breakdown: Record<string, number>;
-  /** ms_per_iter over the sum of the breakdown: 1 means no overhead beyond the kernels. */
+  /** ms_per_iter over the sum of the breakdown: 1 means no overhead beyond the kernels and copies. */
   overhead_ratio: number | null;
 }
 
 const FAMILIES: [string, RegExp][] = [
+  ["copies", /^(copy|clear) /],
   ["matmul", /matmul/i],
   ["attention", /attention|flash/i],
   ["norm", /rmsnorm/i],
@@ -64,7 +66,7 @@ const FAMILIES: [string, RegExp][] = [
  * Which family a pipeline label belongs to.
  *
  * @param label A pipeline's label, e.g. "matmul A·Bᵀ 64x64 ...".
- * @returns The family, or "other" (casts, fills, copies, dropout).
+ * @returns The family, or "other" (casts, fills, dropout).
  */
 export function kernelFamily(label: string): string {
   return FAMILIES.find(([, pattern]) => pattern.test(label))?.[0] ?? "other";
