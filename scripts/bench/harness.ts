@@ -36,11 +36,6 @@ export interface KernelBench {
   prepare(gpu: Gpu): PreparedOp;
   /** The naive kernel of the same op and shape, for the ratio column. */
   naive?: (gpu: Gpu) => PreparedOp;
-  /**
-   * Time by wall clock even where GPU timestamps exist: they time dispatches only,
-   * and some ops' staging copies (AdamW's on a software adapter) take a large share.
-   */
-  wallClock?: boolean;
 }
 
 /** A measured case, as written to the JSON report. */
@@ -75,7 +70,7 @@ export interface Peak {
 
 /**
  * Median milliseconds per call of `op`: GPU timestamps summed over the op's
- * dispatches where available (unless `wallClock`), else wall clock per call.
+ * dispatches and copies where available, else wall clock per call.
  *
  * @param gpu The device.
  * @param op The prepared op.
@@ -84,7 +79,7 @@ export interface Peak {
 export async function timeOp(
   gpu: Gpu,
   op: PreparedOp,
-  options: { warmup?: number; iterations?: number; wallClock?: boolean } = {},
+  options: { warmup?: number; iterations?: number } = {},
 ): Promise<number> {
   const warmup = options.warmup ?? 2;
   const iterations = options.iterations ?? 5;
@@ -92,7 +87,7 @@ export async function timeOp(
   for (let i = 0; i < warmup; i++) op.record(warm);
   warm.submit();
   await gpu.sync();
-  const timer = gpu.features.timestamps && !options.wallClock ? new GpuTimer(gpu, 256) : null;
+  const timer = gpu.features.timestamps ? new GpuTimer(gpu, 256) : null;
   const samples: number[] = [];
   for (let i = 0; i < iterations; i++) samples.push(await timeOnce(gpu, op, timer));
   return median(samples);
@@ -173,7 +168,7 @@ export async function runBench(
   const op = bench.prepare(gpu);
   let ms: number;
   try {
-    ms = await timeOp(gpu, op, { ...options, wallClock: bench.wallClock });
+    ms = await timeOp(gpu, op, options);
   } finally {
     op.release();
   }
@@ -195,8 +190,7 @@ export async function runBench(
   if (bench.naive) {
     const naive = bench.naive(gpu);
     try {
-      result.naive_ratio =
-        (await timeOp(gpu, naive, { warmup: 1, iterations: 3, wallClock: bench.wallClock })) / ms;
+      result.naive_ratio = (await timeOp(gpu, naive, { warmup: 1, iterations: 3 })) / ms;
     } finally {
       naive.release();
     }

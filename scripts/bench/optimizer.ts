@@ -119,7 +119,6 @@ export function optimizerBenches(gpu: Gpu): KernelBench[] {
       bytes: 28 * n + Math.ceil(n / 32) * 4,
       prepare: (gpu) => adamwOp(gpu, n, 4),
       naive: (gpu) => adamwOp(gpu, n, 1),
-      wallClock: true, // on a software adapter it reads staged copies of its operands
     },
   ];
 }
