@@ -33,7 +33,7 @@ import { GpuError } from "./errors.ts";
 import { chunkRanges } from "./reduce.ts";
 import { grid, type Recorder, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
-import { canStageTexels, stageTexels, texelReaderWgsl } from "./texels.ts";
+import { stageReads, texelReads } from "./texels.ts";
 import { declare, expectDType, expectLength } from "./wgsl.ts";
 
 const WORKGROUP = 256;
@@ -305,11 +305,9 @@ export class AdamW {
     const element = plan.width === 4 ? "vec4<f32>" : "f32";
     // The chunk's whole vec4s, staged; its tail (width 1) reads storage.
     const staged = plan.width === 4 && this.texels
-      ? READ.map((name) => t[name].view(0, [4 * plan.count]))
-        .filter((view) => canStageTexels(rec.gpu, view))
-        .map((view, i) => stageTexels(rec, view, `adamw ${READ[i]}`))
-      : [];
-    const texels = staged.length === READ.length;
+      ? stageReads(rec, "adamw", READ.map((name) => [name, t[name].view(0, [4 * plan.count])] as const))
+      : null;
+    const texels = staged !== null;
     const declared = declare([
       ...(texels ? [] : [{ name: "grads", tensor: t.grads, element }]),
       { name: "decayMask", tensor: t.decayMask },
@@ -319,14 +317,13 @@ export class AdamW {
       { name: "m", tensor: t.m, write: true, element },
       { name: "v", tensor: t.v, write: true, element },
     ], ["hyper", "Hyper", this.uniforms]);
-    const first = declared.bindings.length;
-    const wgsl = texels
-      ? [declared.wgsl, ...READ.map((name, i) => texelReaderWgsl(`read_${name}`, first + i, staged[i]))].join(
-        "\n",
-      )
-      : [declared.wgsl, ...READ.map((name) => `fn read_${name}(j: u32) -> ${element} { return ${name}[j]; }`)]
-        .join("\n");
-    const bindings = texels ? [...declared.bindings, ...staged.map((x) => x.view)] : declared.bindings;
+    const reads = texelReads(staged ?? [], declared.bindings.length);
+    // read_{name}(j): from the staged copy, or from storage.
+    const accessors = READ.map((name) =>
+      `fn read_${name}(j: u32) -> ${element} { return ${texels ? `fetch_${name}(j)` : `${name}[j]`}; }`
+    );
+    const wgsl = [declared.wgsl, reads.wgsl, ...accessors].join("\n");
+    const bindings = [...declared.bindings, ...reads.views];
     const label = plan.width === 4 ? (texels ? "adamw vec4 texels" : "adamw vec4") : "adamw";
     rec.dispatch(
       rec.gpu.pipelines.get(label, adamwWgsl(wgsl, { ...plan, lossScale: t.lossScale !== undefined })),

@@ -42,7 +42,7 @@ import {
   float,
   type StorageDecl,
 } from "./wgsl.ts";
-import { stageReads, texelReads, texelWriterWgsl } from "./texels.ts";
+import { stageReads, TEXEL_READ_MIN, texelReads, texelWriterWgsl } from "./texels.ts";
 
 /**
  * Row groups the backward aims for before it gives each group more rows: 4096
@@ -189,13 +189,6 @@ function expectEps(kernel: string, eps: number): void {
  * normalizes the residual sum as stored (rounded to f16 when residualOut is f16),
  * so its backward, which reads residualOut back as x, sees what the forward used.
  */
-/**
- * Elements of x from which the forward reads x (and branch) and the weight by texel
- * fetch on a software adapter, where a storage load is a loop over the SIMD lanes:
- * below it (a decoding step's few rows) a staging copy moves more than the loads cost.
- */
-const TEXEL_READ_MIN = 1 << 14;
-
 function recordForward(
   rec: Recorder,
   kernel: string,

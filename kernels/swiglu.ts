@@ -11,8 +11,9 @@
  * (memory-bound: nothing to share between threads). Math is f32 also for f16
  * tensors. On a software adapter the vec4 kernels read their inputs by texel
  * fetch from staged copies (a storage load there is a loop over the SIMD lanes;
- * see `texels.ts`) and write storage. The sigmoid is computed from e^−|g|, which never overflows: WGSL
- * leaves exp's overflow undefined, and 1/(1 + e^100) would need it to be inf.
+ * see `texels.ts`) and write storage. The sigmoid is computed from e^−|g|, which
+ * never overflows: WGSL leaves exp's overflow undefined, and 1/(1 + e^100) would
+ * need it to be inf.
  *
  * @module
  */
@@ -21,7 +22,7 @@ import { recordElementwise } from "./elementwise.ts";
 import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
-import { type StagedTexels, stageReads, texelReads, texelWriterWgsl } from "./texels.ts";
+import { type StagedTexels, stageReads, TEXEL_READ_MIN, texelReads, texelWriterWgsl } from "./texels.ts";
 import { expectDType, expectShape, type StorageDecl } from "./wgsl.ts";
 
 /** Checks out-like [..., H] against gateUp [..., 2H]; returns H, the vector width and vectors per half-row. */
@@ -47,7 +48,10 @@ function layoutOf(kernel: string, name: string, half: Tensor, gateUp: Tensor) {
   };
 }
 
-/** WGSL that loads gate `g` and up `u` for output vector i from `src` (or its staged copy `fetch_gateUp`), and s = sigmoid(g). */
+/**
+ * WGSL that loads gate `g` and up `u` for output vector i from `src` (or, with
+ * `texels`, its staged copy `fetch_gateUp`), and s = sigmoid(g).
+ */
 function loadGateUp(src: string, F: string, vecs: number, texels: boolean): string {
   const read = (index: string) => texels ? `fetch_gateUp(${index})` : `${F}(${src}[${index}])`;
   return `let row = i / ${vecs}u;
@@ -57,12 +61,6 @@ function loadGateUp(src: string, F: string, vecs: number, texels: boolean): stri
   let e = exp(-abs(g)); // in (0, 1]: no overflow for any g
   let s = select(e, ${F}(1.0), g >= ${F}(0.0)) / (1.0 + e);`;
 }
-
-/**
- * Elements of gateUp below which a software adapter reads storage anyway: a
- * decoding step's few rows load less than a staging copy moves, and it copies nothing.
- */
-const TEXEL_READ_MIN = 1 << 14;
 
 /**
  * Staged copies of `reads` for texel fetches `fetch_{name}(i)`, with vec4 rows when

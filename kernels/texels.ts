@@ -242,6 +242,13 @@ fn ${name}(i: u32) -> vec4<f32> {
 }
 
 /**
+ * Elements from which a memory-bound kernel on a software adapter reads its inputs
+ * from staged copies rather than storage: below it (a decoding step's few rows) the
+ * copy moves more than the loads cost, and decoding copies nothing.
+ */
+export const TEXEL_READ_MIN = 1 << 14;
+
+/**
  * Stages each of `reads` for a kernel that reads them by texel fetch (slots named
  * `{kernel} {name}`), or returns null, staging nothing, when any cannot be staged.
  *
