@@ -676,11 +676,10 @@ ${shared}`;
    * `let ${out}{ρ}`: the dot products of row ρ's registers `${reg}{ρ}_d` with
    * each streamed row of the chunk.
    *
-   * With texels the streamed vec4s are already loaded (see {@link loadAll}) and
-   * the products go row by row: one row's register is read once for all the
-   * chunk's rows, and only that row's partial sums are live, so on llvmpipe
-   * the spilled registers are loaded once and no partial sum goes back to the
-   * stack. Otherwise each streamed vec4 is read once, where used, for all rows.
+   * In the order of {@link sweep}: with texels row by row, so one row's register
+   * is read once for all the chunk's rows and only that row's partial sums are
+   * live (on llvmpipe the spilled registers are loaded once and no partial sum
+   * goes back to the stack).
    */
   dots(reg: string, load: (c: number, d: number) => string, out: string): string {
     const lines = [this.rows((r) => each(this.C, (c) => `var ${out}${r}_${c}: vec4<f32>;`, " "), "\n      ")];
@@ -688,6 +687,27 @@ ${shared}`;
       d === 0
         ? `${out}${r}_${c} = ${reg}${r}_${d} * ${x};`
         : `${out}${r}_${c} = fma(${reg}${r}_${d}, ${x}, ${out}${r}_${c});`;
+    lines.push(...this.sweep(load, step));
+    lines.push(
+      this.rows(
+        (r) => `let ${out}${r} = ${this.vec((c) => `dot(${out}${r}_${c}, vec4<f32>(1.0))`)};`,
+        "\n      ",
+      ),
+    );
+    return lines.join("\n      ");
+  }
+
+  /**
+   * `step(ρ, c, d, x)` for every row ρ, chunk row c and vec4 d, where x is vec4 d
+   * of streamed row c: with texels (all of them already loaded, see
+   * {@link loadAll}) row by row, so one row's registers and partial sums are
+   * touched together; otherwise each streamed vec4 is read once, for all rows.
+   */
+  sweep(
+    load: (c: number, d: number) => string,
+    step: (r: number, c: number, d: number, x: string) => string,
+  ): string[] {
+    const lines: string[] = [];
     if (this.plan.textures) {
       for (let r = 0; r < this.R; r++) {
         for (let d = 0; d < this.H4; d++) lines.push(each(this.C, (c) => step(r, c, d, load(c, d)), " "));
@@ -699,13 +719,7 @@ ${shared}`;
         }
       }
     }
-    lines.push(
-      this.rows(
-        (r) => `let ${out}${r} = ${this.vec((c) => `dot(${out}${r}_${c}, vec4<f32>(1.0))`)};`,
-        "\n      ",
-      ),
-    );
-    return lines.join("\n      ");
+    return lines;
   }
 
   /**
@@ -975,27 +989,14 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
   }
 
   /**
-   * dv{ρ}_d += p{ρ}[c]·dO[c][d] and dp{ρ}_c += v{ρ}_d·dO[c][d]. With texels (dO
-   * already loaded) row by row, as in {@link dots}; otherwise each dO load is
-   * shared by all rows.
+   * dv{ρ}_d += p{ρ}[c]·dO[c][d] and dp{ρ}_c += v{ρ}_d·dO[c][d], in the order of
+   * {@link sweep}.
    */
   accumulateDvDp(load: (c: number, d: number) => string): string {
-    const lines: string[] = [];
     const update = (r: number, c: number, d: number, x: string) =>
       `dv${r}_${d} = fma(vec4<f32>(${
         this.comp(`p${r}`, c)
       }), ${x}, dv${r}_${d}); dp${r}_${c} = fma(v${r}_${d}, ${x}, dp${r}_${c});`;
-    if (this.plan.textures) {
-      for (let r = 0; r < this.R; r++) {
-        for (let d = 0; d < this.H4; d++) lines.push(each(this.C, (c) => update(r, c, d, load(c, d)), " "));
-      }
-    } else {
-      for (let c = 0; c < this.C; c++) {
-        for (let d = 0; d < this.H4; d++) {
-          lines.push(`{ let x = ${load(c, d)}; ${this.rows((r) => update(r, c, d, "x"), " ")} }`);
-        }
-      }
-    }
-    return lines.join("\n      ");
+    return this.sweep(load, update).join("\n      ");
   }
 }
