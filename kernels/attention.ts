@@ -57,6 +57,7 @@ import {
   texelReaderWgsl,
   texelWriterWgsl,
 } from "./texels.ts";
+import { expectLoopTrips } from "./selftest.ts";
 import { declare, expectDType, expectF16Support, expectShape, float } from "./wgsl.ts";
 
 /** Workgroup memory budget, bytes: what NVIDIA and others give without opting in. */
@@ -248,6 +249,7 @@ export function attentionForward(rec: Recorder, args: AttentionForwardArgs): voi
   expectF16Support(kernel, rec.gpu.features.f16, [out, qkv]);
   expectDisjoint(kernel, [["out", out], ["lse", lse]], [["qkv", qkv]]);
   const g = new Gen(s, planOf(kernel, rec, s, args.plan, [qkv]));
+  expectLoopTrips(rec.gpu, kernel, g.loopTrips(1), "use a shorter sequence");
   const staged = g.plan.textures ? stageTexels(rec, qkv, "attention qkv") : null;
   const { wgsl, bindings } = withTexels(
     declare([
@@ -292,6 +294,7 @@ export function attentionBackward(rec: Recorder, args: AttentionBackwardArgs): v
   expectF16Support(kernel, rec.gpu.features.f16, [dqkv, dout, out, qkv]);
   expectDisjoint(kernel, [["dqkv", dqkv]], [["qkv", qkv], ["out", out], ["dout", dout], ["lse", lse]]);
   const g = new Gen(s, planOf(kernel, rec, s, args.plan, [qkv, dout, out], B * NH * T));
+  expectLoopTrips(rec.gpu, kernel, g.loopTrips(NH / NKV), "use a shorter sequence");
   const types = `${qkv.dtype}/${dout.dtype}->${dqkv.dtype} HS${HS} ${g.name}`;
   const lseArg = { name: "lse", tensor: lse };
   const dqkvArg = { name: "dqkv", tensor: dqkv, write: true, element: `vec4<${dqkv.dtype}>` };
@@ -482,6 +485,24 @@ class Gen {
     this.tile = Math.max(4, Math.min(64, Math.floor(fit / 4) * 4));
     const source = plan.shared ? ` tile${this.tile}` : plan.textures ? " texels" : " direct";
     this.name = `${plan.rows}x${plan.threads}/${plan.chunk}${source}`;
+  }
+
+  /**
+   * An upper bound on the loop trips of one invocation that streams all T rows
+   * `passes` times (dK/dV: once per query head of its kv head), as
+   * `expectLoopTrips` counts them (a loop's iterations and the check that ends it).
+   */
+  loopTrips(passes: number): number {
+    const { C, tile, plan, H4 } = this;
+    const { T } = this.s;
+    const loop = (n: number) => n + 1;
+    const tiles = Math.ceil(T / tile);
+    const perPass = plan.shared
+      ? loop(tiles) +
+        tiles * (loop(Math.ceil((tile * H4) / plan.threads)) + loop(Math.ceil(tile / plan.threads)) +
+            loop(Math.ceil(tile / C)))
+      : loop(Math.ceil(T / C));
+    return loop(passes) + passes * perPass;
   }
 
   /** The dispatch: (heads × row blocks, B). */

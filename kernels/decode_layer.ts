@@ -16,8 +16,10 @@
  * The attention reads the caches written by the query dispatch, which is why a
  * layer takes two: a kernel cannot read a texture it writes.
  *
- * Each dispatch is one workgroup of {@link DECODE_LANES} invocations, one vector
- * of llvmpipe's lanes, looping over the sequences. Weights and caches are read
+ * Each dispatch is a workgroup per sequence of {@link DECODE_LANES} invocations,
+ * one vector of llvmpipe's lanes (sequences run on the driver's threads side by
+ * side; one workgroup looping over them also ran past llvmpipe's loop limit,
+ * see {@link decodeLayerTrips}). Weights and caches are read
  * by texel fetches (see `texels.ts`); the vector a product reads is copied from
  * workgroup memory once into a private array, and each lane computes 4 output
  * columns at a time, 4 depths a loop trip. Loops with a constant trip count are
@@ -106,7 +108,8 @@ function sharedBytes(s: DecodeLayerShape): number {
 /**
  * Whether {@link decodeLayer} runs this shape on `gpu`: f32 throughout, widths of
  * whole texels (C, H multiples of 4, HS of 8), 5 storage textures per kernel,
- * and workgroup memory for one row's vectors.
+ * workgroup memory for one row's vectors, and at most `gpu.loopLimit` loop trips
+ * per invocation (see {@link decodeLayerTrips}).
  *
  * @param gpu The device.
  * @param s The layer's sizes.
@@ -120,7 +123,39 @@ export function decodeLayerFits(gpu: Gpu, s: DecodeLayerShape): boolean {
   return s.C % 4 === 0 && s.H % 4 === 0 && s.HS % 8 === 0 && s.NH % s.NKV === 0 &&
     gpu.limits.maxStorageTexturesPerShaderStage >= 5 &&
     sharedBytes(s) <= gpu.limits.maxComputeWorkgroupStorageSize &&
-    s.Tmax * s.NKV * s.HS / 4 <= gpu.limits.maxTextureDimension2D ** 2;
+    s.Tmax * s.NKV * s.HS / 4 <= gpu.limits.maxTextureDimension2D ** 2 &&
+    s.B <= gpu.limits.maxComputeWorkgroupsPerDimension &&
+    decodeLayerTrips(s) <= gpu.loopLimit + 1;
+}
+
+/**
+ * Loop trips one invocation of {@link decodeLayer} makes, in the larger of its two
+ * dispatches: a workgroup decodes one sequence, and its lanes loop over a layer's
+ * weight columns and depths, so this grows as C·H / 64. llvmpipe silently ends
+ * an invocation's loops past 65535 trips in all (`gpu.loopLimit`), which a layer
+ * 2048 wide with a 5632-wide MLP (TinyLlama's) would pass.
+ *
+ * @param s The layer's sizes (B does not matter).
+ * @returns An upper bound on the trips of one invocation, counted as `expectLoopTrips` counts them.
+ * @example
+ * ```ts
+ * const trips = decodeLayerTrips({ B: 1, C: 384, NH: 6, NKV: 6, HS: 64, H: 1024, Tmax: 256 }); // ~4000
+ * ```
+ */
+export function decodeLayerTrips(s: DecodeLayerShape): number {
+  const perLane = (n: number) => Math.ceil(n / LANES);
+  const loop = (n: number) => n + 1; // a run of a loop: its iterations and the check that ends it
+  // A product: the vector copied in, then a loop over columns (4 a trip), each doing `dots` loops over the depths.
+  const product = (columns4: number, K4: number, dots = 1) =>
+    loop(K4) + loop(perLane(columns4)) + perLane(columns4) * dots * loop(K4 / depthUnroll(K4));
+  const C4 = s.C / 4;
+  const HS4 = s.HS / 4;
+  const norm = 2 * loop(perLane(C4)) + loop(LANES);
+  const query = norm + product((s.NH + 2 * s.NKV) * s.HS / 8, C4, 2);
+  const head = loop(perLane(s.Tmax)) + 2 * loop(LANES) + loop(perLane(HS4)) + perLane(HS4) * loop(LANES);
+  const rest = loop(s.NH) + s.NH * head + product(C4, s.NH * HS4) + norm + product(s.H / 4, C4, 2) +
+    product(C4, s.H / 4);
+  return Math.max(query, rest);
 }
 
 /**
@@ -165,7 +200,7 @@ export function decodeLayer(
   if (B < 1 || !Number.isInteger(HS) || !decodeLayerFits(rec.gpu, s)) {
     throw new GpuError(
       `${kernel}: shape ${JSON.stringify(s)} does not fit (C and H multiples of 4, HS of 8, ` +
-        "5 storage textures per kernel); use the separate kernels",
+        `5 storage textures per kernel, at most ${rec.gpu.loopLimit} loop trips per invocation); use the separate kernels`,
     );
   }
   for (const t of [resid, args.qkv, args.kCache, args.vCache, ...Object.values(w)]) {
@@ -196,6 +231,11 @@ function loadVector(source: string, count: number): string {
       for (var k = 0u; k < ${count}u * one; k++) { a[k] = ${source}[k]; }`;
 }
 
+/** Depths (texels) per trip of {@link quadDots}'s loop over K4 of them. */
+function depthUnroll(K4: number): number {
+  return [4, 2, 1].find((u) => K4 % u === 0)!;
+}
+
 /**
  * WGSL that leaves in `name` the 4 columns from `column` of x·Wᵀ, x the vector in
  * the private array `a` (K4 vec4s) and W [N, 4·K4] read by `fetch`: a loop over
@@ -203,7 +243,7 @@ function loadVector(source: string, count: number): string {
  * llvmpipe; unrolling every depth compiled for seconds).
  */
 function quadDots(name: string, fetch: string, column: string, K4: number): string {
-  const unroll = [4, 2, 1].find((u) => K4 % u === 0)!;
+  const unroll = depthUnroll(K4);
   const body: string[] = [];
   for (let k = 0; k < unroll; k++) {
     body.push(`let ${name}a${k} = a[k + ${k}u];`);
@@ -288,13 +328,15 @@ var<workgroup> normed: array<vec4<f32>, ${C / 4}>;
 var<workgroup> red: array<f32, ${LANES}>;
 
 @compute @workgroup_size(${LANES})
-fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
   let lane = lid.x;
-  // 1 (one workgroup), but unknown to the compiler: loops bounded by it stay loops,
-  // where unrolling every constant-trip loop took llvmpipe seconds to compile.
+  // 1 (the grid is 1 × B), but unknown to the compiler: loops bounded by it stay
+  // loops, where unrolling every constant-trip loop took llvmpipe seconds to compile.
   let one = nwg.x;
   let pos = position[0];
-  for (var b = 0u; b < ${B}u; b++) {
+  let b = wid.y;
+  {
     ${normInto("normed", "resid", `b * C4`, "gain")}
     {
       ${loadVector("normed", C / 4)}
@@ -321,13 +363,12 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(num_workgroups) nwg: 
         }
       }
     }
-    workgroupBarrier(); // normed is refilled for the next sequence
   }
 }`;
-  const label = `decode layer query B${B} C${C} NH${NH} NKV${NKV} HS${HS}${kMirror ? " +k texels" : ""}${
+  const label = `decode layer query C${C} NH${NH} NKV${NKV} HS${HS}${kMirror ? " +k texels" : ""}${
     vMirror ? " +v texels" : ""
   }`;
-  rec.dispatch(rec.gpu.pipelines.get(label, code), [...bindings, ...textures], 1);
+  rec.dispatch(rec.gpu.pipelines.get(label, code), [...bindings, ...textures], [1, B]);
   if (kMirror) rec.texelCache!.markCurrent(rec, kCache);
   if (vMirror) rec.texelCache!.markCurrent(rec, vCache);
 }
@@ -366,13 +407,15 @@ var<workgroup> redL: array<f32, ${LANES}>;
 var<workgroup> redAcc: array<vec4<f32>, ${LANES * HS4}>;
 
 @compute @workgroup_size(${LANES})
-fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
   let lane = lid.x;
-  // 1 (one workgroup), but unknown to the compiler: loops bounded by it stay loops,
-  // where unrolling every constant-trip loop took llvmpipe seconds to compile.
+  // 1 (the grid is 1 × B), but unknown to the compiler: loops bounded by it stay
+  // loops, where unrolling every constant-trip loop took llvmpipe seconds to compile.
   let one = nwg.x;
   let length = min(position[0] + 1u, ${Tmax}u);
-  for (var b = 0u; b < ${B}u; b++) {
+  let b = wid.y;
+  {
     for (var h = 0u; h < ${NH}u * one; h++) {
       let kvBase = b * ${Tmax * NKV * HS4}u + (h / ${NH / NKV}u) * ${HS4}u;
       let qBase = b * ${((NH + 2 * NKV) * HS) / 4}u + h * ${HS4}u;
@@ -436,10 +479,8 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(num_workgroups) nwg: 
         resid[b * C4 + q] += o;
       }
     }
-    storageBarrier();
-    workgroupBarrier();
   }
 }`;
-  const label = `decode layer rest B${B} C${C} NH${NH} NKV${NKV} HS${HS} H${H} T${Tmax}`;
-  rec.dispatch(rec.gpu.pipelines.get(label, code), [...bindings, ...textures.map((t) => t.view)], 1);
+  const label = `decode layer rest C${C} NH${NH} NKV${NKV} HS${HS} H${H} T${Tmax}`;
+  rec.dispatch(rec.gpu.pipelines.get(label, code), [...bindings, ...textures.map((t) => t.view)], [1, B]);
 }

@@ -33,13 +33,6 @@ import { declare, expectDType, expectF16Support, expectLength } from "./wgsl.ts"
 const LANES = 64;
 
 /**
- * llvmpipe (lavapipe) silently ends every loop of an invocation once its loops
- * have run this many iterations in all; the backward loops once per position of
- * a token, so a CPU adapter refuses an index with a longer bucket.
- */
-const LAVAPIPE_LOOP_LIMIT = 65535;
-
-/**
  * Positions grouped by token: bucket u holds the positions of token
  * `tokenIds[u]`, ascending, at `positions[offsets[u] .. offsets[u + 1])`. It
  * lets the backward sum each token's gradient rows without atomics.
@@ -229,10 +222,11 @@ export class EmbeddingIndexBuffer {
     const { unique, largest } = this.#index;
     try {
       fillIndex(tokens, this.#counts, this.#index);
-      if (this.#gpu.info.fallback && this.#index.largest > LAVAPIPE_LOOP_LIMIT) {
+      // The backward loops once per position of a token (see `gpu.loopLimit`).
+      if (this.#index.largest > this.#gpu.loopLimit) {
         throw new GpuError(
           `EmbeddingIndexBuffer.update: a token fills ${this.#index.largest} of ${this.n} positions, more than the ` +
-            `${LAVAPIPE_LOOP_LIMIT} loop iterations a CPU adapter runs per invocation; lower batch_size or block_size`,
+            `${this.#gpu.loopLimit} loop iterations this adapter runs per invocation; lower batch_size or block_size`,
         );
       }
     } catch (error) {

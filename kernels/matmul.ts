@@ -37,6 +37,7 @@ import type { Recorder } from "./recorder.ts";
 import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
 import { TEXEL_LANES, texelMatmul, texelMatmulFits, type TexelTile, texelTile } from "./matmul_texel.ts";
+import { expectLoopTrips } from "./selftest.ts";
 import { declare, expectDType, expectF16Support, expectShape, type StorageDecl } from "./wgsl.ts";
 
 /**
@@ -179,14 +180,35 @@ export interface MatmulProblem {
  */
 export function matmul(rec: Recorder, args: MatmulArgs): void {
   const p = validate("matmul", rec.gpu, args);
-  if (usesTexelKernel(rec.gpu, p, args)) return texelMatmul(rec, p, texelTileOf(p, args));
+  const fix = `split the product along K (${p.k})`;
+  if (usesTexelKernel(rec.gpu, p, args)) {
+    expectLoopTrips(rec.gpu, "matmul", Math.ceil(p.k / 4) + 1, fix);
+    return texelMatmul(rec, p, texelTileOf(p, args));
+  }
   const tile = args.tile ?? chooseMatmulTile(rec.gpu, p);
   checkTile(tile, rec);
+  expectLoopTrips(rec.gpu, "matmul", tiledLoopTrips(p, tile), fix);
   const total = p.batch * Math.ceil(p.m / tile.bm) * Math.ceil(p.n / tile.bn);
   if (total === 0) return;
   const { wgsl, bindings } = declare(storage(p, tile));
   const pipeline = rec.gpu.pipelines.get(label("matmul", p, tile), wgsl + tiledKernel(p, tile));
   rec.dispatch(pipeline, bindings, grid(rec.gpu, total));
+}
+
+/**
+ * Loop trips of one invocation of the tiled kernel, at most (see
+ * `expectLoopTrips`): per step along K, the step itself, the slab loads of a and
+ * b (each unit read by scalars adds a loop over its 4 values) and the groups of
+ * 4 depths.
+ */
+function tiledLoopTrips(p: MatmulProblem, tile: MatmulTile): number {
+  const threads = (tile.bm / tile.tm) * (tile.bn / tile.tn);
+  const load = (s: Slab) => {
+    const units = Math.ceil((s.tileRows * s.tileCols) / 4 / threads);
+    return units * (s.vector ? 1 : 6) + 1;
+  };
+  const [a, b] = slabs(p, tile);
+  return Math.ceil(p.k / tile.bk) * (1 + load(a) + load(b) + tile.bk / 4 + 1) + 1;
 }
 
 /**

@@ -7,6 +7,7 @@
  */
 
 import type { Gpu } from "./device.ts";
+import { GpuError } from "./errors.ts";
 import type { DType } from "./tensor.ts";
 
 /**
@@ -183,4 +184,31 @@ fn main() {
   } finally {
     gpu.release(count);
   }
+}
+
+/**
+ * Throws when one invocation of `kernel` would make more loop trips, all its
+ * loops together, than `gpu.loopLimit` ({@link measureLoopLimit}) allows: where
+ * the driver would stop the loops and leave a wrong answer without an error.
+ * A trip is a check of a loop's condition: each run of a loop makes one per
+ * iteration and one that ends it, and llvmpipe allows `loopLimit` + 1 of them
+ * (measured: one loop of 65535 iterations runs whole; 100 runs of an inner loop
+ * of 1000 stop 65 runs and 405 iterations in).
+ *
+ * @param gpu The device.
+ * @param kernel The kernel's name, for the message.
+ * @param trips An upper bound on the loop trips of one invocation.
+ * @param fix What the caller can change, e.g. "use a shorter sequence".
+ * @throws {GpuError} When `trips` exceeds the limit.
+ * @example
+ * ```ts
+ * expectLoopTrips(rec.gpu, "matmul", Math.ceil(K / 4) + 1, "split the product along K");
+ * ```
+ */
+export function expectLoopTrips(gpu: Gpu, kernel: string, trips: number, fix: string): void {
+  if (trips <= gpu.loopLimit + 1) return;
+  throw new GpuError(
+    `${kernel}: one invocation would make ${trips} loop trips, past the ${gpu.loopLimit} this adapter runs ` +
+      `before it silently stops a shader's loops (Mesa's llvmpipe); ${fix}`,
+  );
 }

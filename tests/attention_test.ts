@@ -215,6 +215,31 @@ Deno.test("attention forward and backward are bit-identical run to run", async (
   assert.deepEqual(second.dqkv, first.dqkv);
 });
 
+Deno.test("attention refuses a sequence whose loops would pass the adapter's loop limit", async () => {
+  const gpu = await testGpu();
+  const s = { B: 1, T: 5, NH: 4, NKV: 2, HS: 8 };
+  const qkv = gpu.tensor([s.B, s.T, qkvWidth(s)]);
+  const out = gpu.tensor([s.B, s.T, s.NH * s.HS]);
+  const lse = gpu.tensor([s.B, s.NH, s.T]);
+  const dqkv = gpu.tensor(qkv.shape);
+  const heads = { nHead: s.NH, nKvHead: s.NKV, plan: { rows: 1, threads: 8, chunk: 1, shared: false } };
+  const measured = gpu.loopLimit;
+  try {
+    // A row per trip, and a trip that ends each loop: the forward streams T keys once
+    // (1 + 1 + 5 + 1 = 8 trips, within the 9 a limit of 8 allows); dK/dV streams the T
+    // queries for each of its 2 query heads (2 + 1 + 2·(5 + 1) = 15).
+    gpu.loopLimit = 8;
+    attentionForward(gpu.recorder(), { out, lse, qkv, ...heads });
+    assert.throws(
+      () => attentionBackward(gpu.recorder(), { dqkv, dout: out, out, lse, qkv, ...heads }),
+      /^GpuError: attentionBackward: one invocation would make 15 loop trips, past the 8 .*; use a shorter sequence$/,
+    );
+  } finally {
+    gpu.loopLimit = measured;
+    for (const t of [qkv, out, lse, dqkv]) gpu.release(t);
+  }
+});
+
 Deno.test("attention refuses bad shapes, dtypes, head sizes and aliasing, naming the argument", async () => {
   const gpu = await testGpu();
   const made: Tensor[] = [];

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { Gpu } from "../kernels/device.ts";
-import { decodeLayer } from "../kernels/decode_layer.ts";
+import { decodeLayer, decodeLayerFits, decodeLayerTrips } from "../kernels/decode_layer.ts";
 import { TexelCache } from "../kernels/texel_cache.ts";
 import { headSize, resolveModelConfig } from "../model/config.ts";
 import { type KvCache, Llama } from "../model/model.ts";
@@ -9,11 +9,14 @@ import { Rng } from "../model/rng.ts";
 import { assertClose, testGpu } from "./harness.ts";
 
 // Plain and grouped-query heads, head sizes 8 and 16, widths that are not multiples of
-// the 8 lanes, caches whose length is not a multiple of 8, one to three sequences.
+// the 8 lanes, caches whose length is not a multiple of 8, one to three sequences; and
+// 96 sequences, which one workgroup looping over them decoded wrong on lavapipe (its
+// loops stop after 65535 trips an invocation: ~850 a sequence here).
 const SHAPES = [
   { B: 1, n_layer: 1, n_head: 2, n_kv_head: 2, n_embd: 16, mlp_hidden: 44, block_size: 5 },
   { B: 2, n_layer: 2, n_head: 4, n_kv_head: 2, n_embd: 32, mlp_hidden: 84, block_size: 13 },
   { B: 3, n_layer: 1, n_head: 3, n_kv_head: 1, n_embd: 48, mlp_hidden: 128, block_size: 10 },
+  { B: 96, n_layer: 1, n_head: 4, n_kv_head: 4, n_embd: 128, mlp_hidden: 512, block_size: 2 },
 ] as const;
 
 Deno.test("a decoding step in two dispatches a layer matches the separate kernels at every position", async () => {
@@ -81,6 +84,25 @@ async function compareSteps(gpu: Gpu, shape: (typeof SHAPES)[number]) {
   }
   block.release();
 }
+
+Deno.test("decodeLayer fits only shapes whose loop trips stay within the adapter's loop limit", async () => {
+  const gpu = await testGpu();
+  // TinyLlama's width with a smaller MLP (its own does not fit lavapipe's workgroup memory):
+  // forced past the fit on lavapipe, one sequence decoded wrong; with 4096 (61522 trips) right.
+  const shape = { B: 1, C: 2048, NH: 32, NKV: 4, HS: 64, H: 4800, Tmax: 2 };
+  const trips = decodeLayerTrips(shape);
+  assert.ok(trips > 65535 && decodeLayerTrips({ ...shape, H: 4096 }) < 65535, `${trips} trips`);
+  assert.equal(decodeLayerTrips({ ...shape, B: 96 }), trips, "a workgroup per sequence");
+  const measured = gpu.loopLimit;
+  try {
+    gpu.loopLimit = trips - 1; // the check that ends the last loop is not counted against it
+    assert.ok(decodeLayerFits(gpu, shape) || gpu.limits.maxComputeWorkgroupStorageSize < 29536);
+    gpu.loopLimit = trips - 2;
+    assert.equal(decodeLayerFits(gpu, shape), false);
+  } finally {
+    gpu.loopLimit = measured;
+  }
+});
 
 Deno.test("decodeLayer refuses a shape it does not fit, saying to use the separate kernels", async () => {
   const gpu = await testGpu();

@@ -375,6 +375,24 @@ Deno.test("linear layer backward: dx = dy·W and dW += dyᵀ·x match the refere
   assertClose(dw, fdW.map((v, i) => v + dwInit[i]), FD, "dW vs finite differences");
 });
 
+Deno.test("matmul refuses a K whose loops would pass the adapter's loop limit, naming K", async () => {
+  const gpu = await testGpu();
+  const [a, b, out] = [gpu.tensor([4, 64]), gpu.tensor([64, 4]), gpu.tensor([4, 4])];
+  const measured = gpu.loopLimit;
+  try {
+    gpu.loopLimit = 8; // fewer than 64 depths take on any kernel
+    for (const tile of [undefined, { bm: 32, bn: 32, bk: 4, tm: 4, tn: 4 }]) {
+      assert.throws(
+        () => matmul(gpu.recorder(), { out, a, b, tile }),
+        /^GpuError: matmul: one invocation would make \d+ loop trips, past the 8 .*; split the product along K \(64\)$/,
+      );
+    }
+  } finally {
+    gpu.loopLimit = measured;
+    for (const t of [a, b, out]) gpu.release(t);
+  }
+});
+
 Deno.test("matmul refuses bad shapes, dtypes and overlapping outputs with the argument named", async () => {
   const gpu = await testGpu();
   const made: Tensor[] = [];

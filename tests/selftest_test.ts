@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { judge, measureLoopLimit, runSelfTest } from "../kernels/selftest.ts";
+import { expectLoopTrips, judge, measureLoopLimit, runSelfTest } from "../kernels/selftest.ts";
 import { testGpu } from "./harness.ts";
 
 Deno.test("the f32 and f16 self-test kernels agree with the CPU", async () => {
@@ -29,4 +29,19 @@ Deno.test("the loop limit probe finds llvmpipe's cap, or none on other adapters"
   const limit = await measureLoopLimit(gpu);
   assert.equal(limit, gpu.loopLimit);
   if (/llvmpipe/.test(gpu.info.name)) assert.equal(limit, 65535);
+});
+
+Deno.test("expectLoopTrips allows the limit's iterations plus the check that ends the loop, not one more", async () => {
+  const gpu = await testGpu();
+  const measured = gpu.loopLimit;
+  try {
+    gpu.loopLimit = 100;
+    expectLoopTrips(gpu, "k", 101, "fix it");
+    assert.throws(
+      () => expectLoopTrips(gpu, "k", 102, "fix it"),
+      /^GpuError: k: one invocation would make 102 loop trips, past the 100 this adapter runs .*; fix it$/,
+    );
+  } finally {
+    gpu.loopLimit = measured;
+  }
 });
