@@ -11,9 +11,14 @@
  * when C > 1024) and 4 rows per 128-thread workgroup. A row is split across its
  * threads as vec4s when C % 4 == 0 (scalars otherwise), each thread keeping its
  * slice in registers so x is read once, and the row sums are a fixed-order tree
- * in workgroup memory (bit-identical run to run).
+ * in workgroup memory (bit-identical run to run). On a software adapter a thread
+ * per row instead (`threadPerRow`), reading x twice rather than holding it: there
+ * a workgroup-memory access is a loop over the SIMD lanes and a barrier a trip
+ * through every invocation, and at 768×128 this ran the forward 3× and the
+ * backward 2× faster (1.4× and 1.5× at 1024×768).
  *
- * dweight sums over all N rows without float atomics: each backward workgroup
+ * dweight sums over all N rows without float atomics (with a thread per row, a
+ * second pass sums each column's dout·x·rstd over the rows): each backward workgroup
  * writes its rows' per-column sums to a scratch row of partials, and a second
  * pass adds the partials into dweight in a fixed order. For N = 16384, C = 768:
  * each 32-thread row group takes 4 consecutive rows (4096 groups, 131k threads,
@@ -30,6 +35,7 @@
 
 import type { Gpu } from "./device.ts";
 import { GpuError } from "./errors.ts";
+import type { Binding } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
@@ -79,6 +85,27 @@ interface RowLayout {
 const MAX_VECTORS_PER_THREAD = 8;
 /** Threads per workgroup to aim for by putting several rows in one. */
 const WORKGROUP_THREADS = 128;
+/** Rows per workgroup with a thread per row: two of llvmpipe's 8-lane vectors. */
+const THREAD_ROWS = 16;
+
+/**
+ * WGSL opening a thread-per-row kernel (see `threadPerRow`): the row, rows past
+ * N returning, and `one`, 1 but opaque to the compiler, to bound the loops over a
+ * row's vectors by (llvmpipe unrolls a constant-trip loop whole: a row of 250
+ * vectors kept in registers that way compiled for 26 s).
+ */
+function threadRowEntry(layout: RowLayout): string {
+  return `const C = ${layout.C}u;
+const N = ${layout.N}u;
+const VECS = ${layout.vecs}u; // vectors per row
+
+@compute @workgroup_size(${THREAD_ROWS})
+fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let row = ${WGSL_LINEAR_WORKGROUP} * ${THREAD_ROWS}u + lid.x;
+  if (row >= N) { return; }
+  let one = nwg.z;`;
+}
 
 function rowLayout(C: number, N: number): RowLayout {
   const width = C % 4 === 0 ? 4 : 1;
@@ -192,7 +219,7 @@ function expectEps(kernel: string, eps: number): void {
 function recordForward(
   rec: Recorder,
   kernel: string,
-  io: { out: Tensor; rstd: Tensor; x: Tensor; weight: Tensor; eps: number; texels?: boolean },
+  io: RmsnormForwardArgs,
   residual?: { residualOut: Tensor; branch: Tensor; inPlace: boolean },
 ): void {
   const { out, rstd, x, weight, eps } = io;
@@ -216,6 +243,8 @@ function recordForward(
     staged ? `fetch_${name}(${index})` : `${F}(${storage}[${index}])`;
   let decls: StorageDecl[];
   let load: string;
+  // With a thread per row, x is read again for the output rather than kept in registers.
+  let reload: string;
   if (residual) {
     const { residualOut, branch, inPlace } = residual;
     for (const [name, t] of [["branch", branch], ["residualOut", residualOut]] as const) {
@@ -240,6 +269,10 @@ function recordForward(
     load = `let s = ${elem(residualOut)}(${read("x", "i", xName)} + ${read("branch", "i")});
       residualOut[i] = s;
       let v = ${F}(s);`;
+    // The staged x is the old one even in place; storage has the sum by now.
+    reload = staged
+      ? `${F}(${elem(residualOut)}(${read("x", "i")} + ${read("branch", "i")}))`
+      : `${F}(residualOut[i])`;
   } else {
     expectDisjoint(kernel, [["out", out], ["rstd", rstd]], [["x", x], ["weight", weight]]);
     decls = staged ? [] : [
@@ -247,6 +280,7 @@ function recordForward(
       { name: "weight", tensor: weight, element: elem(weight) },
     ];
     load = `let v = ${read("x", "i")};`;
+    reload = read("x", "i");
   }
   decls.push(
     { name: "out", tensor: out, write: true, element: elem(out) },
@@ -257,11 +291,25 @@ function recordForward(
   // A kept texel copy of out (a decoding step's matmul input) is written as well; a vec4 is a texel.
   const mirror = layout.width === 4 ? rec.texelCache?.mirror(rec, out) ?? null : null;
   const reads = texelReads(staged ?? [], bindings.length + (mirror ? 1 : 0));
-  const code = `${wgsl}
-${mirror ? texelWriterWgsl("storeOut", bindings.length, mirror) : ""}
-${reads.wgsl}
-${rowPrelude(layout)}
-const EPS = ${float(eps)};
+  const threadPerRow = io.threadPerRow ?? rec.gpu.info.fallback;
+  const store = (value: string) =>
+    `let o = ${elem(out)}(${value});
+      out[i] = o;${mirror ? "\n      storeOut(i, vec4<f32>(o));" : ""}`;
+  const threadCode = `${threadRowEntry(layout)}
+  var ss = 0.0;
+  for (var c = 0u; c < VECS * one; c++) {
+    let i = row * VECS + c;
+    ${load}
+    ss += ${dot("v", "v")};
+  }
+  let r = inverseSqrt(ss / f32(C) + EPS);
+  rstd[row] = r;
+  for (var c = 0u; c < VECS * one; c++) {
+    let i = row * VECS + c;
+    ${store(`${reload} * r * ${read("weight", "c")}`)}
+  }
+}`;
+  const warpCode = `${rowPrelude(layout)}
 
 @compute @workgroup_size(R * T)
 fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
@@ -288,20 +336,58 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   for (var k = 0u; k < PER; k++) {
     let c = t + k * T;
     if (c < VECS) {
-      let o = ${elem(out)}(xs[k] * r * ${read("weight", "c")});
-      out[row * VECS + c] = o;${mirror ? "\n      storeOut(row * VECS + c, vec4<f32>(o));" : ""}
+      let i = row * VECS + c;
+      ${store(`xs[k] * r * ${read("weight", "c")}`)}
     }
   }
 }`;
-  const label = `${kernel} C=${layout.C} ${x.dtype}->${out.dtype}${mirror ? " +texels" : ""}${
-    staged ? " from texels" : ""
-  }`;
+  const code = `${wgsl}
+${mirror ? texelWriterWgsl("storeOut", bindings.length, mirror) : ""}
+${reads.wgsl}
+const EPS = ${float(eps)};
+${threadPerRow ? threadCode : warpCode}`;
+  const label = `${kernel} C=${layout.C} ${
+    threadPerRow ? "thread" : "warp"
+  } per row ${x.dtype}->${out.dtype}${mirror ? " +texels" : ""}${staged ? " from texels" : ""}`;
   rec.dispatch(
     rec.gpu.pipelines.get(label, code),
     [...bindings, ...(mirror ? [mirror.view] : []), ...reads.views],
-    grid(rec.gpu, Math.ceil(layout.N / layout.rows)),
+    grid(rec.gpu, Math.ceil(layout.N / (threadPerRow ? THREAD_ROWS : layout.rows))),
   );
   if (mirror) rec.texelCache!.markCurrent(rec, out);
+}
+
+/**
+ * Arguments of {@link rmsnormForward}.
+ *
+ * @example
+ * ```ts
+ * const args: RmsnormForwardArgs = { out: xn, rstd, x, weight: gain, eps: 1e-5 };
+ * rmsnormForward(rec, args);
+ * ```
+ */
+export interface RmsnormForwardArgs {
+  /** Output [N, C], f32 or f16; overwritten. */
+  out: Tensor;
+  /** 1/rms of each row [N], f32; overwritten (the backward reads it). */
+  rstd: Tensor;
+  /** Input [..., C], f32 or f16 (any leading shape, e.g. [B, T, C]). */
+  x: Tensor;
+  /** Gain [C], f32 or f16. */
+  weight: Tensor;
+  /** Added to the mean square (LLaMA uses 1e-5 or 1e-6); baked into the kernel. */
+  eps: number;
+  /**
+   * Read the inputs from staged copies (default: on a software adapter, for 2^14
+   * or more elements of x, when C % 4 == 0).
+   */
+  texels?: boolean;
+  /**
+   * A thread per row instead of a warp (default: on a software adapter, where a
+   * row sum through workgroup memory costs a lane loop per access and a barrier
+   * per level; 1.4–3× faster there).
+   */
+  threadPerRow?: boolean;
 }
 
 /**
@@ -309,11 +395,8 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
  * and out[n] = x[n] · rstd[n] · weight. Rows are the last dimension of x.
  *
  * @param rec The recorder.
- * @param args `out` [N, C] (f32 or f16, overwritten), `rstd` [N] (f32, overwritten),
- *   `x` [N, C] (f32 or f16; any leading shape, e.g. [B, T, C]), `weight` [C]
- *   (f32 or f16) and `eps`, baked into the kernel; `texels` chooses reading x and
- *   weight from staged copies (default: on a software adapter, for 2^14 or more
- *   elements of x, when C % 4 == 0).
+ * @param args Output `out` and `rstd`, input `x`, `weight`, `eps` and the layout
+ *   options (see {@link RmsnormForwardArgs}).
  * @example
  * ```ts
  * const rec = gpu.recorder();
@@ -321,10 +404,7 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
  * rec.submit();
  * ```
  */
-export function rmsnormForward(
-  rec: Recorder,
-  args: { out: Tensor; rstd: Tensor; x: Tensor; weight: Tensor; eps: number; texels?: boolean },
-): void {
+export function rmsnormForward(rec: Recorder, args: RmsnormForwardArgs): void {
   recordForward(rec, "rmsnormForward", args);
 }
 
@@ -335,8 +415,8 @@ export function rmsnormForward(
  *
  * @param rec The recorder.
  * @param args `residualOut` [N, C], `out` [N, C] (f32 or f16, overwritten),
- *   `rstd` [N] (f32), `x` and `branch` [N, C] (f32 or f16), `weight` [C], `eps`
- *   and `texels` as in {@link rmsnormForward}.
+ *   `rstd` [N] (f32), `x` and `branch` [N, C] (f32 or f16), `weight` [C], `eps`,
+ *   `texels` and `threadPerRow` as in {@link RmsnormForwardArgs}.
  * @example
  * ```ts
  * // The residual stream takes the attention output, and the MLP's norm reads it.
@@ -345,16 +425,7 @@ export function rmsnormForward(
  */
 export function residualRmsnormForward(
   rec: Recorder,
-  args: {
-    residualOut: Tensor;
-    out: Tensor;
-    rstd: Tensor;
-    x: Tensor;
-    branch: Tensor;
-    weight: Tensor;
-    eps: number;
-    texels?: boolean;
-  },
+  args: RmsnormForwardArgs & { residualOut: Tensor; branch: Tensor },
 ): void {
   const { residualOut, x, branch } = args;
   recordForward(rec, "residualRmsnormForward", args, {
@@ -380,36 +451,53 @@ function partials(gpu: Gpu, blocks: number, C: number): Tensor {
 }
 
 /**
+ * Arguments of {@link rmsnormBackward}.
+ *
+ * @example
+ * ```ts
+ * const args: RmsnormBackwardArgs = { dx, dweight, dout, x, weight, rstd };
+ * rmsnormBackward(rec, args);
+ * ```
+ */
+export interface RmsnormBackwardArgs {
+  /** Input gradient [N, C], f32 or f16: overwritten, or added into with `accumulate`. */
+  dx: Tensor;
+  /** Gain gradient [C], f32, always added into; omit it for a frozen gain (no second pass). */
+  dweight?: Tensor;
+  /** Output gradient [N, C], f32 or f16. */
+  dout: Tensor;
+  /** The forward's input [N, C]. */
+  x: Tensor;
+  /** Gain [C], f32 or f16. */
+  weight: Tensor;
+  /** The forward's rstd [N], f32. */
+  rstd: Tensor;
+  /** Add into dx rather than overwrite it. */
+  accumulate?: boolean;
+  /** As in {@link RmsnormForwardArgs}: dout, x, weight and an accumulated dx from staged copies. */
+  texels?: boolean;
+  /** As in {@link RmsnormForwardArgs}. */
+  threadPerRow?: boolean;
+}
+
+/**
  * RMSNorm backward. With g = dout·weight and r = rstd[n]:
- * dx = r·(g − x·r²·mean(g·x)) and dweight += Σ_n dout·x·r. Two dispatches: the
- * rows (dx, and each workgroup's partial dweight sums) and a fixed-order sum of the
- * partials into dweight, so the result is deterministic.
+ * dx = r·(g − x·r²·mean(g·x)) and dweight += Σ_n dout·x·r. Two dispatches, each
+ * sum in a fixed order, so the result is deterministic: with a warp per row, the
+ * rows (dx, and each workgroup's partial dweight sums) and a sum of the partials
+ * into dweight; with a thread per row, the rows (dx) and a sum over the rows of
+ * each column of dout·x·r.
  *
  * @param rec The recorder.
- * @param args `dx` [N, C] (f32 or f16; overwritten, or added into with
- *   `accumulate: true`), `dweight` [C] (f32, always added into; omit it for a
- *   frozen gain, which skips the second pass), `dout` and `x`
- *   [N, C] (f32 or f16), `weight` [C] (f32 or f16), `rstd` [N] (f32, from the forward),
- *   and `texels` as in {@link rmsnormForward} (dout, x, weight and an accumulated dx).
+ * @param args Gradients `dx` and `dweight`, `dout`, the forward's `x`, `weight`
+ *   and `rstd`, and options (see {@link RmsnormBackwardArgs}).
  * @example
  * ```ts
  * // The norm's input gradient joins the residual-stream gradient dresidual.
  * rmsnormBackward(rec, { dx: dresidual, dweight, dout: dxn, x, weight, rstd, accumulate: true });
  * ```
  */
-export function rmsnormBackward(
-  rec: Recorder,
-  args: {
-    dx: Tensor;
-    dweight?: Tensor;
-    dout: Tensor;
-    x: Tensor;
-    weight: Tensor;
-    rstd: Tensor;
-    accumulate?: boolean;
-    texels?: boolean;
-  },
-): void {
+export function rmsnormBackward(rec: Recorder, args: RmsnormBackwardArgs): void {
   const kernel = "rmsnormBackward";
   const { dx, dweight, dout, x, weight, rstd, accumulate = false } = args;
   const layout = rowsOf(kernel, x, weight);
@@ -431,19 +519,7 @@ export function rmsnormBackward(
   ]);
   expectF16Support(kernel, rec.gpu.features.f16, [dx, dout, x, weight]);
 
-  // Consecutive rows per row group: doubled, up to 16, while at least the target
-  // number of row groups remains; beyond 16 only if the partials would not fit
-  // one storage binding.
-  const groupsPerBlock = layout.rows; // row groups per workgroup
-  let rowsPerGroup = 1;
-  const target = targetRowGroups(rec.gpu);
-  while (rowsPerGroup < 16 && layout.N / (2 * rowsPerGroup) >= target) rowsPerGroup *= 2;
-  const maxBinding = rec.gpu.limits.maxStorageBufferBindingSize;
-  while (Math.ceil(layout.N / (groupsPerBlock * rowsPerGroup)) * layout.C * 4 > maxBinding) rowsPerGroup *= 2;
-  const blocks = Math.ceil(layout.N / (groupsPerBlock * rowsPerGroup)); // workgroups, one partial row each
-  const partial = partials(rec.gpu, blocks, layout.C);
   const { F, elem, dot } = typing(layout);
-
   const texels = layout.width === 4 &&
     (args.texels ?? (rec.gpu.info.fallback && x.length >= TEXEL_READ_MIN));
   // Staged before the kernel runs, so an accumulating dx is read from its copy as it was.
@@ -457,18 +533,87 @@ export function rmsnormBackward(
     : null;
   const read = (name: string, index: string) =>
     staged ? `fetch_${name}(${index})` : `${F}(${name}[${index}])`;
-  const rows = declare([
-    ...(staged ? [] : [
+  const dxValue = accumulate ? `${read("dx", "i")} + d` : "d";
+  const storageReads = (names: string[]) =>
+    staged ? [] : [
       { name: "dout", tensor: dout, element: elem(dout) },
       { name: "x", tensor: x, element: elem(x) },
       { name: "weight", tensor: weight, element: elem(weight) },
-    ]),
+    ].filter((d) => names.includes(d.name));
+
+  if (args.threadPerRow ?? rec.gpu.info.fallback) {
+    const rows = declare([
+      ...storageReads(["dout", "x", "weight"]),
+      { name: "rstd", tensor: rstd },
+      { name: "dx", tensor: dx, write: true, element: elem(dx) },
+    ]);
+    const reads = texelReads(staged ?? [], rows.bindings.length);
+    const g = `${read("dout", "i")} * ${read("weight", "c")}`;
+    const rowsCode = `${rows.wgsl}
+${reads.wgsl}
+${threadRowEntry(layout)}
+  let r = rstd[row];
+  var gx = 0.0;
+  for (var c = 0u; c < VECS * one; c++) {
+    let i = row * VECS + c;
+    gx += ${dot(g, read("x", "i"))};
+  }
+  let coef = r * r * gx / f32(C); // r² · mean(g · x)
+  for (var c = 0u; c < VECS * one; c++) {
+    let i = row * VECS + c;
+    let d = r * (${g} - ${read("x", "i")} * coef);
+    dx[i] = ${elem(dx)}(${dxValue});
+  }
+}`;
+    const label = `rmsnormBackward rows C=${layout.C} thread per row ${x.dtype}${
+      accumulate ? " accumulate" : ""
+    }${staged ? " from texels" : ""}`;
+    rec.dispatch(
+      rec.gpu.pipelines.get(label, rowsCode),
+      [...rows.bindings, ...reads.views],
+      grid(rec.gpu, Math.ceil(layout.N / THREAD_ROWS)),
+    );
+    if (!dweight) return;
+    const columns = declare([
+      ...storageReads(["dout", "x"]),
+      { name: "rstd", tensor: rstd },
+      { name: "dweight", tensor: dweight, write: true, element: F },
+    ]);
+    const columnReads = texelReads(
+      (staged ?? []).filter(([name]) => name === "dout" || name === "x"),
+      columns.bindings.length,
+    );
+    recordColumnSum(
+      rec,
+      layout,
+      `${columns.wgsl}\n${columnReads.wgsl}\nconst N = ${layout.N}u;`,
+      [...columns.bindings, ...columnReads.views],
+      `for (var n = lid.y; n < N; n += LANES) {
+      let i = n * VECS + c;
+      s += ${read("dout", "i")} * ${read("x", "i")} * rstd[n];
+    }`,
+    );
+    return;
+  }
+
+  // Consecutive rows per row group: doubled, up to 16, while at least the target
+  // number of row groups remains; beyond 16 only if the partials would not fit
+  // one storage binding.
+  const groupsPerBlock = layout.rows; // row groups per workgroup
+  let rowsPerGroup = 1;
+  const target = targetRowGroups(rec.gpu);
+  while (rowsPerGroup < 16 && layout.N / (2 * rowsPerGroup) >= target) rowsPerGroup *= 2;
+  const maxBinding = rec.gpu.limits.maxStorageBufferBindingSize;
+  while (Math.ceil(layout.N / (groupsPerBlock * rowsPerGroup)) * layout.C * 4 > maxBinding) rowsPerGroup *= 2;
+  const blocks = Math.ceil(layout.N / (groupsPerBlock * rowsPerGroup)); // workgroups, one partial row each
+  const partial = partials(rec.gpu, blocks, layout.C);
+  const rows = declare([
+    ...storageReads(["dout", "x", "weight"]),
     { name: "rstd", tensor: rstd },
     { name: "dx", tensor: dx, write: true, element: elem(dx) },
     { name: "partial", tensor: partial, write: true, element: F },
   ]);
   const reads = texelReads(staged ?? [], rows.bindings.length);
-  const dxValue = accumulate ? `${read("dx", "i")} + d` : "d";
   const rowsCode = `${rows.wgsl}
 ${reads.wgsl}
 ${rowPrelude(layout)}
@@ -552,11 +697,32 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
     { name: "partial", tensor: partial, element: F },
     { name: "dweight", tensor: dweight, write: true, element: F },
   ]);
-  const sumCode = `${sum.wgsl}
+  recordColumnSum(
+    rec,
+    layout,
+    `${sum.wgsl}\nconst BLOCKS = ${blocks}u;`,
+    sum.bindings,
+    "for (var b = lid.y; b < BLOCKS; b += LANES) { s += partial[b * VECS + c]; }",
+  );
+}
+
+/**
+ * dweight[c] += Σ of each vector column c's values, in a fixed order: `lanes`
+ * (WGSL adding this lane's share into `s` for column c, lane lid.y of LANES)
+ * then a tree over the lanes in workgroup memory.
+ */
+function recordColumnSum(
+  rec: Recorder,
+  layout: RowLayout,
+  decls: string,
+  bindings: Binding[],
+  lanes: string,
+): void {
+  const { F } = typing(layout);
+  const code = `${decls}
 const VECS = ${layout.vecs}u;
-const BLOCKS = ${blocks}u;
 const COLS = ${REDUCE_COLS}u; // vector columns per workgroup
-const LANES = ${REDUCE_LANES}u; // lanes splitting each column's sum over blocks
+const LANES = ${REDUCE_LANES}u; // lanes splitting each column's sum
 var<workgroup> acc: array<${F}, ${REDUCE_COLS * REDUCE_LANES}>;
 
 @compute @workgroup_size(COLS, LANES)
@@ -564,7 +730,7 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   let c = wid.x * COLS + lid.x;
   var s = ${F}(0.0);
   if (c < VECS) {
-    for (var b = lid.y; b < BLOCKS; b += LANES) { s += partial[b * VECS + c]; }
+    ${lanes}
   }
   acc[lid.y * COLS + lid.x] = s;
   workgroupBarrier();
@@ -575,8 +741,8 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   if (lid.y == 0u && c < VECS) { dweight[c] += acc[lid.x]; }
 }`;
   rec.dispatch(
-    rec.gpu.pipelines.get(`rmsnormBackward dweight sum C=${layout.C}`, sumCode),
-    sum.bindings,
+    rec.gpu.pipelines.get(`rmsnormBackward dweight sum C=${layout.C}`, code),
+    bindings,
     Math.ceil(layout.vecs / REDUCE_COLS),
   );
 }

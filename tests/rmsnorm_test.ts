@@ -40,27 +40,32 @@ async function floats(gpu: Gpu, t: Tensor): Promise<Float32Array> {
   return await gpu.readFloats(t);
 }
 
-Deno.test("rmsnorm forward matches the float64 reference at every test shape", async () => {
+Deno.test("rmsnorm forward matches the float64 reference at every test shape, a warp or a thread per row", async () => {
   const gpu = await testGpu();
-  for (const [N, C] of SHAPES) {
-    const { x, weight } = data(N, C, N * 1000 + C);
-    const tx = gpu.tensor([N, C], "f32", { data: x });
-    const tw = gpu.tensor([C], "f32", { data: weight });
-    const out = gpu.tensor([N, C], "f32");
-    const rstd = gpu.tensor([N], "f32");
-    const rec = gpu.recorder();
-    rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS });
-    rec.submit();
-    const want = rmsnormRef(x, weight, EPS);
-    assertClose(await floats(gpu, out), want.out, F32_OUT, `out N=${N} C=${C}`);
-    assertClose(await floats(gpu, rstd), want.rstd, F32_OUT, `rstd N=${N} C=${C}`);
-    for (const t of [tx, tw, out, rstd]) gpu.release(t);
+  for (const threadPerRow of [false, true]) {
+    for (const [N, C] of SHAPES) {
+      const { x, weight } = data(N, C, N * 1000 + C);
+      const tx = gpu.tensor([N, C], "f32", { data: x });
+      const tw = gpu.tensor([C], "f32", { data: weight });
+      const out = gpu.tensor([N, C], "f32");
+      const rstd = gpu.tensor([N], "f32");
+      const rec = gpu.recorder();
+      rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS, threadPerRow });
+      rec.submit();
+      const want = rmsnormRef(x, weight, EPS);
+      const what = `N=${N} C=${C} threadPerRow=${threadPerRow}`;
+      assertClose(await floats(gpu, out), want.out, F32_OUT, `out ${what}`);
+      assertClose(await floats(gpu, rstd), want.rstd, F32_OUT, `rstd ${what}`);
+      for (const t of [tx, tw, out, rstd]) gpu.release(t);
+    }
   }
 });
 
-Deno.test("rmsnorm backward matches the reference's analytic gradient; dx overwrites, dweight adds", async () => {
+Deno.test("rmsnorm backward matches the reference's analytic gradient, a warp or a thread per row", async () => {
   const gpu = await testGpu();
-  for (const [N, C] of SHAPES) {
+  for (
+    const [N, C, threadPerRow] of [false, true].flatMap((t) => SHAPES.map(([n, c]) => [n, c, t] as const))
+  ) {
     const { x, weight, dout } = data(N, C, N * 1000 + C + 7);
     const dw0 = randomArray(C, 99, 1);
     const tx = gpu.tensor([N, C], "f32", { data: x });
@@ -71,13 +76,14 @@ Deno.test("rmsnorm backward matches the reference's analytic gradient; dx overwr
     const out = gpu.tensor([N, C], "f32");
     const rstd = gpu.tensor([N], "f32");
     const rec = gpu.recorder();
-    rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS });
-    rmsnormBackward(rec, { dx, dweight, dout: tdout, x: tx, weight: tw, rstd });
+    rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS, threadPerRow });
+    rmsnormBackward(rec, { dx, dweight, dout: tdout, x: tx, weight: tw, rstd, threadPerRow });
     rec.submit();
     const want = rmsnormBackwardRef(dout, x, weight, EPS);
-    assertClose(await floats(gpu, dx), want.dx, F32_DX, `dx N=${N} C=${C}`);
+    const what = `N=${N} C=${C} threadPerRow=${threadPerRow}`;
+    assertClose(await floats(gpu, dx), want.dx, F32_DX, `dx ${what}`);
     const dwWant = want.dweight.map((v, i) => v + dw0[i]);
-    assertClose(await floats(gpu, dweight), dwWant, F32_DW, `dweight N=${N} C=${C}`);
+    assertClose(await floats(gpu, dweight), dwWant, F32_DW, `dweight ${what}`);
     for (const t of [tx, tw, tdout, dx, dweight, out, rstd]) gpu.release(t);
   }
 });
@@ -153,7 +159,10 @@ Deno.test("rmsnorm backward with accumulate adds dx into existing values; dweigh
 
 Deno.test("residual rmsnorm forward matches x + branch then rmsnorm, out of place and in place", async () => {
   const gpu = await testGpu();
-  for (const [N, C] of [[1, 1], [7, 5], [33, 64], [130, 768]]) {
+  const shapes = [[1, 1], [7, 5], [33, 64], [130, 768]];
+  for (
+    const [N, C, threadPerRow] of [false, true].flatMap((t) => shapes.map(([n, c]) => [n, c, t] as const))
+  ) {
     const { x, weight } = data(N, C, 31 + C);
     const branch = randomArray(N * C, 32 + C, 1);
     const want = residualRmsnormRef(x, branch, weight, EPS);
@@ -166,24 +175,18 @@ Deno.test("residual rmsnorm forward matches x + branch then rmsnorm, out of plac
     const out2 = gpu.tensor([N, C], "f32");
     const rstd2 = gpu.tensor([N], "f32");
     const rec = gpu.recorder();
-    residualRmsnormForward(rec, { residualOut: res, out, rstd, x: tx, branch: tb, weight: tw, eps: EPS });
-    residualRmsnormForward(rec, {
-      residualOut: tx,
-      out: out2,
-      rstd: rstd2,
-      x: tx,
-      branch: tb,
-      weight: tw,
-      eps: EPS,
-    });
+    const common = { branch: tb, weight: tw, eps: EPS, threadPerRow };
+    residualRmsnormForward(rec, { ...common, residualOut: res, out, rstd, x: tx });
+    residualRmsnormForward(rec, { ...common, residualOut: tx, out: out2, rstd: rstd2, x: tx });
     rec.submit();
     for (
       const [what, r, o, s] of [["out of place", res, out, rstd], ["in place", tx, out2, rstd2]] as const
     ) {
       // The sum is one f32 rounding; the norm as in the plain forward.
-      assertClose(await floats(gpu, r), want.residualOut, F32_OUT, `residualOut ${what} N=${N} C=${C}`);
-      assertClose(await floats(gpu, o), want.out, F32_OUT, `out ${what} N=${N} C=${C}`);
-      assertClose(await floats(gpu, s), want.rstd, F32_OUT, `rstd ${what} N=${N} C=${C}`);
+      const where = `${what} N=${N} C=${C} threadPerRow=${threadPerRow}`;
+      assertClose(await floats(gpu, r), want.residualOut, F32_OUT, `residualOut ${where}`);
+      assertClose(await floats(gpu, o), want.out, F32_OUT, `out ${where}`);
+      assertClose(await floats(gpu, s), want.rstd, F32_OUT, `rstd ${where}`);
     }
     // Against the unfused pair on the GPU: the same f32 sum, the same row kernel math.
     const sum = gpu.tensor([N, C], "f32");
@@ -192,7 +195,7 @@ Deno.test("residual rmsnorm forward matches x + branch then rmsnorm, out of plac
     const tx2 = gpu.tensor([N, C], "f32", { data: x });
     const rec2 = gpu.recorder();
     add(rec2, { out: sum, a: tx2, b: tb });
-    rmsnormForward(rec2, { out: out3, rstd: rstd3, x: sum, weight: tw, eps: EPS });
+    rmsnormForward(rec2, { out: out3, rstd: rstd3, x: sum, weight: tw, eps: EPS, threadPerRow });
     rec2.submit();
     assertClose(
       await floats(gpu, out3),
@@ -292,7 +295,8 @@ Deno.test("rmsnorm forward and backward are bit-identical run to run", async () 
 
 Deno.test("rmsnorm forwards reading staged textures give the same bits as reading storage", async () => {
   const gpu = await testGpu();
-  for (const dtype of gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const) {
+  const dtypes = gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const;
+  for (const [dtype, threadPerRow] of dtypes.flatMap((d) => [[d, false], [d, true]] as const)) {
     for (const [n, c] of [[7, 64], [33, 768]]) {
       const { x, weight } = data(n, c, 40 + c);
       const branch = randomArray(n * c, 50 + c, 1);
@@ -305,7 +309,7 @@ Deno.test("rmsnorm forwards reading staged textures give the same bits as readin
         const rstd = gpu.tensor([n], "f32");
         const sum = gpu.tensor([n, c], dtype);
         const inPlace = gpu.tensor([n, c], dtype, { data: x });
-        const common = { out, rstd, weight: tw, eps: EPS, texels };
+        const common = { out, rstd, weight: tw, eps: EPS, texels, threadPerRow };
         const read = async (t: Tensor) => [...new Uint32Array((await gpu.readFloats(t)).buffer)];
         const run = async (record: (rec: Recorder) => void, ...extra: Tensor[]) => {
           const rec = gpu.recorder();
@@ -326,7 +330,8 @@ Deno.test("rmsnorm forwards reading staged textures give the same bits as readin
         ]);
         for (const t of [out, rstd, sum, inPlace]) gpu.release(t);
       }
-      assert.deepEqual(bits[1], bits[0], `${dtype} [${n}, ${c}]: texel reads differ from storage reads`);
+      const what = `${dtype} [${n}, ${c}] threadPerRow=${threadPerRow}`;
+      assert.deepEqual(bits[1], bits[0], `${what}: texel reads differ from storage reads`);
       for (const t of [tx, tb, tw]) gpu.release(t);
     }
   }
@@ -334,7 +339,8 @@ Deno.test("rmsnorm forwards reading staged textures give the same bits as readin
 
 Deno.test("rmsnorm backward reading staged textures gives the same bits as reading storage", async () => {
   const gpu = await testGpu();
-  for (const dtype of gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const) {
+  const dtypes = gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const;
+  for (const [dtype, threadPerRow] of dtypes.flatMap((d) => [[d, false], [d, true]] as const)) {
     for (const [n, c] of [[7, 64], [130, 768]]) {
       const { x, weight, dout } = data(n, c, 60 + c);
       const tx = gpu.tensor([n, c], dtype, { data: x });
@@ -350,7 +356,7 @@ Deno.test("rmsnorm backward reading staged textures gives the same bits as readi
         const dx = gpu.tensor([n, c], dtype, { data: dout }); // accumulated into by the second call
         const dweight = gpu.tensor([c], "f32");
         const rec = gpu.recorder();
-        const args = { dx, dweight, dout: td, x: tx, weight: tw, rstd, texels };
+        const args = { dx, dweight, dout: td, x: tx, weight: tw, rstd, texels, threadPerRow };
         rmsnormBackward(rec, args);
         rmsnormBackward(rec, { ...args, accumulate: true });
         rec.submit();
@@ -358,7 +364,8 @@ Deno.test("rmsnorm backward reading staged textures gives the same bits as readi
         bits.push([...await read(dx), ...await read(dweight)]);
         for (const t of [dx, dweight]) gpu.release(t);
       }
-      assert.deepEqual(bits[1], bits[0], `${dtype} [${n}, ${c}]: texel reads differ from storage reads`);
+      const what = `${dtype} [${n}, ${c}] threadPerRow=${threadPerRow}`;
+      assert.deepEqual(bits[1], bits[0], `${what}: texel reads differ from storage reads`);
       for (const t of [tx, tw, td, rstd, out]) gpu.release(t);
     }
   }
