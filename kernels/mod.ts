@@ -55,6 +55,7 @@ export { matmul, matmulNaive } from "./matmul.ts";
 export type { MatmulArgs, MatmulTile } from "./matmul.ts";
 export type { TexelTile } from "./matmul_texel.ts";
 export { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "./rmsnorm.ts";
+export type { RmsnormBackwardArgs, RmsnormForwardArgs } from "./rmsnorm.ts";
 export { swigluBackward, swigluForward } from "./swiglu.ts";
 export { ropeBackward, ropeForward } from "./rope.ts";
 export type { RopeOptions } from "./rope.ts";

@@ -150,26 +150,31 @@ Deno.test("train refuses bad settings with one line naming them", async () => {
 Deno.test("f16 compute trains like f32, and an overflowing loss scale skips the step and halves", async () => {
   const gpu = await testGpu();
   const data = await slice();
-  const losses: Record<string, number> = {};
+  const losses: Record<string, number[]> = {};
   for (const dtype of ["f32", "f16"]) {
     const config = tinyConfig({ max_iters: 60, lr_decay_iters: 60, dtype });
     const trainer = Trainer.create(gpu, config, modelConfigOf(config, data.meta.vocab_size), data);
-    // The mean of the last 10 steps' losses: one step's loss moves ±0.05 from batch to batch, and the two
-    // runs' paths part ways within a few steps (an f16 rounding flipped by a last-bit change anywhere).
-    const tail: number[] = [];
+    losses[dtype] = [];
     for (let i = 0; i < config.max_iters; i++) {
-      const result = await trainer.step({ read: i >= config.max_iters - 10 });
-      if (result) tail.push(result.loss);
-      if (result && dtype === "f16") {
-        assert.equal(result.lossScale!.skipped, 0, "no overflow at the default scale");
-      }
+      const result = (await trainer.step({ read: true }))!;
+      losses[dtype].push(result.loss);
+      if (dtype === "f16") assert.equal(result.lossScale!.skipped, 0, "no overflow at the default scale");
     }
-    losses[dtype] = tail.reduce((sum, x) => sum + x, 0) / tail.length;
     trainer.release();
   }
-  assert.ok(losses.f32 < 3.3, `f32 loss ${losses.f32} (ln 65 = 4.17 at the start)`);
-  // Measured 0.04-0.07 apart across kernel revisions (f16 lower): 0.1 is about 3% of the loss.
-  assert.ok(Math.abs(losses.f16 - losses.f32) < 0.1, `f16 ${losses.f16} vs f32 ${losses.f32}`);
+  // The two runs see the same batches and agree to 4 decimals for about 12 steps (measured);
+  // then an f16 rounding flipped anywhere sends them down different paths, 0.05-0.15 apart
+  // by step 60 at lr 1e-2 either way. So: the same start, and both learn.
+  for (let i = 0; i < 10; i++) {
+    assert.ok(
+      Math.abs(losses.f16[i] - losses.f32[i]) < 2e-3,
+      `step ${i}: f16 ${losses.f16[i]} vs f32 ${losses.f32[i]}`,
+    );
+  }
+  const tail = (xs: number[]) => xs.slice(-10).reduce((sum, x) => sum + x, 0) / 10;
+  for (const dtype of ["f32", "f16"]) {
+    assert.ok(tail(losses[dtype]) < 3.3, `${dtype} loss ${tail(losses[dtype])} (ln 65 = 4.17 at the start)`);
+  }
 
   const config = tinyConfig({ max_iters: 2, dtype: "f16" });
   const trainer = Trainer.create(gpu, config, modelConfigOf(config, data.meta.vocab_size), data, undefined, {
