@@ -178,12 +178,14 @@ export function normBenches(gpu: Gpu): KernelBench[] {
   const C = 768;
   const H = 2048;
   const benches: KernelBench[] = [];
+  // The layout rmsnorm picks: a thread per row on a software adapter.
+  const layout = gpu.info.fallback ? "a thread per row" : "32 threads per row";
 
   for (const dtype of ["f32", "f16"] as const) {
     const s = BYTES[dtype];
     benches.push({
       name: "rmsnorm",
-      variant: "forward, 32 threads per row",
+      variant: `forward, ${layout}`,
       shape: [N, C],
       dtype,
       flops: 0,
@@ -206,7 +208,7 @@ export function normBenches(gpu: Gpu): KernelBench[] {
 
   benches.push({
     name: "rmsnorm",
-    variant: "backward, rows + partial dw sum",
+    variant: gpu.info.fallback ? "backward, rows + column dw sum" : "backward, rows + partial dw sum",
     shape: [N, C],
     dtype: "f32",
     flops: 0,
