@@ -48,6 +48,7 @@ import {
   float,
   type StorageDecl,
 } from "./wgsl.ts";
+import { expectLoopTrips } from "./selftest.ts";
 import { stageReads, TEXEL_READ_MIN, texelReads, texelWriterWgsl } from "./texels.ts";
 
 /**
@@ -541,7 +542,12 @@ export function rmsnormBackward(rec: Recorder, args: RmsnormBackwardArgs): void 
       { name: "weight", tensor: weight, element: elem(weight) },
     ].filter((d) => names.includes(d.name));
 
-  if (args.threadPerRow ?? rec.gpu.info.fallback) {
+  // A thread per row sums dweight over the rows in lanes of N / REDUCE_LANES rows each:
+  // past the adapter's loop limit (N > 2^20 on lavapipe) the warp layout takes it by default.
+  const columnTrips = Math.ceil(layout.N / REDUCE_LANES) + 1 + Math.log2(REDUCE_LANES) + 1;
+  const threadPerRow = args.threadPerRow ?? (rec.gpu.info.fallback && columnTrips <= rec.gpu.loopLimit + 1);
+  if (threadPerRow && dweight) expectLoopTrips(rec.gpu, kernel, columnTrips, "use threadPerRow: false");
+  if (threadPerRow) {
     const rows = declare([
       ...storageReads(["dout", "x", "weight"]),
       { name: "rstd", tensor: rstd },

@@ -371,6 +371,41 @@ Deno.test("rmsnorm backward reading staged textures gives the same bits as readi
   }
 });
 
+Deno.test("the backward takes the warp layout where a thread per row would loop past the loop limit", async () => {
+  const gpu = await testGpu();
+  const [N, C] = [130, 64];
+  const { x, weight, dout } = data(N, C, 77);
+  const tx = gpu.tensor([N, C], "f32", { data: x });
+  const tw = gpu.tensor([C], "f32", { data: weight });
+  const td = gpu.tensor([N, C], "f32", { data: dout });
+  const out = gpu.tensor([N, C]);
+  const rstd = gpu.tensor([N]);
+  const dx = gpu.tensor([N, C]);
+  const dweight = gpu.tensor([C]);
+  const measured = gpu.loopLimit;
+  try {
+    let rec = gpu.recorder();
+    rmsnormForward(rec, { out, rstd, x: tx, weight: tw, eps: EPS });
+    rec.submit();
+    // Its dweight sum loops over 130 / 16 rows in each lane: 9 trips, 1 to end, 5 in the lane tree.
+    gpu.loopLimit = 8;
+    const args = { dx, dweight, dout: td, x: tx, weight: tw, rstd };
+    assert.throws(
+      () => rmsnormBackward(gpu.recorder(), { ...args, threadPerRow: true }),
+      /^GpuError: rmsnormBackward: one invocation would make 15 loop trips, past the 8 .*; use threadPerRow: false$/,
+    );
+    rec = gpu.recorder();
+    rmsnormBackward(rec, args);
+    rec.submit();
+    const want = rmsnormBackwardRef(dout, x, weight, EPS);
+    assertClose(await floats(gpu, dx), want.dx, F32_DX, "dx");
+    assertClose(await floats(gpu, dweight), want.dweight, F32_DW, "dweight");
+  } finally {
+    gpu.loopLimit = measured;
+    for (const t of [tx, tw, td, out, rstd, dx, dweight]) gpu.release(t);
+  }
+});
+
 Deno.test("rmsnorm kernels refuse bad shapes, dtypes, eps and overlapping outputs with the argument named", async () => {
   const gpu = await testGpu();
   const x = gpu.tensor([4, 8], "f32", { label: "x" });
