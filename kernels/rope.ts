@@ -24,7 +24,8 @@
 import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
-import type { Tensor } from "./tensor.ts";
+import { Tensor } from "./tensor.ts";
+import { stageReads, TEXEL_READ_MIN, texelReads } from "./texels.ts";
 import { declare, expectDType, expectF16Support, expectLength, type StorageDecl } from "./wgsl.ts";
 
 const WORKGROUP = 64;
@@ -56,6 +57,12 @@ export interface RopeOptions {
    * compiling a pipeline per token. Default 0.
    */
   positionOffset?: number | Tensor;
+  /**
+   * Read the tensor from a staged copy, four pairs a thread, rather than storage
+   * (see `texels.ts`); the results are the same bits. Default: on a software
+   * adapter, from 2^14 elements, when HS is a multiple of 8.
+   */
+  texels?: boolean;
 }
 
 /**
@@ -162,43 +169,74 @@ function recordRope(
     position = "t + offset[0]";
   }
   expectF16Support(kernel, rec.gpu.features.f16, [x]);
-  decls.push({ name: "x", tensor: x, write: true });
   const half = HS / 2;
-  const { wgsl, bindings } = declare(decls);
+  // Four pairs a thread, x as vec4s read from a staged copy (written in place to storage).
+  const vectors = HS % 8 === 0 && x.byteOffset % (4 * Tensor.bytesPerElement(x.dtype)) === 0;
+  if (options.texels && !vectors) {
+    throw new GpuError(
+      `${kernel}: texel reads need a head size that is a multiple of 8 (got ${HS}) and a 4-element-aligned ` +
+        `${name}; leave texels unset`,
+    );
+  }
+  const wanted = options.texels ?? (rec.gpu.info.fallback && x.length >= TEXEL_READ_MIN);
+  const staged = wanted && vectors ? stageReads(rec, kernel, [["x", x]]) : null;
+  if (options.texels && !staged) throw new GpuError(`${kernel}: ${name} "${x.label}" does not fit a texture`);
+  const width = staged ? 4 : 1;
   const t = x.dtype;
+  decls.push({ name: "x", tensor: x, write: true, element: staged ? `vec4<${t}>` : t });
+  const { wgsl, bindings } = declare(decls);
+  const reads = texelReads(staged ?? [], bindings.length);
+  const read = (index: string) => staged ? `fetch_x(${index})` : `f32(x[${index}])`;
+  // Angles of pairs i .. i + width − 1: one cos and sin each, as in the scalar kernel.
+  const angles = staged
+    ? `var c = vec4<f32>();
+  var s = vec4<f32>();
+  ${
+      [0, 1, 2, 3].map((e) =>
+        `{ let angle = ropeAngle(${position}, i + ${e}u); c[${e}] = cos(angle); s[${e}] = sin(angle); }`
+      )
+        .join("\n  ")
+    }`
+    : `let angle = ropeAngle(${position}, i);
+  let c = cos(angle);
+  let s = sin(angle);`;
   // direction 1 rotates by +angle; -1 by -angle (the transpose, for the gradient).
   const sign = direction === 1 ? "" : "-";
   const code = `${wgsl}
+${reads.wgsl}
 const N = ${B * T}u;        // tokens
 const T = ${T}u;
 const HALF = ${half}u;      // HS / 2
 const HS = ${HS}u;
 const ROW = ${(nHead + 2 * nKvHead) * HS}u;
 const ROTATED = ${nHead + nKvHead}u; // q heads then k heads, contiguous in a row
+const W = ${width}u;        // pairs per thread, and elements per index of x
 ${ropeAngleWgsl(HS, theta)}
 
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
   let gidx = ${WGSL_LINEAR_WORKGROUP} * ${WORKGROUP}u + lid.x;
-  if (gidx >= N * HALF) { return; }
-  let n = gidx / HALF;
-  let i = gidx % HALF;
+  if (gidx >= N * HALF / W) { return; }
+  let n = gidx / (HALF / W);
+  let i = (gidx % (HALF / W)) * W;
   let t = n % T;
-  let angle = ropeAngle(${position}, i);
-  let c = cos(angle);
-  let s = ${sign}sin(angle);
+  ${angles}
   for (var h = 0u; h < ROTATED; h++) {
-    let a = n * ROW + h * HS + i;
-    let x1 = f32(x[a]);
-    let x2 = f32(x[a + HALF]);
-    x[a] = ${t}(x1 * c - x2 * s);
-    x[a + HALF] = ${t}(x2 * c + x1 * s);
+    let a = (n * ROW + h * HS + i) / W;
+    let x1 = ${read("a")};
+    let x2 = ${read("a + HALF / W")};
+    x[a] = ${staged ? `vec4<${t}>` : t}(x1 * c - x2 * ${sign}s);
+    x[a + HALF / W] = ${staged ? `vec4<${t}>` : t}(x2 * c + x1 * ${sign}s);
   }
 }`;
-  const label = `${kernel} ${t} HS${HS}`;
-  const workgroups = Math.ceil((B * T * half) / WORKGROUP);
-  rec.dispatch(rec.gpu.pipelines.get(label, code), bindings, grid(rec.gpu, workgroups));
+  const label = `${kernel} ${t} HS${HS}${staged ? " from texels" : ""}`;
+  const workgroups = Math.ceil((B * T * half) / width / WORKGROUP);
+  rec.dispatch(
+    rec.gpu.pipelines.get(label, code),
+    [...bindings, ...reads.views],
+    grid(rec.gpu, workgroups),
+  );
 }
 
 /**

@@ -129,6 +129,35 @@ Deno.test("rope f16 matches the reference with f16 tolerances", async (t) => {
   }
 });
 
+Deno.test("rope reading a staged copy gives the same bits as reading storage, forward and backward", async () => {
+  const gpu = await testGpu();
+  const dtypes = gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const;
+  const offset = gpu.tensor([1], "u32", { data: [5] });
+  for (const dtype of dtypes) {
+    for (const s of [{ B: 2, T: 9, NH: 4, NKV: 2, HS: 8 }, { B: 1, T: 70, NH: 2, NKV: 1, HS: 64 }]) {
+      const x = randomArray(width(s), 17 + s.HS);
+      const bits: number[][] = [];
+      for (const texels of [false, true]) {
+        const t = gpu.tensor([s.B, s.T, (s.NH + 2 * s.NKV) * s.HS], dtype, { data: x });
+        const rec = gpu.recorder();
+        const args = { nHead: s.NH, nKvHead: s.NKV, theta: 10000, texels };
+        ropeForward(rec, { qkv: t, ...args, positionOffset: 3 });
+        ropeBackward(rec, { dqkv: t, ...args, positionOffset: offset });
+        ropeForward(rec, { qkv: t, ...args });
+        rec.submit();
+        bits.push([...new Uint32Array((await gpu.readFloats(t)).buffer)]);
+        gpu.release(t);
+      }
+      assert.deepEqual(
+        bits[1],
+        bits[0],
+        `${dtype} ${JSON.stringify(s)}: texel reads differ from storage reads`,
+      );
+    }
+  }
+  gpu.release(offset);
+});
+
 Deno.test("rope refuses an odd head size and a bad channel count, naming the argument", async () => {
   const gpu = await testGpu();
   const odd = gpu.tensor([1, 2, 4 * 3]); // NH=2, NKV=1 -> HS=3
