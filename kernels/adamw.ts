@@ -33,7 +33,7 @@ import { GpuError } from "./errors.ts";
 import { chunkRanges } from "./reduce.ts";
 import { grid, type Recorder, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
-import { stageReads, texelReads } from "./texels.ts";
+import { stageReads, TEXEL_CHUNK, texelReads } from "./texels.ts";
 import { declare, expectDType, expectLength } from "./wgsl.ts";
 
 const WORKGROUP = 256;
@@ -41,11 +41,6 @@ const WORKGROUP = 256;
 const CHUNK_GRANULE = 2048;
 /** Bytes of the uniform struct `Hyper` (12 f32, a multiple of 16). */
 const HYPER_BYTES = 48;
-/**
- * Largest chunk when reading through staged textures: 4 MiB per staged tensor,
- * so the four staging textures stay small next to the state they copy.
- */
-const TEXEL_CHUNK = 1 << 20;
 /** The tensors AdamW reads, in the order their staged textures are bound. */
 const READ = ["grads", "params", "m", "v"] as const;
 

@@ -36,6 +36,7 @@ import type { Gpu } from "./device.ts";
 import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
+import { stageReads, TEXEL_CHUNK, TEXEL_READ_MIN, texelReads } from "./texels.ts";
 import { declare, expectDType, expectLength } from "./wgsl.ts";
 
 /** Threads per workgroup of both stages. */
@@ -95,6 +96,12 @@ export interface ReductionOptions {
    * lower it to exercise chunking on small buffers.
    */
   maxChunkElements?: number;
+  /**
+   * Read each chunk's vec4s from a staged copy (see `texels.ts`) rather than
+   * storage, in chunks of at most 2^20 elements; the same bits. Default: on a
+   * software adapter, from 2^14 elements.
+   */
+  texels?: boolean;
 }
 
 /**
@@ -202,6 +209,8 @@ export class Reduction {
   readonly chunks: readonly ReductionChunk[];
   /** Stage-1 results, one per workgroup: (P,). */
   readonly partials: Tensor;
+  /** Stage 1 reads staged copies of its chunks (see {@link ReductionOptions.texels}). */
+  readonly texels: boolean;
   readonly #label: string;
 
   /**
@@ -229,9 +238,13 @@ export class Reduction {
     }
     this.iterations = Math.max(1, Math.ceil(vectors / (WORKGROUP * maxPartials)));
     const slice = 4 * WORKGROUP * this.iterations; // elements per workgroup
+    this.texels = options.texels ?? (gpu.info.fallback && n >= TEXEL_READ_MIN);
+    const cap = this.texels
+      ? Math.min(options.maxChunkElements ?? TEXEL_CHUNK, TEXEL_CHUNK)
+      : options.maxChunkElements;
     const chunks: ReductionChunk[] = [];
     let firstPartial = 0;
-    for (const [offset, length] of chunkRanges(gpu, n, slice, options.maxChunkElements)) {
+    for (const [offset, length] of chunkRanges(gpu, n, slice, cap)) {
       const workgroups = Math.ceil(length / slice);
       chunks.push({ offset, length, firstPartial, workgroups });
       firstPartial += workgroups;
@@ -267,17 +280,22 @@ export class Reduction {
     const whole = chunk.length === this.n ? x : x.view(chunk.offset, [chunk.length]);
     const vectors = Math.floor(chunk.length / 4);
     const tail = chunk.length % 4;
+    // The whole vec4s from a staged copy with texels; a tail of up to 3 from storage.
+    const staged = vectors > 0 && this.texels
+      ? stageReads(rec, this.#label, [["x4", x.view(chunk.offset, [4 * vectors])]])
+      : null;
     const decls = [];
     // An array<vec4f> binding needs at least 16 bytes, so a chunk under 4 elements binds only scalars.
-    if (vectors > 0) decls.push({ name: "x4", tensor: whole, element: "vec4<f32>" });
+    if (vectors > 0 && !staged) decls.push({ name: "x4", tensor: whole, element: "vec4<f32>" });
     if (tail > 0) decls.push({ name: "x", tensor: whole });
     decls.push({ name: "partials", tensor: this.partials, write: true });
     const { wgsl, bindings } = declare(decls);
+    const reads = texelReads(staged ?? [], bindings.length);
     const term = (v: string) => this.op === "sum" ? v : `${v} * ${v}`;
     const body = vectors > 0
       ? `for (var k = 0u; k < ITER; k++) {
     let j = start + k * ${WORKGROUP}u;
-    if (j < N4) { let v = x4[j]; acc += ${term("v")}; }
+    if (j < N4) { let v = ${staged ? "fetch_x4(j)" : "x4[j]"}; acc += ${term("v")}; }
   }`
       : "";
     const tailCode = tail > 0
@@ -286,6 +304,7 @@ export class Reduction {
   }`
       : "";
     const code = `${wgsl}
+${reads.wgsl}
 const N4 = ${vectors}u;        // whole vec4s in this chunk
 const ITER = ${this.iterations}u;
 const WORKGROUPS = ${chunk.workgroups}u;
@@ -303,7 +322,8 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   ${WGSL_TREE}
   if (lid.x == 0u) { partials[FIRST + w] = scratch[0]; }
 }`;
-    rec.dispatch(rec.gpu.pipelines.get(`${this.#label} stage 1`, code), bindings, chunk.workgroups);
+    const label = `${this.#label} stage 1${staged ? " from texels" : ""}`;
+    rec.dispatch(rec.gpu.pipelines.get(label, code), [...bindings, ...reads.views], chunk.workgroups);
   }
 
   #recordFinal(rec: Recorder, out: Tensor): void {

@@ -249,6 +249,13 @@ fn ${name}(i: u32) -> vec4<f32> {
 export const TEXEL_READ_MIN = 1 << 14;
 
 /**
+ * Largest chunk of a long flat tensor (parameters, gradients, optimizer state) a
+ * kernel stages at once: 4 MiB of f32 per staged tensor, so staging stays small
+ * next to what it copies.
+ */
+export const TEXEL_CHUNK = 1 << 20;
+
+/**
  * Stages each of `reads` for a kernel that reads them by texel fetch (slots named
  * `{kernel} {name}`), or returns null, staging nothing, when any cannot be staged.
  *

@@ -105,6 +105,29 @@ Deno.test("chunked reduction gives the same bits as one binding", async () => {
   }
 });
 
+Deno.test("a reduction reading staged copies gives the same bits as reading storage", async () => {
+  const gpu = await testGpu();
+  // One chunk with a tail of 1; chunks of 16384 with a tail; 2^20-element chunks and a tail of 3.
+  const cases: [number, number | undefined][] = [[5001, undefined], [70_001, 16_384], [
+    (1 << 21) + 7,
+    1 << 20,
+  ]];
+  for (const [n, cap] of cases) {
+    const x = Float32Array.from(randomArray(n, 40 + n, 3));
+    const sums = [];
+    for (const texels of [false, true]) {
+      for (const op of ["sum", "sumSquares"] as const) {
+        const reduction = new Reduction(gpu, n, { op, maxChunkElements: cap, texels });
+        assert.equal(reduction.texels, texels);
+        sums.push(await reduceOnce(reduction, x));
+        reduction.release();
+      }
+    }
+    assert.ok(Object.is(sums[2], sums[0]) && Object.is(sums[3], sums[1]), `n=${n}: ${sums}`);
+    assertClose([sums[3]], [sumSquaresRef(x)], { atol: 0, rtol: 1e-5 }, `Σx² n=${n}`);
+  }
+});
+
 Deno.test("a buffer larger than one storage binding is reduced in chunks", async () => {
   const gpu = await testGpu();
   const n = gpu.limits.maxStorageBufferBindingSize / 4 + 5;
