@@ -22,6 +22,7 @@ import {
 import { BindGroupCache, PipelineCache } from "./pipeline.ts";
 import { type DType, Tensor, type TensorData } from "./tensor.ts";
 import { Recorder, type RecorderOptions } from "./recorder.ts";
+import type { TexelCache } from "./texel_cache.ts";
 import { readBack, writeTensor } from "./transfer.ts";
 import { checkF16, measureLoopLimit } from "./selftest.ts";
 
@@ -215,6 +216,12 @@ export class Gpu {
    * adapters by `requestGpu`.
    */
   loopLimit: number = Infinity;
+  /**
+   * The device's live texel caches: every recording marks stale the kept copies
+   * of what it writes in each of them, whether or not it was given one (see
+   * `TexelCache`).
+   */
+  readonly texelCaches: Set<TexelCache> = new Set();
   /** Objects created so far. */
   readonly stats: GpuStats = {
     buffers: 0,

@@ -29,7 +29,12 @@ export interface RecorderOptions {
   timer?: GpuTimer;
   /** Names the command buffer. */
   label?: string;
-  /** Staging copies for texel kernels kept across recordings: of constant and of mirrored tensors. */
+  /**
+   * Staging copies for texel kernels kept across recordings, of constant and of
+   * mirrored tensors, for this recording to read and keep current. (Every
+   * recording marks stale, in all of the device's caches, the kept copies of what
+   * it writes.)
+   */
   texelCache?: TexelCache;
 }
 
@@ -100,7 +105,7 @@ export class Recorder {
     }
     if (x === 0 || y === 0 || z === 0) return;
     const group = this.gpu.bindGroups.get(pipeline, bindings);
-    if (this.texelCache) { for (const binding of bindings) this.texelCache.touch(this, binding); }
+    for (const binding of bindings) this.#touch(binding);
     const pass = this.#timer ? this.#timedPass(pipeline.label) : this.#sharedPass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
@@ -120,7 +125,7 @@ export class Recorder {
     if (target.byteLength !== source.byteLength) {
       throw new GpuError(`Cannot copy "${source.label}" into "${target.label}": sizes differ`);
     }
-    this.texelCache?.touch(this, target);
+    this.#touch(target);
     this.gpu.stats.copies++;
     const size = source.range().size;
     this.#timedCopy(`copy ${source.label}`, () => {
@@ -177,7 +182,7 @@ export class Recorder {
    * @param tensor The tensor to clear; its byte range must be 4-byte aligned.
    */
   clear(tensor: Tensor): void {
-    this.texelCache?.touch(this, tensor);
+    this.#touch(tensor);
     this.gpu.stats.copies++;
     const { offset, size } = tensor.range();
     this.#timedCopy(`clear ${tensor.label}`, () => this.encoder.clearBuffer(tensor.buffer, offset, size));
@@ -191,7 +196,7 @@ export class Recorder {
   finish(): GPUCommandBuffer {
     this.#endPass();
     this.#timer?.resolve(this.encoder);
-    this.texelCache?.commit(this);
+    for (const cache of this.gpu.texelCaches) cache.commit(this);
     return this.encoder.finish();
   }
 
@@ -199,6 +204,11 @@ export class Recorder {
   submit(): void {
     this.gpu.queue.submit([this.finish()]);
     this.gpu.stats.submits++;
+  }
+
+  /** Marks stale every kept copy of what `binding` may write, in all of the device's texel caches. */
+  #touch(binding: Binding): void {
+    for (const cache of this.gpu.texelCaches) cache.touch(this, binding);
   }
 
   #sharedPass(): GPUComputePassEncoder {

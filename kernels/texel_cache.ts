@@ -14,11 +14,11 @@
  *   that write them write the kept copy as well, once it exists, so it stays
  *   current and is copied again only after a write that did not keep it.
  *
- * The cache follows each recording: a dispatch that binds a mirrored tensor (or
- * a copy or clear into it) leaves its kept copy stale, unless the kernel wrote
- * the copy too and says so ({@link TexelCache.markCurrent}). What a recording
- * changes takes effect when it is finished, so one that is dropped unsubmitted
- * leaves the cache as it was.
+ * The cache follows every recording on its device, given the cache or not: a
+ * dispatch that binds a mirrored tensor (or a copy or clear into it) leaves its
+ * kept copy stale, unless the kernel wrote the copy too and says so
+ * ({@link TexelCache.markCurrent}). What a recording changes takes effect when it
+ * is finished, so one that is dropped unsubmitted leaves the cache as it was.
  *
  * @module
  */
@@ -43,9 +43,9 @@ interface Mirror {
  * of copying, and producer kernels (`rmsnormForward`, `swigluForward`,
  * the decoding attention and cache writes) write the mirrors they produce.
  *
- * Recordings that share a cache must be submitted in the order they were made;
- * mirrored tensors must be written only by work recorded with the cache (not by
- * `gpu.write`), or their kept copies go stale unnoticed.
+ * Recordings must be submitted in the order they were made; mirrored tensors
+ * must be written only by recorded work (not by `gpu.write`), or their kept
+ * copies go stale unnoticed.
  *
  * @example
  * ```ts
@@ -72,10 +72,17 @@ export class TexelCache {
    * @param constants Tensors (and so every view of their buffers) whose contents
    *   stay fixed from the first recording that stages them until {@link release}.
    * @param options `mirrored`: tensors to keep current copies of; each must have
-   *   a buffer to itself, and be stageable (see `canStageTexels`).
+   *   a buffer to itself, and be stageable (see `canStageTexels`). `eager`: make
+   *   their textures now rather than when a kernel first stages each, so the
+   *   kernels that write them write the copies from the first recording on (and
+   *   nothing is created after it).
    * @throws {GpuError} When a mirrored tensor cannot be staged or shares a buffer with another.
    */
-  constructor(gpu: Gpu, constants: readonly Tensor[], options: { mirrored?: readonly Tensor[] } = {}) {
+  constructor(
+    gpu: Gpu,
+    constants: readonly Tensor[],
+    options: { mirrored?: readonly Tensor[]; eager?: boolean } = {},
+  ) {
     this.#gpu = gpu;
     this.#buffers = constants.map((t) => t.buffer);
     const mirrored = options.mirrored ?? [];
@@ -88,7 +95,11 @@ export class TexelCache {
         );
       }
     }
-    for (const tensor of mirrored) this.#mirrors.set(tensor.buffer, { tensor, staging: null });
+    for (const tensor of mirrored) {
+      const staging = options.eager ? this.#make(`mirror of ${tensor.label}`, tensor) : null;
+      this.#mirrors.set(tensor.buffer, { tensor, staging });
+    }
+    gpu.texelCaches.add(this);
   }
 
   /**
@@ -188,8 +199,9 @@ export class TexelCache {
     this.#pending.delete(rec);
   }
 
-  /** Frees the textures. */
+  /** Frees the textures; recordings stop tracking the cache. */
   release(): void {
+    this.#gpu.texelCaches.delete(this);
     for (const { texture } of this.#constants.values()) this.#gpu.destroyTexture(texture);
     this.#constants.clear();
     for (const mirror of this.#mirrors.values()) {

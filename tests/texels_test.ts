@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { fill } from "../kernels/elementwise.ts";
 import { matmul } from "../kernels/matmul.ts";
+import type { Recorder } from "../kernels/recorder.ts";
 import { rmsnormForward } from "../kernels/rmsnorm.ts";
 import { swigluForward } from "../kernels/swiglu.ts";
 import { TexelCache } from "../kernels/texel_cache.ts";
@@ -86,6 +87,45 @@ Deno.test("a mirrored tensor's kept copy is written by the kernel that produces 
 
   cache.release();
   for (const t of [x, gain, xn, rstd, w, gateUp, hidden, w2, y]) gpu.release(t);
+});
+
+Deno.test("recordings without the cache still mark its copies stale; eager copies are written from the first", async () => {
+  const gpu = await testGpu();
+  const [m, c, n] = [4, 8, 12];
+  const x = gpu.tensor([m, c], "f32", { label: "x", data: randomArray(m * c, 6) });
+  const gain = gpu.tensor([c], "f32", { label: "gain", data: randomArray(c, 7) });
+  const xn = gpu.tensor([m, c], "f32", { label: "xn" });
+  const rstd = gpu.tensor([m], "f32", { label: "rstd" });
+  const w = gpu.tensor([n, c], "f32", { label: "w", data: randomArray(n * c, 8) });
+  const y = gpu.tensor([m, n], "f32", { label: "y" });
+  const cache = new TexelCache(gpu, [w], { mirrored: [xn], eager: true });
+  const product = async (record: (rec: Recorder) => void) => {
+    const copies = gpu.stats.copies;
+    const rec = gpu.recorder({ texelCache: cache });
+    record(rec);
+    matmul(rec, { out: y, a: xn, b: w, transposeB: true, texel: true });
+    rec.submit();
+    const want = matmulRef(await gpu.readFloats(xn), await gpu.readFloats(w), {
+      m,
+      n,
+      k: c,
+      transposeB: true,
+      batch: 1,
+    });
+    assertClose(await gpu.readFloats(y), want, { atol: 1e-5, rtol: 1e-5 }, "y");
+    return gpu.stats.copies - copies;
+  };
+  const norm = (rec: Recorder) => rmsnormForward(rec, { out: xn, rstd, x, weight: gain, eps: 1e-5 });
+  assert.equal(await product(norm), 1, "eager: the norm wrote xn's copy in the first recording; w copied");
+  assert.equal(await product(() => {}), 0, "nothing changed xn");
+  const plain = gpu.recorder();
+  fill(plain, { out: xn, value: 2 });
+  plain.submit();
+  // y is checked against xn as it is now (all 2s): a stale copy would fail that check.
+  assert.equal(await product(() => {}), 1, "a recording without the cache wrote xn: copied again");
+  cache.release();
+  assert.ok(!gpu.texelCaches.has(cache), "released caches are no longer tracked");
+  for (const t of [x, gain, xn, rstd, w, y]) gpu.release(t);
 });
 
 Deno.test("a TexelCache refuses a mirrored tensor it cannot stage or that shares a buffer", async () => {
