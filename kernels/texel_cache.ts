@@ -72,17 +72,10 @@ export class TexelCache {
    * @param constants Tensors (and so every view of their buffers) whose contents
    *   stay fixed from the first recording that stages them until {@link release}.
    * @param options `mirrored`: tensors to keep current copies of; each must have
-   *   a buffer to itself, and be stageable (see `canStageTexels`). `eager`: make
-   *   their textures now rather than when a kernel first stages each, so the
-   *   kernels that write them write the copies from the first recording on (and
-   *   nothing is created after it).
+   *   a buffer to itself, and be stageable (see `canStageTexels`).
    * @throws {GpuError} When a mirrored tensor cannot be staged or shares a buffer with another.
    */
-  constructor(
-    gpu: Gpu,
-    constants: readonly Tensor[],
-    options: { mirrored?: readonly Tensor[]; eager?: boolean } = {},
-  ) {
+  constructor(gpu: Gpu, constants: readonly Tensor[], options: { mirrored?: readonly Tensor[] } = {}) {
     this.#gpu = gpu;
     this.#buffers = constants.map((t) => t.buffer);
     const mirrored = options.mirrored ?? [];
@@ -95,10 +88,7 @@ export class TexelCache {
         );
       }
     }
-    for (const tensor of mirrored) {
-      const staging = options.eager ? this.#make(`mirror of ${tensor.label}`, tensor) : null;
-      this.#mirrors.set(tensor.buffer, { tensor, staging });
-    }
+    for (const tensor of mirrored) this.#mirrors.set(tensor.buffer, { tensor, staging: null });
     gpu.texelCaches.add(this);
   }
 

@@ -16,13 +16,10 @@ import { LossScaler, type LossScalerOptions } from "../kernels/loss_scale.ts";
 import { NonFiniteWatch } from "../kernels/nonfinite.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import { GradNorm } from "../kernels/reduce.ts";
-import { TexelCache } from "../kernels/texel_cache.ts";
-import { canStageTexels } from "../kernels/texels.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import type { GpuTimer } from "../kernels/timer.ts";
 import { type HostBatch, randomBatch } from "./batches.ts";
 import type { TokenArray } from "./meta.ts";
-import type { Activations } from "./activations.ts";
 import type { Batch, Llama } from "./model.ts";
 import { Rng } from "./rng.ts";
 import { learningRate, type TrainConfig } from "./train_config.ts";
@@ -52,13 +49,6 @@ export interface StepRunnerOptions {
   dropout: boolean;
   /** f16 only: the dynamic loss scale's settings. */
   scaling?: LossScalerOptions;
-  /**
-   * Keep texel copies of the activations and their gradients across a step's
-   * kernels (see `TexelCache`): the kernels that produce them write the copies,
-   * and a copy staged once serves every later read until the tensor changes.
-   * Default: on a software adapter, where the texel kernels read them.
-   */
-  texelCache?: boolean;
 }
 
 /** The GPU side of a trainer's steps; see the module doc. */
@@ -81,7 +71,6 @@ export class StepRunner {
   #gradNorm: GradNorm;
   #watch: NonFiniteWatch | null = null;
   #dropoutSeed: DropoutSeed | null;
-  #texels: TexelCache | undefined;
 
   /**
    * Allocates the moments (zeroed), the decay mask, the micro-batches and the reductions.
@@ -117,9 +106,6 @@ export class StepRunner {
         : {}),
     }));
     this.#adamw = new AdamW(gpu, n);
-    this.#texels = (options.texelCache ?? gpu.info.fallback)
-      ? new TexelCache(gpu, [], { mirrored: stepActivations(trainable.model.acts, gpu), eager: true })
-      : undefined;
     this.#gradNorm = new GradNorm(gpu, n);
     this.#dropoutSeed = options.dropout ? new DropoutSeed(gpu) : null;
     this.scaler = config.dtype === "f16" ? new LossScaler(gpu, options.scaling) : null;
@@ -148,11 +134,7 @@ export class StepRunner {
     for (const micro of this.#micro) this.#upload(micro, randomBatch(train, this.#shape(), rng), true);
     this.#dropoutSeed?.set(config.seed, iteration);
 
-    const rec = gpu.recorder({
-      label: `${this.#label} ${iteration}`,
-      timer: options.timer,
-      texelCache: this.#texels,
-    });
+    const rec = gpu.recorder({ label: `${this.#label} ${iteration}`, timer: options.timer });
     rec.clear(grads);
     // f32: the loss gradient carries 1/accumulation. f16: it carries the loss scale S
     // (on the GPU), and AdamW divides out S and 1/accumulation together.
@@ -223,7 +205,7 @@ export class StepRunner {
       const rng = new Rng(seed * 1000003 + iteration * 2 + (split === "val" ? 1 : 0));
       for (let i = 0; i < count; i++) {
         this.#upload(micro, randomBatch(data[split], this.#shape(), rng), false);
-        const rec = this.#gpu.recorder({ label: `${this.#label} eval`, texelCache: this.#texels });
+        const rec = this.#gpu.recorder({ label: `${this.#label} eval` });
         this.#trainable.model.forward(rec, { batch: micro, loss: this.#lossSum, accumulateLoss: i > 0 });
         rec.submit();
       }
@@ -254,7 +236,6 @@ export class StepRunner {
     if (this.#dropoutSeed) this.#gpu.release(this.#dropoutSeed.tensor);
     this.scaler?.release();
     this.#watch?.release();
-    this.#texels?.release();
   }
 
   #shape(): { batchSize: number; blockSize: number } {
@@ -267,14 +248,4 @@ export class StepRunner {
     this.#gpu.write(micro.targets, batch.targets);
     if (forBackward) micro.index?.update(batch.tokens);
   }
-}
-
-/**
- * The activations and activation gradients a step's texel kernels read (each in a
- * buffer of its own), to keep copies of.
- */
-function stepActivations(acts: Activations, gpu: Gpu): Tensor[] {
-  const layers = acts.layers.flatMap((l) => [l.resid, l.ln1, l.qkv, l.atty, l.residMid, l.ln2, l.gateUp, l.hidden]);
-  const grads = acts.grad ? Object.values(acts.grad) : [];
-  return [...layers, acts.residOut, acts.lnf, acts.branch, ...grads].filter((t) => canStageTexels(gpu, t));
 }
