@@ -36,6 +36,23 @@ function data(n: number, c: number, seed: number) {
   };
 }
 
+/** {@link data} and its f32 tensors. */
+function uploaded(gpu: Gpu, n: number, c: number, seed: number) {
+  const host = data(n, c, seed);
+  return {
+    ...host,
+    tx: gpu.tensor([n, c], "f32", { data: host.x }),
+    tw: gpu.tensor([c], "f32", { data: host.weight }),
+    tdout: gpu.tensor([n, c], "f32", { data: host.dout }),
+  };
+}
+
+/** Each storage dtype the device runs, with a warp and with a thread per row. */
+function dtypesAndLayouts(gpu: Gpu): (readonly ["f32" | "f16", boolean])[] {
+  const dtypes = gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const;
+  return dtypes.flatMap((d) => [[d, false], [d, true]] as const);
+}
+
 async function floats(gpu: Gpu, t: Tensor): Promise<Float32Array> {
   return await gpu.readFloats(t);
 }
@@ -265,10 +282,7 @@ Deno.test("rmsnorm f16 activations (f32 math) match the reference within one f16
 Deno.test("rmsnorm forward and backward are bit-identical run to run", async () => {
   const gpu = await testGpu();
   const [N, C] = [130, 768];
-  const { x, weight, dout } = data(N, C, 51);
-  const tx = gpu.tensor([N, C], "f32", { data: x });
-  const tw = gpu.tensor([C], "f32", { data: weight });
-  const tdout = gpu.tensor([N, C], "f32", { data: dout });
+  const { tx, tw, tdout } = uploaded(gpu, N, C, 51);
   const runs: Float32Array[][] = [];
   for (let run = 0; run < 2; run++) {
     const out = gpu.tensor([N, C], "f32");
@@ -295,8 +309,7 @@ Deno.test("rmsnorm forward and backward are bit-identical run to run", async () 
 
 Deno.test("rmsnorm forwards reading staged textures give the same bits as reading storage", async () => {
   const gpu = await testGpu();
-  const dtypes = gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const;
-  for (const [dtype, threadPerRow] of dtypes.flatMap((d) => [[d, false], [d, true]] as const)) {
+  for (const [dtype, threadPerRow] of dtypesAndLayouts(gpu)) {
     for (const [n, c] of [[7, 64], [33, 768]]) {
       const { x, weight } = data(n, c, 40 + c);
       const branch = randomArray(n * c, 50 + c, 1);
@@ -339,8 +352,7 @@ Deno.test("rmsnorm forwards reading staged textures give the same bits as readin
 
 Deno.test("rmsnorm backward reading staged textures gives the same bits as reading storage", async () => {
   const gpu = await testGpu();
-  const dtypes = gpu.features.f16 ? ["f32", "f16"] as const : ["f32"] as const;
-  for (const [dtype, threadPerRow] of dtypes.flatMap((d) => [[d, false], [d, true]] as const)) {
+  for (const [dtype, threadPerRow] of dtypesAndLayouts(gpu)) {
     for (const [n, c] of [[7, 64], [130, 768]]) {
       const { x, weight, dout } = data(n, c, 60 + c);
       const tx = gpu.tensor([n, c], dtype, { data: x });
@@ -374,10 +386,7 @@ Deno.test("rmsnorm backward reading staged textures gives the same bits as readi
 Deno.test("the backward takes the warp layout where a thread per row would loop past the loop limit", async () => {
   const gpu = await testGpu();
   const [N, C] = [130, 64];
-  const { x, weight, dout } = data(N, C, 77);
-  const tx = gpu.tensor([N, C], "f32", { data: x });
-  const tw = gpu.tensor([C], "f32", { data: weight });
-  const td = gpu.tensor([N, C], "f32", { data: dout });
+  const { x, weight, dout, tx, tw, tdout: td } = uploaded(gpu, N, C, 77);
   const out = gpu.tensor([N, C]);
   const rstd = gpu.tensor([N]);
   const dx = gpu.tensor([N, C]);
