@@ -14,8 +14,11 @@
  * accumulators in registers while it streams the other side's rows, a chunk of
  * 1–4 at a time, from storage or from tiles staged in workgroup memory (see
  * {@link AttentionPlan}). Streaming stops at the block's last row; rows mask
- * what is past the diagonal. Scores are kept in log2 units (q or k prescaled by
- * scale·log2 e) so every exponential is an exp2.
+ * what is past the diagonal. Without workgroup memory the block's own span is
+ * streamed in segments, the later ones for the thread's later rows only (the
+ * rows a SIMD vector of threads holds together), so a 64-row block does not
+ * compute all 64×64 of its diagonal pairs. Scores are kept in log2 units (q or
+ * k prescaled by scale·log2 e) so every exponential is an exp2.
  *
  * - Forward: running max m, running sum l, accumulator rescaled by
  *   exp2(m_old − m_new) per chunk; out = acc / l, lse = (m + log2 l)·ln 2.
@@ -447,6 +450,29 @@ function each(n: number, piece: (i: number) => string, joiner = "\n  "): string 
   return Array.from({ length: n }, (_, i) => piece(i)).join(joiner);
 }
 
+/**
+ * Cuts of a block's diagonal span (see {@link diagonalCuts}). Two ran the
+ * kernels in 0.85× the time at HS 32, T 64 and 0.95× at HS 64, T 256 on lavapipe,
+ * side by side; three was slower than two, and two compile in 1.6× the time of none.
+ */
+const DIAGONAL_LEVELS = 2;
+
+/**
+ * The cuts of {@link Gen.cuts} for a plan without workgroup memory: R − ⌊R/2⌋,
+ * R − ⌊R/4⌋, ... ({@link DIAGONAL_LEVELS} of them), each a whole number of
+ * chunks into the block so no chunk straddles one. Each cut adds a loop over
+ * the rows after it to the kernel: code to compile, against diagonal work saved.
+ */
+function diagonalCuts(plan: AttentionPlan): number[] {
+  const cuts: number[] = [];
+  for (let level = 1; level <= DIAGONAL_LEVELS; level++) {
+    const h = plan.rows - Math.floor(plan.rows / 2 ** level);
+    const last = cuts[cuts.length - 1] ?? 0;
+    if (h > last && h < plan.rows && (h * plan.threads) % plan.chunk === 0) cuts.push(h);
+  }
+  return cuts;
+}
+
 /** One streamed matrix: rows of one head in a (B, T, stride) tensor. */
 interface Stream {
   /** The WGSL array. */
@@ -473,18 +499,29 @@ class Gen {
   readonly blocks: number;
   readonly tile: number;
   readonly name: string;
+  /** ρ = 0..R-1. */
+  readonly all: readonly number[];
+  /**
+   * Where the block's own span (its diagonal) is cut, in rows of the thread
+   * (ascending): past the query rows before `h`·WG a query block streams only
+   * its rows from h on; see {@link streamSegments}. Empty with workgroup memory.
+   */
+  readonly cuts: readonly number[];
 
   constructor(readonly s: Sizes, readonly plan: AttentionPlan) {
     this.H4 = s.HS / 4;
     this.R = plan.rows;
     this.C = plan.chunk;
+    this.all = Array.from({ length: plan.rows }, (_, r) => r);
+    this.cuts = plan.shared ? [] : diagonalCuts(plan);
     const block = plan.rows * plan.threads;
     this.blocks = Math.ceil(s.T / block);
     // Two tiles of HS floats per row, plus lse and D per row, within the budget.
     const fit = Math.floor(SHARED_BYTES / (2 * s.HS * 4 + 8));
     this.tile = Math.max(4, Math.min(64, Math.floor(fit / 4) * 4));
     const source = plan.shared ? ` tile${this.tile}` : plan.textures ? " texels" : " direct";
-    this.name = `${plan.rows}x${plan.threads}/${plan.chunk}${source}`;
+    const cut = this.cuts.length > 0 ? ` cut${this.cuts.join(",")}` : "";
+    this.name = `${plan.rows}x${plan.threads}/${plan.chunk}${source}${cut}`;
   }
 
   /**
@@ -501,7 +538,7 @@ class Gen {
       ? loop(tiles) +
         tiles * (loop(Math.ceil((tile * H4) / plan.threads)) + loop(Math.ceil(tile / plan.threads)) +
             loop(Math.ceil(tile / C)))
-      : loop(Math.ceil(T / C));
+      : Math.ceil(T / C) + this.cuts.length + 1; // a loop per segment, whose chunks tile [0, T)
     return loop(passes) + passes * perPass;
   }
 
@@ -555,9 +592,9 @@ class Gen {
     return this.plan.textures ? `fetch_${array}(${index})` : `vec4<f32>(${array}[${index}])`;
   }
 
-  /** Per-row code, ρ = 0..R-1. */
-  rows(piece: (r: number) => string, joiner = "\n  "): string {
-    return each(this.R, piece, joiner);
+  /** Per-row code for the rows of `set` (default all, ρ = 0..R-1). */
+  rows(piece: (r: number) => string, joiner = "\n  ", set: readonly number[] = this.all): string {
+    return set.map(piece).join(joiner);
   }
 
   /** Per-row, per-vec4 code. */
@@ -633,6 +670,42 @@ ${shared}`;
   }
 
   /**
+   * Streams the rows a block meets through `body(access, rows)`: for a block of
+   * query rows (`owner` "queries") the keys up to its last row, for a block of
+   * key rows the queries from its first row on, in one loop per segment of
+   * {@link cuts}. A query block streams the keys before first + h·WG for all its
+   * rows, then those from there for rows h and later only (the earlier rows would
+   * mask them all); a key block mirrors it with cuts R − h.
+   */
+  streamSegments(
+    owner: "queries" | "keys",
+    a: Stream,
+    b: Stream,
+    stats: ((i: string) => string) | null,
+    body: (x: Access, rows: readonly number[]) => string,
+  ): string {
+    const WG = this.plan.threads;
+    const at = (rows: number) => rows === 0 ? "first" : `first + ${rows * WG}u`;
+    const upTo = (rows: number) => `min(T, first + ${rows * WG}u)`;
+    const loop = (start: string, end: string, rows: readonly number[]) =>
+      this.stream(start, end, a, b, stats, (x) => body(x, rows));
+    const { cuts, R } = this;
+    if (owner === "queries") {
+      const bounds = [...cuts, R];
+      return [
+        loop("0u", upTo(bounds[0]), this.all),
+        ...cuts.map((h, i) => loop(at(h), upTo(bounds[i + 1]), this.all.slice(h))),
+      ].join("\n  ");
+    }
+    if (cuts.length === 0) return loop(this.plan.shared ? "(first / TILE) * TILE" : "first", "T", this.all);
+    const keyCuts = cuts.map((h) => R - h).reverse();
+    return [
+      ...keyCuts.map((g, i) => loop(at(i === 0 ? 0 : keyCuts[i - 1]), upTo(g), this.all.slice(0, g))),
+      loop(at(keyCuts[keyCuts.length - 1]), "T", this.all),
+    ].join("\n  ");
+  }
+
+  /**
    * Loops over streamed rows [start, end) (bounds uniform over the workgroup;
    * start a multiple of the chunk, and of TILE with workgroup memory) a chunk at
    * a time; `i0` is the chunk's first row in the body. Rows at or past T read as
@@ -702,17 +775,20 @@ ${shared}`;
    * live (on llvmpipe the spilled registers are loaded once and no partial sum
    * goes back to the stack).
    */
-  dots(reg: string, load: (c: number, d: number) => string, out: string): string {
-    const lines = [this.rows((r) => each(this.C, (c) => `var ${out}${r}_${c}: vec4<f32>;`, " "), "\n      ")];
+  dots(reg: string, load: (c: number, d: number) => string, out: string, set = this.all): string {
+    const lines = [
+      this.rows((r) => each(this.C, (c) => `var ${out}${r}_${c}: vec4<f32>;`, " "), "\n      ", set),
+    ];
     const step = (r: number, c: number, d: number, x: string) =>
       d === 0
         ? `${out}${r}_${c} = ${reg}${r}_${d} * ${x};`
         : `${out}${r}_${c} = fma(${reg}${r}_${d}, ${x}, ${out}${r}_${c});`;
-    lines.push(...this.sweep(load, step));
+    lines.push(...this.sweep(load, step, set));
     lines.push(
       this.rows(
         (r) => `let ${out}${r} = ${this.vec((c) => `dot(${out}${r}_${c}, vec4<f32>(1.0))`)};`,
         "\n      ",
+        set,
       ),
     );
     return lines.join("\n      ");
@@ -727,16 +803,17 @@ ${shared}`;
   sweep(
     load: (c: number, d: number) => string,
     step: (r: number, c: number, d: number, x: string) => string,
+    set = this.all,
   ): string[] {
     const lines: string[] = [];
     if (this.plan.textures) {
-      for (let r = 0; r < this.R; r++) {
+      for (const r of set) {
         for (let d = 0; d < this.H4; d++) lines.push(each(this.C, (c) => step(r, c, d, load(c, d)), " "));
       }
     } else {
       for (let c = 0; c < this.C; c++) {
         for (let d = 0; d < this.H4; d++) {
-          lines.push(`{ let x = ${load(c, d)}; ${this.rows((r) => step(r, c, d, "x"), " ")} }`);
+          lines.push(`{ let x = ${load(c, d)}; ${this.rows((r) => step(r, c, d, "x"), " ", set)} }`);
         }
       }
     }
@@ -769,18 +846,28 @@ ${shared}`;
    * first multiplied by `${scale}{ρ}` inside the first fma (the forward's
    * rescale) rather than in a pass of its own.
    */
-  accumulate(acc: string, weight: string, load: (c: number, d: number) => string, scale?: string): string {
+  accumulate(
+    acc: string,
+    weight: string,
+    load: (c: number, d: number) => string,
+    scale?: string,
+    set = this.all,
+  ): string {
     const lines: string[] = [];
     for (let d = 0; d < this.H4; d++) {
       const xs = each(this.C, (c) => `let x${c} = ${load(c, d)};`, " ");
-      const updates = this.rows((r) => {
-        const a = `${acc}${r}_${d}`;
-        let value = scale ? `${a} * ${scale}${r}` : a;
-        for (let c = 0; c < this.C; c++) {
-          value = `fma(vec4<f32>(${this.comp(`${weight}${r}`, c)}), x${c}, ${value})`;
-        }
-        return `${a} = ${value};`;
-      }, " ");
+      const updates = this.rows(
+        (r) => {
+          const a = `${acc}${r}_${d}`;
+          let value = scale ? `${a} * ${scale}${r}` : a;
+          for (let c = 0; c < this.C; c++) {
+            value = `fma(vec4<f32>(${this.comp(`${weight}${r}`, c)}), x${c}, ${value})`;
+          }
+          return `${a} = ${value};`;
+        },
+        " ",
+        set,
+      );
       lines.push(`{ ${xs} ${updates} }`);
     }
     return lines.join("\n      ");
@@ -788,22 +875,26 @@ ${shared}`;
 
   forward(decls: string, outType: string): string {
     const { H4 } = this;
-    const body = (x: Access) => {
+    const body = (x: Access, set: readonly number[]) => {
       const keys = this.loadAll("ka", x.a);
       return `${keys.code}
-      ${this.dots("q", keys.load, "s")}
+      ${this.dots("q", keys.load, "s", set)}
       let kk = ${this.iota("i0")};
       ${
-        this.rows((r) =>
-          `let live${r} = kk <= ${this.splat(`r${r}`, "u32")};
+        this.rows(
+          (r) =>
+            `let live${r} = kk <= ${this.splat(`r${r}`, "u32")};
       let sm${r} = select(${this.splat(NEG_BIG, "f32")}, s${r}, live${r});
       let mn${r} = max(m${r}, ceil(${this.hmax(`sm${r}`)}));
       let al${r} = bitcast<f32>(u32(max(m${r} - mn${r} + 127.0, 0.0)) << 23u);
       let p${r} = select(${this.splat("0.0", "f32")}, exp2(sm${r} - mn${r}), live${r});
       l${r} = l${r} * al${r} + ${this.hsum(`p${r}`)};
-      m${r} = mn${r};`, "\n      ")
+      m${r} = mn${r};`,
+          "\n      ",
+          set,
+        )
       }
-      ${this.accumulate("o", "p", x.b, "al")}`;
+      ${this.accumulate("o", "p", x.b, "al", set)}`;
     };
     return `${this.header(decls)}
 
@@ -815,9 +906,8 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
   ${this.rows((r) => `var m${r} = ${NEG_BIG};\n  var l${r} = 0.0;`)}
   // Keys up to the block's last row; each row masks the keys after it.
   ${
-      this.stream(
-        "0u",
-        "min(T, first + BLOCK)",
+      this.streamSegments(
+        "queries",
         { array: "qkv", base: "b * T * ROW4 + (NH + kvh) * H4", stride: "ROW4" },
         { array: "qkv", base: "b * T * ROW4 + (NH + NKV + kvh) * H4", stride: "ROW4" },
         null,
@@ -841,22 +931,26 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
 
   backwardQuery(decls: string, gradType: string): string {
     const { H4 } = this;
-    const body = (x: Access) => {
+    const body = (x: Access, set: readonly number[]) => {
       const keys = this.loadAll("ka", x.a);
       const values = this.loadAll("va", x.b);
       return `${keys.code}
-      ${this.dots("q", keys.load, "s")}
+      ${this.dots("q", keys.load, "s", set)}
       let kk = ${this.iota("i0")};
       ${
-        this.rows((r) =>
-          `let p${r} = select(${this.splat("0.0", "f32")}, exp2(s${r} - ls${r}), kk <= ${
-            this.splat(`r${r}`, "u32")
-          });`, "\n      ")
+        this.rows(
+          (r) =>
+            `let p${r} = select(${this.splat("0.0", "f32")}, exp2(s${r} - ls${r}), kk <= ${
+              this.splat(`r${r}`, "u32")
+            });`,
+          "\n      ",
+          set,
+        )
       }
       ${values.code}
-      ${this.dots("do", values.load, "dp")}
-      ${this.rows((r) => `let ds${r} = p${r} * (dp${r} - D${r});`, "\n      ")}
-      ${this.accumulate("dq", "ds", keys.load)}`;
+      ${this.dots("do", values.load, "dp", set)}
+      ${this.rows((r) => `let ds${r} = p${r} * (dp${r} - D${r});`, "\n      ", set)}
+      ${this.accumulate("dq", "ds", keys.load, undefined, set)}`;
     };
     return `${this.header(decls)}
 
@@ -884,9 +978,8 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
   ${this.rows((r) => `let ls${r} = lse[(b * NH + h) * T + r${r}] * LOG2E;`)}
   ${this.rowVecs((r, d) => `var dq${r}_${d} = vec4<f32>(0.0);`)}
   ${
-      this.stream(
-        "0u",
-        "min(T, first + BLOCK)",
+      this.streamSegments(
+        "queries",
         { array: "qkv", base: "b * T * ROW4 + (NH + kvh) * H4", stride: "ROW4" },
         { array: "qkv", base: "b * T * ROW4 + (NH + NKV + kvh) * H4", stride: "ROW4" },
         null,
@@ -916,31 +1009,36 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
 
   backwardKeyValue(decls: string, gradType: string): string {
     const { H4 } = this;
-    const body = (x: Access) => {
+    const body = (x: Access, set: readonly number[]) => {
       const queries = this.loadAll("qa", x.a);
       const grads = this.loadAll("ga", x.b);
       return `${queries.code}
-      ${this.dots("k", queries.load, "s")}
+      ${this.dots("k", queries.load, "s", set)}
       let ls = ${x.scalars(0)};
       let dd = ${x.scalars(1)};
       let qi = ${this.iota("i0")};
       let inT = qi < ${this.splat("T", "u32")};
       ${
-        this.rows((r) =>
-          `let p${r} = select(${this.splat("0.0", "f32")}, exp2(s${r} - ls), qi >= ${
-            this.splat(`r${r}`, "u32")
-          } & inT);`, "\n      ")
+        this.rows(
+          (r) =>
+            `let p${r} = select(${this.splat("0.0", "f32")}, exp2(s${r} - ls), qi >= ${
+              this.splat(`r${r}`, "u32")
+            } & inT);`,
+          "\n      ",
+          set,
+        )
       }
-      ${this.rows((r) => each(this.C, (c) => `var dp${r}_${c} = vec4<f32>(0.0);`, " "), "\n      ")}
+      ${this.rows((r) => each(this.C, (c) => `var dp${r}_${c} = vec4<f32>(0.0);`, " "), "\n      ", set)}
       ${grads.code}
-      ${this.accumulateDvDp(grads.load)}
+      ${this.accumulateDvDp(grads.load, set)}
       ${
         this.rows(
           (r) => `let ds${r} = p${r} * (${this.vec((c) => `dot(dp${r}_${c}, vec4<f32>(1.0))`)} - dd);`,
           "\n      ",
+          set,
         )
       }
-      ${this.accumulate("dk", "ds", queries.load)}`;
+      ${this.accumulate("dk", "ds", queries.load, undefined, set)}`;
     };
     return `${this.header(decls)}
 
@@ -971,9 +1069,8 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
     let sb = (b * NH + h) * T; // row 0 of this head in lse and D
     // Queries from the block's first key on; each key masks the queries before it.
     ${
-      this.stream(
-        this.plan.shared ? "(first / TILE) * TILE" : "first",
-        "T",
+      this.streamSegments(
+        "keys",
         { array: "qkv", base: "b * T * ROW4 + h * H4", stride: "ROW4" },
         { array: "dout", base: "b * T * OUT4 + h * H4", stride: "OUT4" },
         (i) =>
@@ -1013,11 +1110,11 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
    * dv{ρ}_d += p{ρ}[c]·dO[c][d] and dp{ρ}_c += v{ρ}_d·dO[c][d], in the order of
    * {@link sweep}.
    */
-  accumulateDvDp(load: (c: number, d: number) => string): string {
+  accumulateDvDp(load: (c: number, d: number) => string, set = this.all): string {
     const update = (r: number, c: number, d: number, x: string) =>
       `dv${r}_${d} = fma(vec4<f32>(${
         this.comp(`p${r}`, c)
       }), ${x}, dv${r}_${d}); dp${r}_${c} = fma(v${r}_${d}, ${x}, dp${r}_${c});`;
-    return this.sweep(load, update).join("\n      ");
+    return this.sweep(load, update, set).join("\n      ");
   }
 }

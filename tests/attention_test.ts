@@ -234,6 +234,13 @@ Deno.test("attention refuses a sequence whose loops would pass the adapter's loo
       () => attentionBackward(gpu.recorder(), { dqkv, dout: out, out, lse, qkv, ...heads }),
       /^GpuError: attentionBackward: one invocation would make 15 loop trips, past the 8 .*; use a shorter sequence$/,
     );
+    // Four rows a thread cut the diagonal at rows 2 and 3: three loops, whose chunks
+    // tile the T keys, so 1 + 1 + 5 + 3 = 10.
+    const cut = { ...heads, plan: { rows: 4, threads: 2, chunk: 1, shared: false } };
+    assert.throws(
+      () => attentionForward(gpu.recorder(), { out, lse, qkv, ...cut }),
+      /^GpuError: attentionForward: one invocation would make 10 loop trips, past the 8 /,
+    );
   } finally {
     gpu.loopLimit = measured;
     for (const t of [qkv, out, lse, dqkv]) gpu.release(t);
