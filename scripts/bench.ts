@@ -11,7 +11,7 @@ import { measurePeak } from "./bench/peak.ts";
 import { attentionBenches, type AttentionVsMatmul, attentionVsMatmul } from "./bench/attention.ts";
 import { elementwiseBenches } from "./bench/elementwise.ts";
 import { lossBenches } from "./bench/loss.ts";
-import { matmulBenches } from "./bench/matmul.ts";
+import { matmulBenches, type MatmulVsPeak, matmulVsPeak } from "./bench/matmul.ts";
 import { normBenches } from "./bench/norm.ts";
 import { optimizerBenches } from "./bench/optimizer.ts";
 import { sampleBenchmarks, type SampleResult } from "./bench/sample.ts";
@@ -48,6 +48,7 @@ await runCli(async () => {
   const filter = (flags.filter as string | undefined)?.toLowerCase();
   const kernels: KernelResult[] = [];
   let attention: AttentionVsMatmul | null = null;
+  let matmulPeak: MatmulVsPeak[] | null = null;
   if (!only || only === "kernels") {
     const benches: KernelBench[] = [
       ...matmulBenches(gpu),
@@ -62,6 +63,17 @@ await runCli(async () => {
       const result = await runBench(gpu, bench, peak, { iterations });
       kernels.push(result);
       console.log(row(result));
+    }
+    if (!filter || "matmul".includes(filter) || filter.includes("matmul")) {
+      matmulPeak = await matmulVsPeak(gpu);
+      const shares = matmulPeak.map((r) => `${r.size}³ f32 ${(100 * r.f32_peak_fraction).toFixed(1)}%`);
+      const f16 = matmulPeak.flatMap((r) =>
+        r.f16_over_f32 === undefined ? [] : [`${r.size}³ ${r.f16_over_f32.toFixed(2)}x`]
+      );
+      console.log(
+        `\nmatmul vs the FMA peak, side by side: ${shares.join(", ")} of peak (target: 25% or more on a CPU` +
+          ` fallback, 20% on a GPU)${f16.length ? `; f16 over f32: ${f16.join(", ")}` : ""}`,
+      );
     }
     if (!filter || "attention".includes(filter) || filter.includes("attention")) {
       attention = await attentionVsMatmul(gpu);
@@ -124,6 +136,7 @@ await runCli(async () => {
       adapter: { ...gpu.info, limits: gpu.limits, enabled: gpu.features },
       peak,
       kernels,
+      matmul_vs_peak: matmulPeak,
       attention_vs_matmul: attention,
       train,
       sample,

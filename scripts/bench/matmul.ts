@@ -10,7 +10,8 @@ import type { Gpu } from "../../kernels/device.ts";
 import { matmul, type MatmulArgs, matmulKernel, matmulNaive } from "../../kernels/matmul.ts";
 import type { Recorder } from "../../kernels/recorder.ts";
 import type { DType, Tensor } from "../../kernels/tensor.ts";
-import type { KernelBench, PreparedOp } from "./harness.ts";
+import { type KernelBench, type PreparedOp, timeSideBySide } from "./harness.ts";
+import { peakFmaOp } from "./peak.ts";
 
 /** One product: out[M, N] (+)= op(a)·op(b) with inner size K. */
 interface Product {
@@ -104,4 +105,51 @@ export function matmulBenches(gpu: Gpu): KernelBench[] {
     ),
   );
   return cases;
+}
+
+/** Square products' share of the FMA peak, each timed side by side with the peak kernel. */
+export interface MatmulVsPeak {
+  /** Edge of the square product (512, 1024). */
+  size: number;
+  /** f32 GFLOP/s over the FMA peak's (the target on a CPU fallback is 0.25 or more). */
+  f32_peak_fraction: number;
+  /** f16 GFLOP/s over the FMA peak's, where the adapter has f16. */
+  f16_peak_fraction?: number;
+  /** f16 GFLOP/s over f32's (the target on an NVIDIA GPU is 1.5 or more). */
+  f16_over_f32?: number;
+}
+
+/**
+ * The matmul targets measured side by side: A·B at 512³ and 1024³ in f32 (and f16)
+ * and the peak FMA kernel in rotating order, every round's times divided by the
+ * peak kernel's of the same round, so a slow spell of a shared host slows both
+ * alike (separate medians, minutes apart, swung the 512³ share from 19% to 33%).
+ *
+ * @param gpu The device.
+ * @returns A row per size.
+ */
+export async function matmulVsPeak(gpu: Gpu): Promise<MatmulVsPeak[]> {
+  const peak = peakFmaOp(gpu);
+  const sizes = [512, 1024];
+  const dtypes = gpu.features.f16 ? (["f32", "f16"] as const) : (["f32"] as const);
+  const ops: Record<string, PreparedOp> = {};
+  for (const size of sizes) {
+    for (const dtype of dtypes) {
+      ops[`${size} ${dtype}`] = prepare(gpu, { m: size, n: size, k: size, dtype }, matmul);
+    }
+  }
+  try {
+    const ratios = await timeSideBySide(gpu, peak.op, ops, 7);
+    // A ratio is t(matmul) / t(peak): the share of the peak is its FLOPs over the peak's, over the ratio.
+    const share = (size: number, dtype: string) => 2 * size ** 3 / peak.flops / ratios[`${size} ${dtype}`];
+    return sizes.map((size) => {
+      const f32 = share(size, "f32");
+      if (!gpu.features.f16) return { size, f32_peak_fraction: f32 };
+      const f16 = share(size, "f16");
+      return { size, f32_peak_fraction: f32, f16_peak_fraction: f16, f16_over_f32: f16 / f32 };
+    });
+  } finally {
+    peak.op.release();
+    for (const op of Object.values(ops)) op.release();
+  }
 }

@@ -24,6 +24,17 @@ const CHAINS = 16;
 const UNROLL = 8;
 const STEPS = 256;
 
+/**
+ * The register-only FMA kernel {@link measurePeak} times, at the size it uses on
+ * `gpu`, for timing other ops side by side with it.
+ *
+ * @param gpu The device.
+ * @returns The op and its floating-point operations per call.
+ */
+export function peakFmaOp(gpu: Gpu): { op: PreparedOp; flops: number } {
+  return fmaOp(gpu, gpu.info.fallback ? 1 << 15 : 1 << 22);
+}
+
 function fmaOp(gpu: Gpu, threads: number): { op: PreparedOp; flops: number } {
   const out = gpu.tensor([threads], "f32", { label: "peak fma out" });
   const chains = Array.from({ length: CHAINS }, (_, c) => `var a${c} = f32(i) * ${(c + 1) * 1e-7};`).join(
@@ -99,7 +110,7 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
  */
 export async function measurePeak(gpu: Gpu): Promise<Peak> {
   const big = !gpu.info.fallback;
-  const fma = fmaOp(gpu, big ? 1 << 22 : 1 << 15);
+  const fma = peakFmaOp(gpu);
   const copies = [copyOp(gpu, big ? 1 << 26 : 1 << 22, false)];
   if (gpu.info.fallback) copies.push(copyOp(gpu, 1 << 22, true));
   try {
