@@ -73,14 +73,16 @@ function explainParseError(message: string): string {
 
 function helpText(command: string, flags: Record<string, FlagSpec>): string {
   const lines = [`Usage: ${command} [flags]`, "", "Flags:"];
+  const usage = (name: string, spec: FlagSpec) => `  --${name}${spec.type === "string" ? "=VALUE" : ""}`;
+  // The help column starts two spaces past the longest flag, and never before column 28.
+  const width = Math.max(26, ...Object.entries(flags).map(([name, spec]) => usage(name, spec).length)) + 2;
   for (const [name, spec] of Object.entries(flags)) {
-    const value = spec.type === "string" ? "=VALUE" : "";
     const fallback = spec.default !== undefined && spec.default !== false
       ? ` (default: ${spec.default})`
       : "";
-    lines.push(`  --${name}${value}`.padEnd(28) + spec.help + fallback);
+    lines.push(usage(name, spec).padEnd(width) + spec.help + fallback);
   }
-  lines.push("  --help".padEnd(28) + "Show this help");
+  lines.push("  --help".padEnd(width) + "Show this help");
   return lines.join("\n");
 }
 
