@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Everything a session with the GPU machine should measure, as one device call
+# (device time is scarce: see ../shared/device/README.md). From the project root:
+#   bash ../shared/device/pack.sh        # here, once: deno and its cache for the bare machine
+#   run: source .devicekit/setup.sh; bash scripts/gpu_run.sh $OUT    (carry .devicekit)
+# Writes OUTDIR/{doctor,bench,train_f32,train_f16,sample,test}.txt and bench.json.
+# Each step has its own time limit, so a slow one cannot cost the figures of the rest;
+# the whole run stays under 9 minutes. ITERS sets the training runs' length (default 200).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: bash scripts/gpu_run.sh OUTDIR}
+iters=${ITERS:-200}
+mkdir -p "$out"
+export NO_COLOR=1
+run_step() { # name seconds command...
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit}s, $(date +%T))"
+  timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+  local status=$?
+  tail -n 25 "$out/$name.txt"
+  [ "$status" -eq 124 ] && echo "!! $name stopped at its ${limit}s limit"
+  return 0
+}
+run_step doctor 60 deno task doctor
+run_step bench 240 deno task bench --json "$out/bench.json"
+run_step prepare 30 deno task prepare
+# The same run in f32 and f16: the losses should agree to a few hundredths.
+for dtype in f32 f16; do
+  run_step "train_$dtype" 60 deno task train --config config/shakespeare_char.json --out_dir "out-gpu-$dtype" \
+    --max_iters "$iters" --lr_decay_iters "$iters" --eval_interval "$iters" --log_interval 20 --dtype "$dtype"
+done
+run_step sample 30 deno task sample --out_dir out-gpu-f32 --max_new_tokens 200
+run_step test 120 deno task test
+echo "== done ($(date +%T))"
