@@ -5,7 +5,8 @@
 #   run: source .devicekit/setup.sh; bash scripts/gpu_run.sh $OUT    (carry .devicekit)
 # Writes OUTDIR/{doctor,bench,train_f32,train_f16,sample,test}.txt and bench.json.
 # Each step has its own time limit, so a slow one cannot cost the figures of the rest;
-# the whole run stays under 9 minutes. ITERS sets the training runs' length (default 200).
+# the limits add up to 500 s, inside one call's 600. ITERS sets the training runs'
+# length (default 200).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bash scripts/gpu_run.sh OUTDIR}
@@ -22,15 +23,15 @@ run_step() { # name seconds command...
   [ "$status" -eq 124 ] && echo "!! $name stopped at its ${limit}s limit"
   return 0
 }
-run_step doctor 60 deno task doctor
+run_step doctor 30 deno task doctor
 run_step bench 240 deno task bench --json "$out/bench.json"
 # The device gets the tracked files only: the token files are made there.
-[ -f data/shakespeare_char/train.bin ] || run_step prepare 30 deno task prepare
+[ -f data/shakespeare_char/train.bin ] || run_step prepare 20 deno task prepare
 # The same run in f32 and f16: the losses should agree to a few hundredths.
 for dtype in f32 f16; do
-  run_step "train_$dtype" 60 deno task train --config config/shakespeare_char.json --out_dir "out-gpu-$dtype" \
+  run_step "train_$dtype" 50 deno task train --config config/shakespeare_char.json --out_dir "out-gpu-$dtype" \
     --max_iters "$iters" --lr_decay_iters "$iters" --eval_interval "$iters" --eval_iters 20 --log_interval 20 --dtype "$dtype"
 done
-run_step sample 30 deno task sample --out_dir out-gpu-f32 --max_new_tokens 200
-run_step test 120 deno task test
+run_step sample 20 deno task sample --out_dir out-gpu-f32 --max_new_tokens 200
+run_step test 90 deno task test
 echo "== done ($(date +%T))"
