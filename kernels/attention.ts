@@ -129,7 +129,8 @@ export const ATTENTION_PLANS: Readonly<Record<"gpu" | "cpu", Readonly<AttentionP
  * or on a software adapter `cpu` with at most 512 floats of a row vector per
  * thread (fewer rows past HS 64, in blocks of 64 rows): LLVM's compile time
  * grows steeply with a thread's vectors (eight rows of four HS-64 vectors in
- * dK/dV take it ~17 s to compile, once per machine with Mesa's disk cache).
+ * dK/dV take it ~24 s to compile, with its diagonal segments; once per machine
+ * with Mesa's disk cache).
  *
  * @param gpu The device.
  * @param headSize HS.
