@@ -285,6 +285,17 @@ ${shared}`;
     ].join("\n  ");
   }
 
+  /** The keys and values of the block's kv head up to its last row, as {@link streamSegments} streams them. */
+  streamKeysAndValues(body: (x: Access, rows: readonly number[]) => string): string {
+    return this.streamSegments(
+      "queries",
+      { array: "qkv", base: "b * T * ROW4 + (NH + kvh) * H4", stride: "ROW4" },
+      { array: "qkv", base: "b * T * ROW4 + (NH + NKV + kvh) * H4", stride: "ROW4" },
+      null,
+      body,
+    );
+  }
+
   /**
    * Loops over streamed rows [start, end) (bounds uniform over the workgroup;
    * start a multiple of the chunk, and of TILE with workgroup memory) a chunk at
@@ -485,15 +496,7 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
   ${this.rowVecs((r, d) => `var o${r}_${d} = vec4<f32>(0.0);`)}
   ${this.rows((r) => `var m${r} = ${NEG_BIG};\n  var l${r} = 0.0;`)}
   // Keys up to the block's last row; each row masks the keys after it.
-  ${
-      this.streamSegments(
-        "queries",
-        { array: "qkv", base: "b * T * ROW4 + (NH + kvh) * H4", stride: "ROW4" },
-        { array: "qkv", base: "b * T * ROW4 + (NH + NKV + kvh) * H4", stride: "ROW4" },
-        null,
-        body,
-      )
-    }
+  ${this.streamKeysAndValues(body)}
   ${
       this.rows((r) =>
         `if (${this.valid(r)}) {
@@ -557,15 +560,7 @@ fn main(@builtin(local_invocation_id) lidv: vec3u, @builtin(workgroup_id) wid: v
     }
   ${this.rows((r) => `let ls${r} = lse[(b * NH + h) * T + r${r}] * LOG2E;`)}
   ${this.rowVecs((r, d) => `var dq${r}_${d} = vec4<f32>(0.0);`)}
-  ${
-      this.streamSegments(
-        "queries",
-        { array: "qkv", base: "b * T * ROW4 + (NH + kvh) * H4", stride: "ROW4" },
-        { array: "qkv", base: "b * T * ROW4 + (NH + NKV + kvh) * H4", stride: "ROW4" },
-        null,
-        body,
-      )
-    }
+  ${this.streamKeysAndValues(body)}
   ${
       this.rows((r) =>
         `if (${this.valid(r)}) {
