@@ -185,6 +185,7 @@ await runCli(async () => {
       saves: "adapter",
       savePath: join(config.out_dir, LORA_FILES.adapter),
       resumed: resume !== undefined,
+      softwareAdapter: gpu.info.fallback,
       resumeFlag: "--resume",
     });
   } finally {

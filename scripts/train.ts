@@ -102,6 +102,7 @@ await runCli(async () => {
     saves: "checkpoint",
     savePath: join(config.out_dir, "ckpt.safetensors"),
     resumed: resume !== undefined,
+    softwareAdapter: gpu.info.fallback,
     resumeFlag: "--init_from=resume",
     logExtras: (m) => {
       const mfu = (flopsPerIter / (m.msPerIter / 1000)) / peakFlops;

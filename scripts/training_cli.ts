@@ -24,6 +24,12 @@ export interface ProgressOptions {
   resumed: boolean;
   /** The flag that continues a saved run ("--init_from=resume", "--resume"). */
   resumeFlag: string;
+  /**
+   * The run is on a software adapter: say that its first steps compile the kernels
+   * (up to a minute there the first time on a machine, where a GPU takes moments),
+   * as nanoGPT does when it compiles, so a first run is not a silent wait.
+   */
+  softwareAdapter?: boolean;
   /** More for a log line: text appended to it and fields added to its record (e.g. MFU). */
   logExtras?: (metrics: LogMetrics) => { text: string; fields: Record<string, unknown> };
 }
@@ -50,6 +56,11 @@ export async function trainWithProgress(
   };
   Deno.addSignalListener("SIGINT", interrupt);
   const bar = new ProgressBar(config.max_iters, trainer.iteration, Deno.stderr.isTerminal());
+  if (options.softwareAdapter) {
+    bar.print(
+      "compiling the kernels as they are first used (on a software adapter up to a minute the first time)",
+    );
+  }
   const started = performance.now();
   let savedAt: number | null = options.resumed ? trainer.iteration : null;
   try {

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { loadCheckpoint } from "../model/checkpoint.ts";
 import { prepareDataset } from "../model/prepare.ts";
 import { runTask } from "./cli.ts";
+import { testGpu } from "./harness.ts";
 
 const DIR = "tests/tmp/hf_cli";
 const TINY = [
@@ -33,6 +34,10 @@ Deno.test("train draws loss.svg at each evaluation; export and train --init_from
     "--eval_interval=2",
   ]);
   assert.equal(trained.code, 0, trained.stderr);
+  // On a software adapter the run says, before its first evaluation, that it compiles kernels.
+  const note = trained.stdout.indexOf("compiling the kernels as they are first used");
+  assert.equal(note >= 0, (await testGpu()).info.fallback, trained.stdout);
+  if (note >= 0) assert.ok(note < trained.stdout.indexOf("step 0:"), trained.stdout);
   const svg = await Deno.readTextFile(join(first, "loss.svg"));
   const val = svg.match(/data-name="val"[^>]* points="([^"]*)"/);
   assert.ok(val, "a val series");
