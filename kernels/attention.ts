@@ -60,6 +60,7 @@ import {
   texelReaderWgsl,
   texelWriterWgsl,
 } from "./texels.ts";
+import { scratchTensor } from "./scratch.ts";
 import { expectLoopTrips } from "./selftest.ts";
 import { declare, expectDType, expectF16Support, expectShape } from "./wgsl.ts";
 import { type AttentionSizes, AttentionWgsl } from "./attention_wgsl.ts";
@@ -314,7 +315,7 @@ export function attentionBackward(rec: Recorder, args: AttentionBackwardArgs): v
     rec.dispatch(dkv, kv.bindings, g.grid(NKV, B));
     return;
   }
-  const delta = deltaScratch(rec.gpu, B * NH * T);
+  const delta = scratchTensor(rec.gpu, "attention D", B * NH * T);
   const q = declare([
     { name: "qkv", tensor: qkv, element: `vec4<${qkv.dtype}>` },
     { name: "out", tensor: out, element: `vec4<${out.dtype}>` },
@@ -358,17 +359,6 @@ function withTexels(
     wgsl: [decl.wgsl, ...lines].join("\n"),
     bindings: [...decl.bindings, ...[...reads, ...writes].map(([, staged]) => staged.view)],
   };
-}
-
-/** D = rowsum(dO∘O) scratch, (B, NH, T) f32, one per device and size, made on first use. */
-const deltas = new WeakMap<Gpu, Map<number, Tensor>>();
-
-function deltaScratch(gpu: Gpu, length: number): Tensor {
-  let bySize = deltas.get(gpu);
-  if (!bySize) deltas.set(gpu, bySize = new Map());
-  let t = bySize.get(length);
-  if (!t) bySize.set(length, t = gpu.tensor([length], "f32", { label: "attention D scratch" }));
-  return t;
 }
 
 /** Checks qkv and the head counts; returns the sizes with the scale resolved. */

@@ -1,7 +1,7 @@
 /**
  * Incremental decoding: a key/value cache per layer, the writes that fill it,
- * attention of one new query per sequence over the cached keys, and the pick of
- * one position's row (the last prompt token's hidden state after a prefill).
+ * and the pick of one position's row (the last prompt token's hidden state
+ * after a prefill); `cached_attention.ts` attends over the caches.
  *
  * Layouts: qkv (B, Tq, (NH + 2·NKV)·HS) as the fused projection writes it;
  * caches (B, Tmax, NKV·HS), one for keys and one for values; `position` a u32
@@ -16,8 +16,8 @@ import { recordElementwise } from "./elementwise.ts";
 import { GpuError } from "./errors.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
-import { canStageTexels, stageTexels, texelReaderWgsl, texelWriterWgsl } from "./texels.ts";
-import { declare, expectDType, expectF16Support, expectLength, float } from "./wgsl.ts";
+import { texelWriterWgsl } from "./texels.ts";
+import { expectDType, expectLength } from "./wgsl.ts";
 
 /**
  * The head counts the cache kernels take besides their tensors: they fix where
@@ -37,11 +37,30 @@ export interface CacheHeads {
   nKvHead: number;
 }
 
-const WORKGROUP = 64;
-/** Longest cache {@link cachedAttention} handles: its scores row lives in 16 KiB of workgroup memory. */
-export const MAX_CACHE_LENGTH = 4096;
+/** Sizes of a cache kernel's problem: what {@link cacheSizes} returns. */
+export interface CacheSizes {
+  B: number;
+  Tmax: number;
+  HS: number;
+  NH: number;
+  NKV: number;
+  /** Elements of one token's qkv row: (NH + 2·NKV)·HS. */
+  row: number;
+  /** Tokens per sequence in qkv. */
+  Tq: number;
+}
 
-function sizes(kernel: string, qkv: Tensor, cache: Tensor, heads: CacheHeads) {
+/**
+ * The sizes a cache kernel's tensors imply, checked against each other.
+ *
+ * @param kernel The kernel's name, for errors.
+ * @param qkv (B, Tq, (NH + 2·NKV)·HS).
+ * @param cache (B, Tmax, NKV·HS).
+ * @param heads The head counts.
+ * @returns B, Tmax, HS, NH, NKV, the qkv row width and Tq.
+ * @throws {GpuError} When the shapes disagree.
+ */
+export function cacheSizes(kernel: string, qkv: Tensor, cache: Tensor, heads: CacheHeads): CacheSizes {
   const { nHead: NH, nKvHead: NKV } = heads;
   if (!Number.isInteger(NH) || !Number.isInteger(NKV) || NKV < 1 || NH % NKV !== 0) {
     throw new GpuError(`${kernel}: nHead ${NH} must be a multiple of nKvHead ${NKV}`);
@@ -80,7 +99,7 @@ export function kvCacheWrite(
   args: CacheHeads & { kCache: Tensor; vCache: Tensor; qkv: Tensor; position: Tensor | number },
 ): void {
   const { kCache, vCache, qkv, position } = args;
-  const s = sizes("kvCacheWrite", qkv, kCache, args);
+  const s = cacheSizes("kvCacheWrite", qkv, kCache, args);
   expectLength("kvCacheWrite", "vCache", vCache, kCache.length);
   const width = s.NKV * s.HS;
   const positioned = typeof position !== "number";
@@ -134,222 +153,6 @@ export function kvCacheWrite(
   });
   if (kMirror) rec.texelCache!.markCurrent(rec, kCache);
   if (vMirror) rec.texelCache!.markCurrent(rec, vCache);
-}
-
-/**
- * Attention of each sequence's one new query (the token at `position`) over the
- * cached keys 0..position: out = softmax(q·Kᵀ·scale)·V per head, grouped-query
- * heads reading kv head ⌊h/(NH/NKV)⌋. One workgroup per (head, sequence): scores
- * into workgroup memory, a fixed-order max and sum, then the weighted values.
- *
- * @param rec The recorder.
- * @param args `out` (B, NH·HS); `qkv` (B, 1, …) holding the new token's q (after
- *   RoPE); caches filled through `position`; `position` u32 [1]; heads; `scale`
- *   (default 1/√HS).
- * @example
- * ```ts
- * // One decoding step at slot t: qkv [B, 1, (NH + 2·NKV)·HS], caches [B, Tmax, NKV·HS].
- * gpu.write(position, [t]); // position: gpu.tensor([1], "u32")
- * ropeForward(rec, { qkv, nHead: NH, nKvHead: NKV, theta: 10000, positionOffset: position });
- * kvCacheWrite(rec, { kCache, vCache, qkv, position, nHead: NH, nKvHead: NKV });
- * cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV }); // out [B, NH·HS]
- * ```
- */
-export function cachedAttention(
-  rec: Recorder,
-  args: CacheHeads & {
-    out: Tensor;
-    qkv: Tensor;
-    kCache: Tensor;
-    vCache: Tensor;
-    position: Tensor;
-    scale?: number;
-    /** Read the caches by texel fetches from staged copies (default: on software adapters; see `texels.ts`). */
-    texels?: boolean;
-  },
-): void {
-  const { out, qkv, kCache, vCache, position } = args;
-  const kernel = "cachedAttention";
-  const s = sizes(kernel, qkv, kCache, args);
-  if (s.Tq !== 1) throw new GpuError(`${kernel}: qkv must hold one token per sequence, got ${s.Tq}`);
-  if (s.Tmax > MAX_CACHE_LENGTH) {
-    throw new GpuError(`${kernel}: a cache of ${s.Tmax} positions exceeds the ${MAX_CACHE_LENGTH} supported`);
-  }
-  expectLength(kernel, "vCache", vCache, kCache.length);
-  expectLength(kernel, "out", out, s.B * s.NH * s.HS);
-  expectDType(kernel, "position", position, ["u32"]);
-  expectLength(kernel, "position", position, 1);
-  expectF16Support(kernel, rec.gpu.features.f16, [out, qkv, kCache, vCache]);
-  const scale = args.scale ?? 1 / Math.sqrt(s.HS);
-  const group = s.NH / s.NKV;
-  const stageable = s.HS % 4 === 0 && canStageTexels(rec.gpu, kCache) && canStageTexels(rec.gpu, vCache);
-  if (args.texels && !stageable) {
-    throw new GpuError(
-      `cachedAttention: texel reads need a head size that is a multiple of 4 (got ${s.HS}) and texel-aligned ` +
-        "caches; leave texels unset",
-    );
-  }
-  if (args.texels ?? (rec.gpu.info.fallback && stageable)) {
-    cachedAttentionTexels(rec, { out, qkv, kCache, vCache, position, scale, sizes: s });
-    return;
-  }
-  const { wgsl, bindings } = declare([
-    { name: "position", tensor: position },
-    { name: "qkv", tensor: qkv },
-    { name: "kCache", tensor: kCache },
-    { name: "vCache", tensor: vCache },
-    { name: "out", tensor: out, write: true },
-  ]);
-  const code = `${wgsl}
-const HS = ${s.HS}u;
-const TMAX = ${s.Tmax}u;
-const KV_WIDTH = ${s.NKV * s.HS}u;
-var<workgroup> q: array<f32, ${s.HS}>;
-var<workgroup> scores: array<f32, ${s.Tmax}>;
-${cachedAttentionEntry()}
-  let kvHead = h / ${group}u;
-  let length = min(position[0] + 1u, TMAX);
-  for (var d = lid; d < HS; d += ${WORKGROUP}u) {
-    q[d] = f32(qkv[b * ${s.row}u + h * HS + d]) * ${float(scale)};
-  }
-  workgroupBarrier();
-  ${
-    softmaxOverCache(`let k = (b * TMAX + t) * KV_WIDTH + kvHead * HS;
-    var score = 0.0;
-    for (var d = 0u; d < HS; d++) { score += q[d] * f32(kCache[k + d]); }`)
-  }
-  for (var d = lid; d < HS; d += ${WORKGROUP}u) {
-    var acc = 0.0;
-    for (var t = 0u; t < length; t++) {
-      acc += scores[t] * f32(vCache[(b * TMAX + t) * KV_WIDTH + kvHead * HS + d]);
-    }
-    out[(b * ${s.NH}u + h) * HS + d] = ${out.dtype}(acc / rowSum);
-  }
-}`;
-  rec.dispatch(rec.gpu.pipelines.get(`cached attention HS${s.HS}`, code), bindings, [s.NH, s.B]);
-}
-
-/**
- * WGSL shared by both cached-attention kernels, from the workgroup reduction to
- * the entry point's first lines (lid; h, the query head; b, the sequence).
- */
-function cachedAttentionEntry(): string {
-  return `var<workgroup> partial: array<f32, ${WORKGROUP}>;
-
-// Fixed-order tree over the workgroup: every thread gets the same total.
-fn reduce(v: f32, lid: u32, isMax: bool) -> f32 {
-  partial[lid] = v;
-  workgroupBarrier();
-  for (var stride = ${WORKGROUP / 2}u; stride > 0u; stride >>= 1u) {
-    if (lid < stride) {
-      if (isMax) { partial[lid] = max(partial[lid], partial[lid + stride]); }
-      else { partial[lid] = partial[lid] + partial[lid + stride]; }
-    }
-    workgroupBarrier();
-  }
-  let total = partial[0];
-  workgroupBarrier();
-  return total;
-}
-
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(local_invocation_id) lid3: vec3u, @builtin(workgroup_id) wid: vec3u) {
-  let lid = lid3.x;
-  let h = wid.x;
-  let b = wid.y;`;
-}
-
-/**
- * WGSL that fills `scores[t]` for t < length with softmax weights, unnormalised,
- * and leaves their sum in `rowSum`; `scoreOf` computes `score` for key t.
- */
-function softmaxOverCache(scoreOf: string): string {
-  return `var localMax = -3.0e38;
-  for (var t = lid; t < length; t += ${WORKGROUP}u) {
-    ${scoreOf}
-    scores[t] = score;
-    localMax = max(localMax, score);
-  }
-  let rowMax = reduce(localMax, lid, true);
-  var localSum = 0.0;
-  for (var t = lid; t < length; t += ${WORKGROUP}u) {
-    let p = exp(scores[t] - rowMax);
-    scores[t] = p;
-    localSum += p;
-  }
-  let rowSum = reduce(localSum, lid, false);`;
-}
-
-/**
- * {@link cachedAttention} for software adapters: the query lives in registers and
- * the cached keys and values come by texel fetches from staged copies, a vec4 at a
- * time, where the storage kernel pays a per-lane loop for every value it reads.
- */
-function cachedAttentionTexels(
-  rec: Recorder,
-  args: {
-    out: Tensor;
-    qkv: Tensor;
-    kCache: Tensor;
-    vCache: Tensor;
-    position: Tensor;
-    scale: number;
-    sizes: ReturnType<typeof sizes>;
-  },
-): void {
-  const { out, qkv, position, scale, sizes: s } = args;
-  const H4 = s.HS / 4;
-  const k = stageTexels(rec, args.kCache, "cache k");
-  const v = stageTexels(rec, args.vCache, "cache v");
-  // A kept texel copy of out (the next matmul's input) is written as well.
-  const mirror = rec.texelCache?.mirror(rec, out) ?? null;
-  const { wgsl, bindings } = declare([
-    { name: "position", tensor: position },
-    { name: "qkv", tensor: qkv },
-    { name: "out", tensor: out, write: true },
-  ]);
-  const vecs = (piece: (d: number) => string, joiner = "\n  ") =>
-    Array.from({ length: H4 }, (_, d) => piece(d)).join(joiner);
-  const code = `${wgsl}
-${texelReaderWgsl("fetchK", 3, k, { fixedWidth: true })}
-${texelReaderWgsl("fetchV", 4, v, { fixedWidth: true })}
-${mirror ? texelWriterWgsl("storeOut", 5, mirror) : ""}
-const TMAX = ${s.Tmax}u;
-const ROW4 = ${(s.NKV * s.HS) / 4}u; // texels per cached position
-var<workgroup> scores: array<f32, ${s.Tmax}>;
-${cachedAttentionEntry()}
-  let kvHead = h / ${s.NH / s.NKV}u;
-  let length = min(position[0] + 1u, TMAX);
-  let qBase = b * ${s.row}u + h * ${s.HS}u;
-  ${
-    vecs((d) =>
-      `let q${d} = vec4<f32>(${[0, 1, 2, 3].map((c) => `f32(qkv[qBase + ${4 * d + c}u])`).join(", ")}) * ${
-        float(scale)
-      };`
-    )
-  }
-  ${
-    softmaxOverCache(`let k0 = (b * TMAX + t) * ROW4 + kvHead * ${H4}u;
-    let dot4 = ${vecs((d) => `q${d} * fetchK(k0 + ${d}u)`, " + ")};
-    let score = dot4.x + dot4.y + dot4.z + dot4.w;`)
-  }
-  // A thread per 4 output values, each texel of V read once.
-  if (lid < ${H4}u) {
-    var acc = vec4<f32>(0.0);
-    for (var t = 0u; t < length; t++) {
-      acc += scores[t] * fetchV((b * TMAX + t) * ROW4 + kvHead * ${H4}u + lid);
-    }
-    let o = (b * ${s.NH}u + h) * ${s.HS}u + lid * 4u;
-    let r = vec4<${out.dtype}>(acc / rowSum);
-    ${[0, 1, 2, 3].map((c) => `out[o + ${c}u] = r.${"xyzw"[c]};`).join("\n    ")}${
-    mirror ? "\n    storeOut(o / 4u, vec4<f32>(r));" : ""
-  }
-  }
-}`;
-  const label = `cached attention texels HS${s.HS}${mirror ? " +texels" : ""}`;
-  const textures = mirror ? [k.view, v.view, mirror.view] : [k.view, v.view];
-  rec.dispatch(rec.gpu.pipelines.get(label, code), [...bindings, ...textures], [s.NH, s.B]);
-  if (mirror) rec.texelCache!.markCurrent(rec, out);
 }
 
 /**

@@ -9,6 +9,7 @@ import { requestGpu } from "../kernels/device.ts";
 import { type KernelBench, type KernelResult, runBench } from "./bench/harness.ts";
 import { measurePeak } from "./bench/peak.ts";
 import { attentionBenches, type AttentionVsMatmul, attentionVsMatmul } from "./bench/attention.ts";
+import { decodeAttentionBenches } from "./bench/decode.ts";
 import { elementwiseBenches } from "./bench/elementwise.ts";
 import { lossBenches } from "./bench/loss.ts";
 import { matmulBenches, type MatmulVsPeak, matmulVsPeak } from "./bench/matmul.ts";
@@ -53,6 +54,7 @@ await runCli(async () => {
     const benches: KernelBench[] = [
       ...matmulBenches(gpu),
       ...attentionBenches(gpu),
+      ...decodeAttentionBenches(gpu),
       ...elementwiseBenches(gpu),
       ...normBenches(gpu),
       ...lossBenches(gpu),

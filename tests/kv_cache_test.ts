@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { Gpu } from "../kernels/device.ts";
-import { cachedAttention, kvCacheWrite, selectPosition } from "../kernels/kv_cache.ts";
+import { cachedAttention } from "../kernels/cached_attention.ts";
+import { kvCacheWrite, selectPosition } from "../kernels/kv_cache.ts";
 import { TexelCache } from "../kernels/texel_cache.ts";
 import { assertClose, randomArray, testGpu } from "./harness.ts";
 import { attentionRef } from "./reference/attention.ts";
@@ -13,6 +14,14 @@ Deno.test("decoding token by token through the cache equals causal attention ove
   // Storage reads and texel reads (the software-adapter kernel), whichever this adapter defaults to.
   for (const texels of [false, true]) {
     for (const shape of SHAPES) await decodeAll(gpu, shape, texels);
+  }
+});
+
+Deno.test("the storage kernel split into chunks of the cache decodes as one workgroup per head does", async () => {
+  const gpu = await testGpu();
+  // One position a chunk, chunks that do not divide Tmax, and a chunk longer than a workgroup.
+  for (const chunk of [1, 8, 65]) {
+    for (const shape of SHAPES) await decodeAll(gpu, shape, false, { chunk });
   }
 });
 
@@ -31,7 +40,7 @@ async function decodeAll(
   gpu: Gpu,
   [B, NH, NKV, HS, Tmax]: (typeof SHAPES)[number],
   texels: boolean,
-  options: { mirrored?: boolean } = {},
+  options: { mirrored?: boolean; chunk?: number } = {},
 ) {
   {
     const row = (NH + 2 * NKV) * HS;
@@ -55,7 +64,17 @@ async function decodeAll(
       const copies = gpu.stats.copies;
       const rec = gpu.recorder({ texelCache });
       kvCacheWrite(rec, { kCache, vCache, qkv, position, nHead: NH, nKvHead: NKV });
-      cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV, texels });
+      cachedAttention(rec, {
+        out,
+        qkv,
+        kCache,
+        vCache,
+        position,
+        nHead: NH,
+        nKvHead: NKV,
+        texels,
+        chunk: options.chunk,
+      });
       rec.submit();
       if (texelCache) assert.equal(gpu.stats.copies - copies, t === 0 ? 2 : 0, `copies at step ${t}`);
       const o = await gpu.readFloats(out);
@@ -66,7 +85,9 @@ async function decodeAll(
       got,
       want,
       { atol: 1e-5, rtol: 1e-5 },
-      `B${B} NH${NH} NKV${NKV} HS${HS} T${T} texels ${texels}${texelCache ? " mirrored" : ""}`,
+      `B${B} NH${NH} NKV${NKV} HS${HS} T${T} texels ${texels}${
+        texelCache ? " mirrored" : ""
+      } chunk ${options.chunk}`,
     );
     texelCache?.release();
     for (const x of [kCache, vCache, qkv, out, position]) gpu.release(x);
@@ -106,9 +127,10 @@ Deno.test("f16 caches decode within f16 precision, by storage and by texel reads
   const gpu = await testGpu();
   if (!gpu.features.f16) return;
   for (const texels of [false, true]) await decodeF16(gpu, texels);
+  await decodeF16(gpu, false, 4); // three chunks, the combine writing f16
 });
 
-async function decodeF16(gpu: Gpu, texels: boolean) {
+async function decodeF16(gpu: Gpu, texels: boolean, chunk?: number) {
   const [B, NH, NKV, HS, Tmax] = [2, 4, 2, 8, 9];
   const row = (NH + 2 * NKV) * HS;
   const T = Tmax;
@@ -125,18 +147,18 @@ async function decodeF16(gpu: Gpu, texels: boolean) {
   gpu.write(qkv, last);
   const rec = gpu.recorder();
   kvCacheWrite(rec, { kCache, vCache, qkv: qkvAll, position: 0, nHead: NH, nKvHead: NKV });
-  cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV, texels });
+  cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV, texels, chunk });
   rec.submit();
   const got = await gpu.readFloats(out);
   const wantLast = new Float64Array(B * NH * HS);
   for (let b = 0; b < B; b++) {
     wantLast.set(want.subarray((b * T + T - 1) * NH * HS, (b * T + T) * NH * HS), b * NH * HS);
   }
-  assertClose(got, wantLast, { atol: 2e-3, rtol: 2e-3 }, `f16 decode, texels ${texels}`); // 2^-11 per f16 rounding
+  assertClose(got, wantLast, { atol: 2e-3, rtol: 2e-3 }, `f16 decode, texels ${texels} chunk ${chunk}`); // 2^-11 per f16 rounding
   for (const x of [qkvAll, kCache, vCache, qkv, out, position]) gpu.release(x);
 }
 
-Deno.test("cachedAttention with texels refuses a head size that is not a multiple of 4", async () => {
+Deno.test("cachedAttention refuses texels for a head size not a multiple of 4, and a chunk of no positions", async () => {
   const gpu = await testGpu();
   const [B, NH, HS, Tmax] = [1, 2, 6, 4];
   const kCache = gpu.tensor([B, Tmax, NH * HS]);
@@ -151,6 +173,110 @@ Deno.test("cachedAttention with texels refuses a head size that is not a multipl
   );
   cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NH }); // storage reads
   rec.finish();
+  assert.throws(
+    () =>
+      cachedAttention(gpu.recorder(), {
+        out,
+        qkv,
+        kCache,
+        vCache,
+        position,
+        nHead: NH,
+        nKvHead: NH,
+        chunk: 0,
+      }),
+    /^GpuError: cachedAttention: chunk must be a positive whole number of positions, got 0$/,
+  );
+  for (const x of [kCache, vCache, qkv, out, position]) gpu.release(x);
+});
+
+Deno.test("cachedAttention refuses chunks whose loops llvmpipe would stop short", async () => {
+  const gpu = await testGpu();
+  if (!Number.isFinite(gpu.loopLimit)) return; // a real GPU runs every trip
+  // HS 8: a chunk of c positions makes at most c + 10·⌈c/64⌉ + 20 trips; combining makes 3 per chunk.
+  const [HS, Tmax] = [8, 70000];
+  const kCache = gpu.tensor([1, Tmax, HS]);
+  const vCache = gpu.tensor([1, Tmax, HS]);
+  const qkv = gpu.tensor([1, 1, 3 * HS]);
+  const out = gpu.tensor([1, HS]);
+  const position = gpu.tensor([1], "u32");
+  const args = { out, qkv, kCache, vCache, position, nHead: 1, nKvHead: 1, texels: false };
+  assert.throws(
+    () => cachedAttention(gpu.recorder(), { ...args, chunk: Tmax }),
+    /loop trips.*use a smaller chunk$/,
+  );
+  assert.throws(
+    () => cachedAttention(gpu.recorder(), { ...args, chunk: 2 }),
+    /loop trips.*use a larger chunk$/,
+  );
+  assert.throws(
+    () => cachedAttention(gpu.recorder(), { ...args, chunk: 1 }),
+    /70000 chunks of 1 positions exceed the 65535 workgroups a dispatch allows; use a larger chunk$/,
+  );
+  const rec = gpu.recorder();
+  cachedAttention(rec, args); // 274 chunks of 256
+  rec.finish();
+  for (const x of [kCache, vCache, qkv, out, position]) gpu.release(x);
+});
+
+Deno.test("a cache longer than workgroup memory holds decodes at its first, middle and last positions", async () => {
+  const gpu = await testGpu();
+  // 9000 positions: 36 KB of scores, past the 16 KiB a workgroup is sure to have (and lavapipe's 32 KiB).
+  const [B, NH, NKV, HS, Tmax] = [2, 4, 2, 8, 9000];
+  const width = NKV * HS;
+  const keys = randomArray(B * Tmax * width, 11, 2);
+  const values = randomArray(B * Tmax * width, 12);
+  const q = randomArray(B * NH * HS, 13, 2);
+  const kCache = gpu.tensor([B, Tmax, width], "f32", { data: keys });
+  const vCache = gpu.tensor([B, Tmax, width], "f32", { data: values });
+  const qkv = gpu.tensor([B, 1, (NH + 2 * NKV) * HS], "f32");
+  const token = new Float64Array(qkv.length);
+  for (let b = 0; b < B; b++) token.set(q.subarray(b * NH * HS, (b + 1) * NH * HS), b * (NH + 2 * NKV) * HS);
+  gpu.write(qkv, token);
+  const out = gpu.tensor([B, NH * HS], "f32");
+  const position = gpu.tensor([1], "u32");
+  const texelBytes = (Tmax + 64) * 4;
+  for (const at of [0, 4500, Tmax - 1]) {
+    gpu.write(position, [at]);
+    const rec = gpu.recorder();
+    cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV });
+    rec.submit();
+    const want = new Float64Array(B * NH * HS);
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < NH; h++) {
+        const kv = Math.floor(h / (NH / NKV)) * HS;
+        const row = (t: number) => (b * Tmax + t) * width + kv;
+        const scores = Array.from({ length: at + 1 }, (_, t) => {
+          let dot = 0;
+          for (let d = 0; d < HS; d++) dot += q[(b * NH + h) * HS + d] * keys[row(t) + d];
+          return dot / Math.sqrt(HS);
+        });
+        const top = Math.max(...scores);
+        const weights = scores.map((s) => Math.exp(s - top));
+        const total = weights.reduce((a, w) => a + w, 0);
+        for (let d = 0; d < HS; d++) {
+          want[(b * NH + h) * HS + d] = weights.reduce((a, w, t) => a + w * values[row(t) + d], 0) / total;
+        }
+      }
+    }
+    assertClose(await gpu.readFloats(out), want, { atol: 1e-5, rtol: 1e-4 }, `position ${at} of ${Tmax}`);
+  }
+  if (texelBytes > gpu.limits.maxComputeWorkgroupStorageSize) {
+    assert.throws(
+      () =>
+        cachedAttention(gpu.recorder(), {
+          out,
+          qkv,
+          kCache,
+          vCache,
+          position,
+          nHead: NH,
+          nKvHead: NKV,
+          texels: true,
+        }),
+      /texel reads need 36256 bytes of workgroup memory for a cache of 9000 positions \(the adapter has \d+\); leave texels unset$/,
+    );
+  }
   for (const x of [kCache, vCache, qkv, out, position]) gpu.release(x);
 });
 
