@@ -34,7 +34,16 @@ const WORKGROUP = 64;
  */
 const DEFAULT_CHUNK = 256;
 
-/** The arguments of {@link cachedAttention}. */
+/**
+ * The arguments of {@link cachedAttention}.
+ *
+ * @example
+ * ```ts
+ * // Chunks of 512 positions: a 4096-position cache takes 8 workgroups a head, then one to combine them.
+ * const args: CachedAttentionArgs = { out, qkv, kCache, vCache, position, nHead: 32, nKvHead: 8, chunk: 512 };
+ * cachedAttention(rec, args);
+ * ```
+ */
 export interface CachedAttentionArgs extends CacheHeads {
   /** (B, NH·HS), overwritten. */
   out: Tensor;
