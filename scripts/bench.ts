@@ -13,6 +13,7 @@ import { decodeAttentionBenches } from "./bench/decode.ts";
 import { elementwiseBenches } from "./bench/elementwise.ts";
 import { lossBenches } from "./bench/loss.ts";
 import { matmulBenches, type MatmulVsPeak, matmulVsPeak } from "./bench/matmul.ts";
+import { type MatmulTileResult, matmulTileSweep, tileSweepTable } from "./bench/matmul_tiles.ts";
 import { normBenches } from "./bench/norm.ts";
 import { optimizerBenches } from "./bench/optimizer.ts";
 import { sampleBenchmarks, type SampleResult } from "./bench/sample.ts";
@@ -50,6 +51,7 @@ await runCli(async () => {
   const kernels: KernelResult[] = [];
   let attention: AttentionVsMatmul | null = null;
   let matmulPeak: MatmulVsPeak[] | null = null;
+  let matmulTiles: MatmulTileResult[] = [];
   if (!only || only === "kernels") {
     const benches: KernelBench[] = [
       ...matmulBenches(gpu),
@@ -76,6 +78,11 @@ await runCli(async () => {
         `\nmatmul vs the FMA peak, side by side: ${shares.join(", ")} of peak (target: 25% or more on a CPU` +
           ` fallback, 20% on a GPU)${f16.length ? `; f16 over f32: ${f16.join(", ")}` : ""}`,
       );
+      matmulTiles = gpu.info.fallback ? [] : await matmulTileSweep(gpu);
+      if (matmulTiles.length) {
+        console.log("\ntiled matmul blockings, A·B, share of the FMA peak side by side:");
+        for (const line of tileSweepTable(matmulTiles)) console.log(line);
+      }
     }
     if (!filter || "attention".includes(filter) || filter.includes("attention")) {
       attention = await attentionVsMatmul(gpu);
@@ -139,6 +146,7 @@ await runCli(async () => {
       peak,
       kernels,
       matmul_vs_peak: matmulPeak,
+      matmul_tiles: matmulTiles,
       attention_vs_matmul: attention,
       train,
       sample,

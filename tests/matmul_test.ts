@@ -13,6 +13,7 @@ import type { TexelTile } from "../kernels/matmul_texel.ts";
 import type { DType, Tensor } from "../kernels/tensor.ts";
 import { assertClose, finiteDifferences, randomArray, testGpu, type Tolerance } from "./harness.ts";
 import { matmulBackwardRef, type MatmulDims, matmulRef } from "./reference/matmul.ts";
+import { SWEEP_TILES } from "../scripts/bench/matmul_tiles.ts";
 
 // [M, N, K]: degenerate, odd (scalar loads, every bounds test) and larger than a tile
 // in every dimension. Multiples of 4 that are not tile multiples (vec4 loads and
@@ -131,6 +132,16 @@ Deno.test("the large and cpu blockings match the reference in every form, with a
   }
   assert.equal(chooseMatmulTile(gpu, { m: 33, n: 65, k: 17 }), MATMUL_TILES.small);
   assert.equal(chooseMatmulTile(gpu, { m: 1024, n: 1024, k: 1024 }), gpu.info.fallback ? cpu : large);
+});
+
+Deno.test("the blockings the bench sweeps on GPUs match the reference, with edge tiles", async () => {
+  const gpu = await testGpu();
+  // A·B as the sweep times it, larger than every tile and odd in every dimension; then A·Bᵀ.
+  const known = Object.values(MATMUL_TILES);
+  for (const tile of Object.values(SWEEP_TILES).filter((t) => !known.includes(t))) {
+    await check(gpu, { m: 131, n: 133, k: 21, transposeA: false, transposeB: false, tile }, F32);
+    await check(gpu, { m: 129, n: 130, k: 20, transposeA: false, transposeB: true, tile }, F32);
+  }
 });
 
 Deno.test("the texel kernel matches the naive kernel bit for bit in every form and tile, with edge rows and columns", async () => {
