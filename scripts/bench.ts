@@ -9,6 +9,7 @@ import { requestGpu } from "../kernels/device.ts";
 import { type KernelBench, type KernelResult, runBench } from "./bench/harness.ts";
 import { measurePeak } from "./bench/peak.ts";
 import { attentionBenches, type AttentionVsMatmul, attentionVsMatmul } from "./bench/attention.ts";
+import { type AttentionPlanResult, attentionPlanSweep } from "./bench/attention_plans.ts";
 import { decodeAttentionBenches } from "./bench/decode.ts";
 import { elementwiseBenches } from "./bench/elementwise.ts";
 import { lossBenches } from "./bench/loss.ts";
@@ -52,6 +53,7 @@ await runCli(async () => {
   let attention: AttentionVsMatmul | null = null;
   let matmulPeak: MatmulVsPeak[] | null = null;
   let matmulTiles: MatmulTileResult[] = [];
+  let attentionPlans: AttentionPlanResult[] = [];
   if (!only || only === "kernels") {
     const benches: KernelBench[] = [
       ...matmulBenches(gpu),
@@ -92,6 +94,18 @@ await runCli(async () => {
         }x, ` +
           `backward ${attention.backward.toFixed(2)}x (target: 2x or less)`,
       );
+      attentionPlans = gpu.info.fallback ? [] : await attentionPlanSweep(gpu);
+      if (attentionPlans.length) {
+        console.log("\nattention plans, time over a matmul of the same FLOPs side by side:");
+        console.log(`${"plan".padEnd(36)}${"forward".padStart(10)}${"backward".padStart(10)}`);
+        for (const r of attentionPlans) {
+          console.log(
+            `${r.plan.padEnd(36)}${`${r.forward.toFixed(2)}x`.padStart(10)}${
+              `${r.backward.toFixed(2)}x`.padStart(10)
+            }`,
+          );
+        }
+      }
     }
   }
   let train: TrainResult[] = [];
@@ -148,6 +162,7 @@ await runCli(async () => {
       matmul_vs_peak: matmulPeak,
       matmul_tiles: matmulTiles,
       attention_vs_matmul: attention,
+      attention_plans: attentionPlans,
       train,
       sample,
     };

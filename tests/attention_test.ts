@@ -7,6 +7,7 @@ import {
 } from "../kernels/attention.ts";
 import type { Gpu } from "../kernels/device.ts";
 import type { DType, Tensor } from "../kernels/tensor.ts";
+import { SWEEP_PLANS } from "../scripts/bench/attention_plans.ts";
 import { assertClose, finiteDifferences, randomArray, testGpu } from "./harness.ts";
 import { attentionBackwardRef, attentionRef, type QkvSizes } from "./reference/attention.ts";
 
@@ -146,6 +147,14 @@ Deno.test("attention plans other than the adapter's give the same answers, f32 a
     for (const [k, c] of small.entries()) await checkConfig(gpu, c, 100 * k + 7, { plan });
   }
   if (gpu.features.f16) await checkConfig(gpu, CONFIGS[0], 9, { plan: ATTENTION_PLANS.gpu, dtype: "f16" });
+});
+
+Deno.test("the plans the bench sweeps on GPUs give the same answers", async () => {
+  const gpu = await testGpu();
+  // HS 16, T 1, 7 and 65: blocks of 64 to 128 rows, one partial.
+  for (const plan of Object.values(SWEEP_PLANS).filter((p) => !PLANS.includes(p))) {
+    await checkConfig(gpu, CONFIGS[0], 11, { plan });
+  }
 });
 
 Deno.test("attention honours a custom scale", async () => {

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { attentionBackward, attentionForward } from "../../kernels/attention.ts";
+import { attentionBackward, attentionForward, type AttentionPlan } from "../../kernels/attention.ts";
 import type { Gpu } from "../../kernels/device.ts";
 import { matmul } from "../../kernels/matmul.ts";
 import type { Recorder } from "../../kernels/recorder.ts";
@@ -62,13 +62,14 @@ function pairs(s: Shape): number {
  * matmul with the forward's FLOPs, and RoPE at the same model shape.
  *
  * @param gpu The device (a CPU fallback gets a small batch and head count).
+ * @param plan The flash kernels' plan, by default the one they choose.
  * @returns The cases.
  */
-export function attentionBenches(gpu: Gpu): KernelBench[] {
+export function attentionBenches(gpu: Gpu, plan?: AttentionPlan): KernelBench[] {
   const s: Shape = gpu.info.fallback
     ? { B: 1, T: 256, NH: 4, NKV: 4, HS: 64 }
     : { B: 16, T: 256, NH: 12, NKV: 12, HS: 64 };
-  const heads = { nHead: s.NH, nKvHead: s.NKV };
+  const heads = { nHead: s.NH, nKvHead: s.NKV, plan };
   const qkvBytes = s.B * s.T * (s.NH + 2 * s.NKV) * s.HS * 4;
   const outBytes = s.B * s.T * s.NH * s.HS * 4;
   const lseBytes = s.B * s.NH * s.T * 4;
@@ -143,7 +144,7 @@ export function attentionBenches(gpu: Gpu): KernelBench[] {
       prepare(gpu) {
         const t = allocate(gpu, s);
         return {
-          record: (rec) => ropeForward(rec, { qkv: t.qkv, ...heads, theta: 10000 }),
+          record: (rec) => ropeForward(rec, { qkv: t.qkv, nHead: s.NH, nKvHead: s.NKV, theta: 10000 }),
           release: () => releaseAll(gpu, t.all),
         };
       },
@@ -320,10 +321,11 @@ const CALLS_PER_ROUND = 4;
  * {@link CALLS_PER_ROUND} calls each, each round's times divided by its matmul's.
  *
  * @param gpu The device.
+ * @param plan The flash kernels' plan, by default the one they choose.
  * @returns The two ratios (medians over the rounds).
  */
-export async function attentionVsMatmul(gpu: Gpu): Promise<AttentionVsMatmul> {
-  const cases = attentionBenches(gpu);
+export async function attentionVsMatmul(gpu: Gpu, plan?: AttentionPlan): Promise<AttentionVsMatmul> {
+  const cases = attentionBenches(gpu, plan);
   const find = (variant: string): PreparedOp => {
     const op = cases.find((c) => c.name === "attention" && c.variant.startsWith(variant))!.prepare(gpu);
     return {
