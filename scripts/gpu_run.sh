@@ -3,7 +3,7 @@
 # (device time is scarce: see ../shared/device/README.md). From the project root:
 #   bash ../shared/device/pack.sh        # here, once: deno and its cache for the bare machine
 #   run: source .devicekit/setup.sh; bash scripts/gpu_run.sh $OUT    (carry .devicekit)
-# Writes OUTDIR/{doctor,bench,train_f32,train_f16,sample,test}.txt and bench.json.
+# Writes OUTDIR/{doctor,bench_*,train_f32,train_f16,sample,test}.txt and bench_{kernels,train,sample}.json.
 # Each step has its own time limit, so a slow one cannot cost the figures of the rest;
 # the limits add up to 500 s, inside one call's 600. ITERS sets the training runs'
 # length (default 200).
@@ -24,7 +24,10 @@ run_step() { # name seconds command...
   return 0
 }
 run_step doctor 30 deno task doctor
-run_step bench 240 deno task bench --json "$out/bench.json"
+# The bench in its three parts, so a part that runs long cannot cost the others their JSON.
+run_step bench_kernels 140 deno task bench --only kernels --json "$out/bench_kernels.json"
+run_step bench_train 60 deno task bench --only train --json "$out/bench_train.json"
+run_step bench_sample 40 deno task bench --only sample --json "$out/bench_sample.json"
 # The device gets the tracked files only: the token files are made there.
 [ -f data/shakespeare_char/train.bin ] || run_step prepare 20 deno task prepare
 # The same run in f32 and f16: the losses should agree to a few hundredths.
