@@ -150,6 +150,13 @@ function cachedAttentionChunks(rec: Recorder, args: Resolved & { chunk: number }
         "use a larger chunk",
     );
   }
+  const shared = (chunk + s.HS + WORKGROUP) * 4; // scores, q and the reduction's partials
+  if (shared > rec.gpu.limits.maxComputeWorkgroupStorageSize) {
+    throw new GpuError(
+      `cachedAttention: a chunk of ${chunk} positions needs ${shared} bytes of workgroup memory, past the ` +
+        `adapter's ${rec.gpu.limits.maxComputeWorkgroupStorageSize}; use a smaller chunk`,
+    );
+  }
   const split = chunks > 1;
   const perThread = (n: number) => Math.ceil(n / WORKGROUP);
   const loop = (n: number) => n + 1; // a run of a loop: its iterations and the check that ends it
