@@ -1,0 +1,338 @@
+/**
+ * The matmul for GPUs: a workgroup computes a BM×BN tile of `out`, staging
+ * BK-deep slabs of both operands in workgroup memory (see `matmul.ts` for the
+ * layout and why each form has its own kernel), each thread a TM×TN block of
+ * accumulators.
+ *
+ * @module
+ */
+
+import { GpuError } from "./errors.ts";
+import type { MatmulProblem, MatmulTile } from "./matmul.ts";
+import type { Recorder } from "./recorder.ts";
+import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
+import { expectLoopTrips } from "./selftest.ts";
+import { Tensor } from "./tensor.ts";
+import { declare, type StorageDecl } from "./wgsl.ts";
+
+/**
+ * out = op(a)·op(b) (or += with `accumulate`) with the tiled kernel.
+ *
+ * @param rec The recorder.
+ * @param p The validated product.
+ * @param tile The blocking.
+ * @param fix What to change when the kernel's loops would run past the adapter's limit.
+ * @throws {GpuError} When the tile does not fit the device, or its loops would run past the limit.
+ */
+export function tiledMatmul(rec: Recorder, p: MatmulProblem, tile: MatmulTile, fix: string): void {
+  checkTile(tile, rec);
+  expectLoopTrips(rec.gpu, "matmul", tiledLoopTrips(p, tile), fix);
+  const total = p.batch * Math.ceil(p.m / tile.bm) * Math.ceil(p.n / tile.bn);
+  if (total === 0) return;
+  const { wgsl, bindings } = declare(storage(p));
+  const pipeline = rec.gpu.pipelines.get(productLabel("matmul", p, tile), wgsl + tiledKernel(p, tile));
+  rec.dispatch(pipeline, bindings, grid(rec.gpu, total));
+}
+
+/**
+ * Loop trips of one invocation of the tiled kernel, at most (see
+ * `expectLoopTrips`): per step along K, the step itself, the slab loads of a and
+ * b (each unit read by scalars adds a loop over its 4 values) and the groups of
+ * 4 depths.
+ */
+function tiledLoopTrips(p: MatmulProblem, tile: MatmulTile): number {
+  const threads = (tile.bm / tile.tm) * (tile.bn / tile.tn);
+  const load = (s: Slab) => {
+    const units = Math.ceil((s.tileRows * s.tileCols) / 4 / threads);
+    return units * (s.vector ? 1 : 6) + 1;
+  };
+  const [a, b] = slabs(p, tile);
+  return Math.ceil(p.k / tile.bk) * (1 + load(a) + load(b) + tile.bk / 4 + 1) + 1;
+}
+
+function checkTile(tile: MatmulTile, rec: Recorder): void {
+  const { bm, bn, bk, tm, tn } = tile;
+  const limits = rec.gpu.limits;
+  // Both slabs, plus one vec4 of padding per row of a transposed b.
+  const bytes = 4 * bk * (bm + bn) + 16 * bn;
+  const ok = [bm, bn, bk, tm, tn].every((v) => Number.isInteger(v) && v > 0) && tm % 4 === 0 &&
+    tn % 4 === 0 && bk % 4 === 0 && bm % tm === 0 && bn % tn === 0 &&
+    bn / tn <= limits.maxComputeWorkgroupSizeX && bm / tm <= limits.maxComputeWorkgroupSizeY &&
+    (bm / tm) * (bn / tn) <= limits.maxComputeInvocationsPerWorkgroup &&
+    bytes <= limits.maxComputeWorkgroupStorageSize;
+  if (!ok) {
+    throw new GpuError(
+      `matmul: tile ${JSON.stringify(tile)} is not usable; tm, tn and bk must be multiples of 4 dividing ` +
+        "bm, bn and the threads and workgroup memory must fit the device; pass one of MATMUL_TILES",
+    );
+  }
+}
+
+const XYZW = ["x", "y", "z", "w"];
+
+/** Whether `t` can be read as vec4s along a contiguous dimension of `inner` elements. */
+function vectorizable(t: Tensor, inner: number): boolean {
+  const vecBytes = 4 * Tensor.bytesPerElement(t.dtype);
+  return inner % 4 === 0 && t.length > 0 && t.byteOffset % vecBytes === 0;
+}
+
+/**
+ * With `transposeB`, thread tx owns the strided columns j·TX + tx (j < tn) rather than
+ * 4 adjacent ones, so neighbouring threads read neighbouring rows of the [n][k] slab
+ * (conflict-free with one vec4 of padding); its stores then go out as scalars.
+ */
+function stridedColumns(p: MatmulProblem): boolean {
+  return p.transposeB;
+}
+
+/** How each operand and `out` are declared: vec4 arrays where every access is aligned. */
+function storage(p: MatmulProblem): StorageDecl[] {
+  const vec = (t: Tensor, inner: number) => vectorizable(t, inner) ? { element: `vec4<${t.dtype}>` } : {};
+  const outVec = !stridedColumns(p) ? vec(p.out, p.n) : {};
+  return [
+    { name: "a", tensor: p.a, ...vec(p.a, p.transposeA ? p.m : p.k) },
+    { name: "b", tensor: p.b, ...vec(p.b, p.transposeB ? p.k : p.n) },
+    { name: "out", tensor: p.out, write: true, ...outVec },
+  ];
+}
+
+/**
+ * A product's pipeline label: kernel, form, dtypes, sizes and blocking.
+ *
+ * @param kernel The kernel's name, e.g. "matmul".
+ * @param p The product.
+ * @param tile The tiled kernel's blocking, or null.
+ * @returns The label.
+ */
+export function productLabel(kernel: string, p: MatmulProblem, tile: MatmulTile | null): string {
+  const form = `${p.transposeA ? "Aᵀ" : "A"}·${p.transposeB ? "Bᵀ" : "B"}${p.accumulate ? " +=" : ""}`;
+  const blocking = tile ? ` ${tile.bm}x${tile.bn}x${tile.bk}/${tile.tm}x${tile.tn}` : "";
+  return `${kernel} ${form} ${p.a.dtype}·${p.b.dtype}->${p.out.dtype} ${p.batch}x${p.m}x${p.n}x${p.k}${blocking}`;
+}
+
+/**
+ * One operand's slab as it lies in memory: `tileRows` rows strided by `colExtent`
+ * elements, `tileCols` contiguous columns. Workgroup memory holds it in the same
+ * layout, as rows of vec4s.
+ */
+interface Slab {
+  name: "a" | "b";
+  shared: "As" | "Bs";
+  rowExtent: number;
+  tileRows: number;
+  colExtent: number;
+  tileCols: number;
+  /** WGSL expressions of the slab's first row and column. */
+  row0: string;
+  col0: string;
+  vector: boolean;
+  /** vec4s of padding per row of workgroup memory. */
+  pad: number;
+}
+
+function slabs(p: MatmulProblem, tile: MatmulTile): [Slab, Slab] {
+  const [aDecl, bDecl] = storage(p);
+  const { bm, bn, bk } = tile;
+  // [extent, tile size, first-index expression] of the m, n and k dimensions.
+  const dims = { m: [p.m, bm, "m0"], n: [p.n, bn, "n0"], k: [p.k, bk, "k0"] } as const;
+  const slab = (
+    name: "a" | "b",
+    rows: keyof typeof dims,
+    cols: keyof typeof dims,
+    decl: StorageDecl,
+  ): Slab => ({
+    name,
+    shared: name === "a" ? "As" : "Bs",
+    rowExtent: dims[rows][0],
+    tileRows: dims[rows][1],
+    row0: dims[rows][2],
+    colExtent: dims[cols][0],
+    tileCols: dims[cols][1],
+    col0: dims[cols][2],
+    vector: decl.element !== undefined,
+    pad: name === "b" && p.transposeB ? 1 : 0,
+  });
+  // a is stored [M, K] or, transposed, [K, M]; b is [K, N] or [N, K].
+  return [
+    p.transposeA ? slab("a", "k", "m", aDecl) : slab("a", "m", "k", aDecl),
+    p.transposeB ? slab("b", "n", "k", bDecl) : slab("b", "k", "n", bDecl),
+  ];
+}
+
+/**
+ * WGSL that copies one slab from storage into workgroup memory: each thread moves
+ * whole vec4s (neighbouring threads, neighbouring vec4s), zero-filling past the
+ * matrix edge. Bounds tests appear only for a dimension that is not a multiple of
+ * its tile. The copy stays a loop: its indexes depend on the thread anyway, and
+ * unrolled copies of the guarded scalar loads mostly cost compile time.
+ */
+function loadSlab(s: Slab, threads: number): string {
+  const cols4 = s.tileCols / 4;
+  const units = s.tileRows * cols4;
+  const rowCheck = s.rowExtent % s.tileRows !== 0;
+  const colCheck = s.colExtent % s.tileCols !== 0;
+  let read: string;
+  if (s.vector) {
+    read = `x = vec4<f32>(${s.name}[${s.name}Base / 4u + gr * ${s.colExtent / 4}u + gc / 4u]);`;
+    const conditions = [rowCheck ? `gr < ${s.rowExtent}u` : "", colCheck ? `gc < ${s.colExtent}u` : ""];
+    const condition = conditions.filter((c) => c !== "").join(" && ");
+    if (condition) read = `if (${condition}) { ${read} }`;
+  } else {
+    const one = `x[j] = f32(${s.name}[i + j]);`;
+    read = `let i = ${s.name}Base + gr * ${s.colExtent}u + gc;
+        for (var j = 0u; j < 4u; j++) { ${colCheck ? `if (gc + j < ${s.colExtent}u) { ${one} }` : one} }`;
+    if (rowCheck) read = `if (gr < ${s.rowExtent}u) {\n        ${read}\n      }`;
+  }
+  return `for (var v = tid; v < ${units}u; v += ${threads}u) {
+      let gr = ${s.row0} + v / ${cols4}u;
+      let gc = ${s.col0} + (v % ${cols4}u) * 4u;
+      var x = vec4<f32>();
+      ${read}
+      ${s.shared}[v / ${cols4}u][v % ${cols4}u] = x;
+    }`;
+}
+
+/**
+ * WGSL for one group of 4 k values (k0 + 4g .. k0 + 4g + 3): read this thread's
+ * operand values from workgroup memory, then tm·tn FMAs into vec4 accumulators
+ * `acc{c}_{r}_{d}` (row (c, r), columns 4d..4d+3 of the thread's block).
+ */
+function computeGroup(p: MatmulProblem, tile: MatmulTile): string[] {
+  const tx = tile.bn / tile.tn;
+  const ty = tile.bm / tile.tm;
+  const tm4 = tile.tm / 4;
+  const tn4 = tile.tn / 4;
+  const lines: string[] = [];
+  // a(c, r, kk): A at row (c, r) and depth 4g + kk.
+  let a: (c: number, r: number, kk: number) => string;
+  if (p.transposeA) {
+    for (let kk = 0; kk < 4; kk++) {
+      for (let c = 0; c < tm4; c++) lines.push(`let a${kk}_${c} = As[g * 4u + ${kk}u][${c * ty}u + ty];`);
+    }
+    a = (c, r, kk) => `a${kk}_${c}.${XYZW[r]}`;
+  } else {
+    for (let c = 0; c < tm4; c++) {
+      for (let r = 0; r < 4; r++) lines.push(`let a${c}_${r} = As[row${c} + ${r}u][g];`);
+    }
+    a = (c, r, kk) => `a${c}_${r}.${XYZW[kk]}`;
+  }
+  // b{kk}_{d}: B at depth 4g + kk for the thread's column group d.
+  if (p.transposeB) {
+    for (let j = 0; j < tile.tn; j++) lines.push(`let bt${j} = Bs[col${j}][g];`);
+    for (let kk = 0; kk < 4; kk++) {
+      for (let d = 0; d < tn4; d++) {
+        const parts = [0, 1, 2, 3].map((s) => `bt${4 * d + s}.${XYZW[kk]}`);
+        lines.push(`let b${kk}_${d} = vec4<f32>(${parts.join(", ")});`);
+      }
+    }
+  } else {
+    for (let kk = 0; kk < 4; kk++) {
+      for (let d = 0; d < tn4; d++) lines.push(`let b${kk}_${d} = Bs[g * 4u + ${kk}u][${d * tx}u + tx];`);
+    }
+  }
+  for (let kk = 0; kk < 4; kk++) {
+    for (let c = 0; c < tm4; c++) {
+      for (let r = 0; r < 4; r++) {
+        for (let d = 0; d < tn4; d++) {
+          lines.push(`acc${c}_${r}_${d} = fma(vec4<f32>(${a(c, r, kk)}), b${kk}_${d}, acc${c}_${r}_${d});`);
+        }
+      }
+    }
+  }
+  return lines;
+}
+
+/** WGSL that writes (or adds) the accumulators to `out`, skipping rows and columns past its edge. */
+function storeBlock(p: MatmulProblem, tile: MatmulTile, vector: boolean): string[] {
+  const mCheck = p.m % tile.bm !== 0;
+  const nCheck = p.n % tile.bn !== 0;
+  const t = p.out.dtype;
+  const lines: string[] = [];
+  for (let c = 0; c < tile.tm / 4; c++) {
+    for (let r = 0; r < 4; r++) {
+      const row: string[] = [`let m = m0 + row${c} + ${r}u;`, `let o = outBase + m * ${p.n}u + n0;`];
+      for (let d = 0; d < tile.tn / 4; d++) {
+        const acc = `acc${c}_${r}_${d}`;
+        if (vector) {
+          const i = `(o + col${d}) / 4u`;
+          const value = p.accumulate ? `${acc} + vec4<f32>(out[${i}])` : acc;
+          const write = `out[${i}] = vec4<${t}>(${value});`;
+          row.push(nCheck ? `if (n0 + col${d} < ${p.n}u) { ${write} }` : write);
+          continue;
+        }
+        for (let s = 0; s < 4; s++) {
+          const col = stridedColumns(p) ? `col${4 * d + s}` : `col${d} + ${s}u`;
+          const value = p.accumulate ? `${acc}.${XYZW[s]} + f32(out[o + ${col}])` : `${acc}.${XYZW[s]}`;
+          const write = `out[o + ${col}] = ${t}(${value});`;
+          row.push(nCheck ? `if (n0 + ${col} < ${p.n}u) { ${write} }` : write);
+        }
+      }
+      const open = mCheck ? `if (m0 + row${c} + ${r}u < ${p.m}u) {` : "{";
+      lines.push(`${open}\n    ${row.join("\n    ")}\n  }`);
+    }
+  }
+  return lines;
+}
+
+function tiledKernel(p: MatmulProblem, tile: MatmulTile): string {
+  const { bm, bn, bk, tm, tn } = tile;
+  const tx = bn / tn;
+  const ty = bm / tm;
+  const tilesM = Math.ceil(p.m / bm);
+  const tilesN = Math.ceil(p.n / bn);
+  const [a, b] = slabs(p, tile);
+  const outVector = storage(p)[2].element !== undefined;
+  const rows = Array.from({ length: tm / 4 }, (_, c) => `let row${c} = (${c * ty}u + ty) * 4u;`);
+  const cols = stridedColumns(p)
+    ? Array.from({ length: tn }, (_, j) => `let col${j} = ${j * tx}u + tx;`)
+    : Array.from({ length: tn / 4 }, (_, d) => `let col${d} = (${d * tx}u + tx) * 4u;`);
+  const accs: string[] = [];
+  for (let c = 0; c < tm / 4; c++) {
+    for (let r = 0; r < 4; r++) {
+      for (let d = 0; d < tn / 4; d++) accs.push(`var acc${c}_${r}_${d} = vec4<f32>();`);
+    }
+  }
+  const shared = (s: Slab) =>
+    `var<workgroup> ${s.shared}: array<array<vec4<f32>, ${s.tileCols / 4 + s.pad}>, ${s.tileRows}>;`;
+  // Tiles are visited GROUP_ROWS tile rows at a time, column by column, so workgroups
+  // that run together share slabs of both operands in cache.
+  const groupRows = Math.min(8, tilesM);
+  return `
+const TILES = ${tilesM * tilesN}u;
+const GROUP = ${groupRows * tilesN}u;
+${shared(a)}
+${shared(b)}
+
+@compute @workgroup_size(${tx}, ${ty})
+fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let linear = ${WGSL_LINEAR_WORKGROUP};
+  if (linear >= ${p.batch}u * TILES) { return; }
+  let batch = linear / TILES;
+  let tile = linear % TILES;
+  let first = (tile / GROUP) * ${groupRows}u;
+  let rows = min(${tilesM}u - first, ${groupRows}u);
+  let m0 = (first + (tile % GROUP) % rows) * ${bm}u;
+  let n0 = ((tile % GROUP) / rows) * ${bn}u;
+  let tx = lid.x;
+  let ty = lid.y;
+  let tid = ty * ${tx}u + tx;
+  let aBase = batch * ${p.aStride}u;
+  let bBase = batch * ${p.bStride}u;
+  let outBase = batch * ${p.m * p.n}u;
+  ${rows.join("\n  ")}
+  ${cols.join("\n  ")}
+  ${accs.join("\n  ")}
+  for (var k0 = 0u; k0 < ${p.k}u; k0 += ${bk}u) {
+    ${loadSlab(a, tx * ty)}
+    ${loadSlab(b, tx * ty)}
+    workgroupBarrier();
+    for (var g = 0u; g < ${bk / 4}u; g++) {
+      ${computeGroup(p, tile).join("\n      ")}
+    }
+    workgroupBarrier();
+  }
+  ${storeBlock(p, tile, outVector).join("\n  ")}
+}
+`;
+}
