@@ -24,7 +24,9 @@
  * kernel of `matmul_texel.ts` instead.
  *
  * f16 operands are loaded as f16 (vec4<f16> where aligned) and widened to f32 in
- * workgroup memory; accumulation is always f32, `out` may be f32 or f16.
+ * workgroup memory; accumulation is f32, `out` may be f32 or f16. A tile with
+ * `f16Sums` keeps f16 in workgroup memory and sums each slab's products in f16
+ * before adding them to the f32 accumulators (an option to measure on GPUs).
  *
  * Sizes: a is [M, K] ([K, M] with transposeA), b is [K, N] ([N, K] with
  * transposeB), out is [M, N]; a batched call gives all three a leading BATCH
@@ -100,6 +102,13 @@ export interface MatmulTile {
   tm: number;
   /** Output columns per thread (a multiple of 4). */
   tn: number;
+  /**
+   * Multiply in f16 (a and b must be f16): workgroup memory holds f16, and each
+   * bk-deep slab's products are summed in f16 before they are added to the f32
+   * accumulators. Half the workgroup memory, and twice the FMA rate on GPUs that
+   * pack f16 pairs, at the precision of a bk-term f16 sum. Default false.
+   */
+  f16Sums?: boolean;
 }
 
 /**
@@ -211,8 +220,8 @@ export function matmulKernel(gpu: Gpu, args: MatmulArgs): string {
     const { rows, quads } = texelTileOf(p, args);
     return `texel ${rows}x${4 * TEXEL_LANES * quads}`;
   }
-  const { bm, bn, bk, tm, tn } = args.tile ?? chooseMatmulTile(gpu, p);
-  return `tiled ${bm}x${bn}x${bk}/${tm}x${tn}`;
+  const { bm, bn, bk, tm, tn, f16Sums } = args.tile ?? chooseMatmulTile(gpu, p);
+  return `tiled ${bm}x${bn}x${bk}/${tm}x${tn}${f16Sums ? " f16 sums" : ""}`;
 }
 
 /** Software adapters take the texel kernel unless a tile is forced or the shapes do not fit it. */

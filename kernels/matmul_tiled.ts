@@ -26,6 +26,11 @@ import { declare, type StorageDecl } from "./wgsl.ts";
  */
 export function tiledMatmul(rec: Recorder, p: MatmulProblem, tile: MatmulTile, fix: string): void {
   checkTile(tile, rec);
+  if (tile.f16Sums && (p.a.dtype !== "f16" || p.b.dtype !== "f16")) {
+    throw new GpuError(
+      `matmul: f16Sums multiplies in f16 and needs f16 a and b, got ${p.a.dtype} and ${p.b.dtype}; leave it unset`,
+    );
+  }
   expectLoopTrips(rec.gpu, "matmul", tiledLoopTrips(p, tile), fix);
   const total = p.batch * Math.ceil(p.m / tile.bm) * Math.ceil(p.n / tile.bn);
   if (total === 0) return;
@@ -54,7 +59,7 @@ function checkTile(tile: MatmulTile, rec: Recorder): void {
   const { bm, bn, bk, tm, tn } = tile;
   const limits = rec.gpu.limits;
   // Both slabs, plus one vec4 of padding per row of a transposed b.
-  const bytes = 4 * bk * (bm + bn) + 16 * bn;
+  const bytes = slabBytes(tile) * (bk * (bm + bn) + 4 * bn);
   const ok = [bm, bn, bk, tm, tn].every((v) => Number.isInteger(v) && v > 0) && tm % 4 === 0 &&
     tn % 4 === 0 && bk % 4 === 0 && bm % tm === 0 && bn % tn === 0 &&
     bn / tn <= limits.maxComputeWorkgroupSizeX && bm / tm <= limits.maxComputeWorkgroupSizeY &&
@@ -69,6 +74,15 @@ function checkTile(tile: MatmulTile, rec: Recorder): void {
 }
 
 const XYZW = ["x", "y", "z", "w"];
+
+/** The type workgroup memory holds and the products are summed in: f16 with `f16Sums`. */
+function slabType(tile: MatmulTile): "f32" | "f16" {
+  return tile.f16Sums ? "f16" : "f32";
+}
+
+function slabBytes(tile: MatmulTile): number {
+  return tile.f16Sums ? 2 : 4;
+}
 
 /** Whether `t` can be read as vec4s along a contiguous dimension of `inner` elements. */
 function vectorizable(t: Tensor, inner: number): boolean {
@@ -106,7 +120,9 @@ function storage(p: MatmulProblem): StorageDecl[] {
  */
 export function productLabel(kernel: string, p: MatmulProblem, tile: MatmulTile | null): string {
   const form = `${p.transposeA ? "Aᵀ" : "A"}·${p.transposeB ? "Bᵀ" : "B"}${p.accumulate ? " +=" : ""}`;
-  const blocking = tile ? ` ${tile.bm}x${tile.bn}x${tile.bk}/${tile.tm}x${tile.tn}` : "";
+  const blocking = tile
+    ? ` ${tile.bm}x${tile.bn}x${tile.bk}/${tile.tm}x${tile.tn}${tile.f16Sums ? " f16 sums" : ""}`
+    : "";
   return `${kernel} ${form} ${p.a.dtype}·${p.b.dtype}->${p.out.dtype} ${p.batch}x${p.m}x${p.n}x${p.k}${blocking}`;
 }
 
@@ -166,19 +182,19 @@ function slabs(p: MatmulProblem, tile: MatmulTile): [Slab, Slab] {
  * its tile. The copy stays a loop: its indexes depend on the thread anyway, and
  * unrolled copies of the guarded scalar loads mostly cost compile time.
  */
-function loadSlab(s: Slab, threads: number): string {
+function loadSlab(s: Slab, threads: number, w: "f32" | "f16"): string {
   const cols4 = s.tileCols / 4;
   const units = s.tileRows * cols4;
   const rowCheck = s.rowExtent % s.tileRows !== 0;
   const colCheck = s.colExtent % s.tileCols !== 0;
   let read: string;
   if (s.vector) {
-    read = `x = vec4<f32>(${s.name}[${s.name}Base / 4u + gr * ${s.colExtent / 4}u + gc / 4u]);`;
+    read = `x = vec4<${w}>(${s.name}[${s.name}Base / 4u + gr * ${s.colExtent / 4}u + gc / 4u]);`;
     const conditions = [rowCheck ? `gr < ${s.rowExtent}u` : "", colCheck ? `gc < ${s.colExtent}u` : ""];
     const condition = conditions.filter((c) => c !== "").join(" && ");
     if (condition) read = `if (${condition}) { ${read} }`;
   } else {
-    const one = `x[j] = f32(${s.name}[i + j]);`;
+    const one = `x[j] = ${w}(${s.name}[i + j]);`;
     read = `let i = ${s.name}Base + gr * ${s.colExtent}u + gc;
         for (var j = 0u; j < 4u; j++) { ${colCheck ? `if (gc + j < ${s.colExtent}u) { ${one} }` : one} }`;
     if (rowCheck) read = `if (gr < ${s.rowExtent}u) {\n        ${read}\n      }`;
@@ -186,7 +202,7 @@ function loadSlab(s: Slab, threads: number): string {
   return `for (var v = tid; v < ${units}u; v += ${threads}u) {
       let gr = ${s.row0} + v / ${cols4}u;
       let gc = ${s.col0} + (v % ${cols4}u) * 4u;
-      var x = vec4<f32>();
+      var x = vec4<${w}>();
       ${read}
       ${s.shared}[v / ${cols4}u][v % ${cols4}u] = x;
     }`;
@@ -195,9 +211,12 @@ function loadSlab(s: Slab, threads: number): string {
 /**
  * WGSL for one group of 4 k values (k0 + 4g .. k0 + 4g + 3): read this thread's
  * operand values from workgroup memory, then tm·tn FMAs into vec4 accumulators
- * `acc{c}_{r}_{d}` (row (c, r), columns 4d..4d+3 of the thread's block).
+ * `acc{c}_{r}_{d}` (row (c, r), columns 4d..4d+3 of the thread's block), or with
+ * `f16Sums` into the slab's f16 sums `sum{c}_{r}_{d}`.
  */
 function computeGroup(p: MatmulProblem, tile: MatmulTile): string[] {
+  const w = slabType(tile);
+  const into = tile.f16Sums ? "sum" : "acc";
   const tx = tile.bn / tile.tn;
   const ty = tile.bm / tile.tm;
   const tm4 = tile.tm / 4;
@@ -222,7 +241,7 @@ function computeGroup(p: MatmulProblem, tile: MatmulTile): string[] {
     for (let kk = 0; kk < 4; kk++) {
       for (let d = 0; d < tn4; d++) {
         const parts = [0, 1, 2, 3].map((s) => `bt${4 * d + s}.${XYZW[kk]}`);
-        lines.push(`let b${kk}_${d} = vec4<f32>(${parts.join(", ")});`);
+        lines.push(`let b${kk}_${d} = vec4<${w}>(${parts.join(", ")});`);
       }
     }
   } else {
@@ -234,7 +253,8 @@ function computeGroup(p: MatmulProblem, tile: MatmulTile): string[] {
     for (let c = 0; c < tm4; c++) {
       for (let r = 0; r < 4; r++) {
         for (let d = 0; d < tn4; d++) {
-          lines.push(`acc${c}_${r}_${d} = fma(vec4<f32>(${a(c, r, kk)}), b${kk}_${d}, acc${c}_${r}_${d});`);
+          const x = `${into}${c}_${r}_${d}`;
+          lines.push(`${x} = fma(vec4<${w}>(${a(c, r, kk)}), b${kk}_${d}, ${x});`);
         }
       }
     }
@@ -286,14 +306,19 @@ function tiledKernel(p: MatmulProblem, tile: MatmulTile): string {
   const cols = stridedColumns(p)
     ? Array.from({ length: tn }, (_, j) => `let col${j} = ${j * tx}u + tx;`)
     : Array.from({ length: tn / 4 }, (_, d) => `let col${d} = (${d * tx}u + tx) * 4u;`);
-  const accs: string[] = [];
+  const blocks: string[] = [];
   for (let c = 0; c < tm / 4; c++) {
     for (let r = 0; r < 4; r++) {
-      for (let d = 0; d < tn / 4; d++) accs.push(`var acc${c}_${r}_${d} = vec4<f32>();`);
+      for (let d = 0; d < tn / 4; d++) blocks.push(`${c}_${r}_${d}`);
     }
   }
+  const accs = blocks.map((x) => `var acc${x} = vec4<f32>();`);
+  // With f16Sums each slab's products are summed in f16, then added to the f32 accumulators.
+  const w = slabType(tile);
+  const sums = tile.f16Sums ? blocks.map((x) => `var sum${x} = vec4<f16>();`) : [];
+  const addSums = tile.f16Sums ? blocks.map((x) => `acc${x} += vec4<f32>(sum${x});`) : [];
   const shared = (s: Slab) =>
-    `var<workgroup> ${s.shared}: array<array<vec4<f32>, ${s.tileCols / 4 + s.pad}>, ${s.tileRows}>;`;
+    `var<workgroup> ${s.shared}: array<array<vec4<${w}>, ${s.tileCols / 4 + s.pad}>, ${s.tileRows}>;`;
   // Tiles are visited GROUP_ROWS tile rows at a time, column by column, so workgroups
   // that run together share slabs of both operands in cache.
   const groupRows = Math.min(8, tilesM);
@@ -324,12 +349,12 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   ${cols.join("\n  ")}
   ${accs.join("\n  ")}
   for (var k0 = 0u; k0 < ${p.k}u; k0 += ${bk}u) {
-    ${loadSlab(a, tx * ty)}
-    ${loadSlab(b, tx * ty)}
-    workgroupBarrier();
+    ${loadSlab(a, tx * ty, w)}
+    ${loadSlab(b, tx * ty, w)}
+    workgroupBarrier();${sums.length ? `\n    ${sums.join("\n    ")}` : ""}
     for (var g = 0u; g < ${bk / 4}u; g++) {
       ${computeGroup(p, tile).join("\n      ")}
-    }
+    }${addSums.length ? `\n    ${addSums.join("\n    ")}` : ""}
     workgroupBarrier();
   }
   ${storeBlock(p, tile, outVector).join("\n  ")}

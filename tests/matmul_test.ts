@@ -27,6 +27,9 @@ const FORMS = [[false, false], [true, false], [false, true], [true, true]] as co
 const F32: Tolerance = { atol: 1e-5, rtol: 1e-5 };
 // f16 out: one f16 rounding of the f32 sum (2^-11 ≈ 4.9e-4 relative) on top of F32.
 const F16_OUT: Tolerance = { atol: 1e-3, rtol: 1e-3 };
+// f16Sums: each slab's products summed in f16, about √bk·2^-11·|partial sum| a slab (0.012 measured at
+// K 129, 16 deep); a slab or group of depths lost would be off by ~1.
+const F16_SUMS: Tolerance = { atol: 5e-2, rtol: 0 };
 
 interface Case extends MatmulDims {
   dtypes?: [DType, DType, DType];
@@ -139,8 +142,15 @@ Deno.test("the blockings the bench sweeps on GPUs match the reference, with edge
   // A·B as the sweep times it, larger than every tile and odd in every dimension; then A·Bᵀ.
   const known = Object.values(MATMUL_TILES);
   for (const tile of Object.values(SWEEP_TILES).filter((t) => !known.includes(t))) {
-    await check(gpu, { m: 131, n: 133, k: 21, transposeA: false, transposeB: false, tile }, F32);
-    await check(gpu, { m: 129, n: 130, k: 20, transposeA: false, transposeB: true, tile }, F32);
+    if (tile.f16Sums && !gpu.features.f16) continue;
+    const dtypes: [DType, DType, DType] = tile.f16Sums ? ["f16", "f16", "f32"] : ["f32", "f32", "f32"];
+    const tolerance = tile.f16Sums ? F16_SUMS : F32;
+    await check(
+      gpu,
+      { m: 131, n: 133, k: 21, transposeA: false, transposeB: false, tile, dtypes },
+      tolerance,
+    );
+    await check(gpu, { m: 129, n: 130, k: 20, transposeA: false, transposeB: true, tile, dtypes }, tolerance);
   }
 });
 
@@ -260,6 +270,25 @@ Deno.test("software adapters take the texel kernel when the shapes allow it, and
     /rows a multiple of 4 for aᵀ; got rows=6 quads=1$/,
   );
   for (const t of [a, b, out, odd, odd2, oddOut, row, narrow, wide, aT]) gpu.release(t);
+});
+
+Deno.test("f16 sums in the tiled kernel stay within f16 summation error of the reference, in every form", async () => {
+  const gpu = await testGpu();
+  if (!gpu.features.f16) return;
+  const tile: MatmulTile = { ...MATMUL_TILES.large, f16Sums: true };
+  const f16 = ["f16", "f16", "f16"] as [DType, DType, DType];
+  for (const [transposeA, transposeB] of FORMS) {
+    await check(gpu, { m: 130, n: 67, k: 129, transposeA, transposeB, tile, dtypes: f16 }, F16_SUMS);
+  }
+  await check(gpu, { m: 64, n: 128, k: 48, tile, dtypes: ["f16", "f16", "f32"], accumulate: true }, F16_SUMS);
+  const a = gpu.tensor([4, 4], "f32");
+  const b = gpu.tensor([4, 4], "f16");
+  const out = gpu.tensor([4, 4], "f32");
+  assert.throws(
+    () => matmul(gpu.recorder(), { out, a, b, tile }),
+    /^GpuError: matmul: f16Sums multiplies in f16 and needs f16 a and b, got f32 and f16; leave it unset$/,
+  );
+  for (const t of [a, b, out]) gpu.release(t);
 });
 
 Deno.test("matmul accumulates into out (+=) with f32 and f16 outputs", async () => {

@@ -16,8 +16,10 @@ import { type PreparedOp, timeSideBySide } from "./harness.ts";
 import { peakFmaOp } from "./peak.ts";
 
 /**
- * The blockings the sweep times: the two a GPU gets now, and bigger ones with
- * more threads a workgroup (each within 16 KiB of workgroup memory).
+ * The blockings the sweep times: the two a GPU gets now, bigger ones with more
+ * threads a workgroup (each within 16 KiB of workgroup memory), and, for f16,
+ * blockings that sum products in f16 (the f16-over-f32 target needs f16
+ * arithmetic: f16 widened to f32 on the way in runs at f32's rate).
  */
 export const SWEEP_TILES: Readonly<Record<string, Readonly<MatmulTile>>> = Object.freeze({
   "64x64/16 8x8 (large)": MATMUL_TILES.large,
@@ -26,6 +28,10 @@ export const SWEEP_TILES: Readonly<Record<string, Readonly<MatmulTile>>> = Objec
   "128x64/16 8x8": { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8 },
   "64x128/16 8x8": { bm: 64, bn: 128, bk: 16, tm: 8, tn: 8 },
   "64x64/16 4x4": { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+  // f16 only: products summed in f16 a slab at a time (see MatmulTile.f16Sums).
+  "64x64/16 8x8 f16 sums": { ...MATMUL_TILES.large, f16Sums: true },
+  "128x64/16 8x8 f16 sums": { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8, f16Sums: true },
+  "64x64/32 8x8 f16 sums": { bm: 64, bn: 64, bk: 32, tm: 8, tn: 8, f16Sums: true },
 });
 
 /** One blocking at one square size and dtype. */
