@@ -26,7 +26,8 @@
  * f16 operands are loaded as f16 (vec4<f16> where aligned) and widened to f32 in
  * workgroup memory; accumulation is f32, `out` may be f32 or f16. A tile with
  * `f16Sums` keeps f16 in workgroup memory and sums each slab's products in f16
- * before adding them to the f32 accumulators (an option to measure on GPUs).
+ * before adding them to the f32 accumulators, and one with `prefetch` loads the
+ * next slab into registers during this slab's FMAs (options to measure on GPUs).
  *
  * Sizes: a is [M, K] ([K, M] with transposeA), b is [K, N] ([N, K] with
  * transposeB), out is [M, N]; a batched call gives all three a leading BATCH
@@ -41,7 +42,7 @@ import type { Recorder } from "./recorder.ts";
 import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
 import { TEXEL_LANES, texelMatmul, texelMatmulFits, type TexelTile, texelTile } from "./matmul_texel.ts";
-import { productLabel, tiledMatmul } from "./matmul_tiled.ts";
+import { blockingName, productLabel, tiledMatmul } from "./matmul_tiled.ts";
 import { expectLoopTrips } from "./selftest.ts";
 import { declare, expectDType, expectF16Support, expectShape } from "./wgsl.ts";
 
@@ -109,6 +110,12 @@ export interface MatmulTile {
    * pack f16 pairs, at the precision of a bk-term f16 sum. Default false.
    */
   f16Sums?: boolean;
+  /**
+   * Issue the loads of the next slab into registers before the FMAs of this one,
+   * so their latency overlaps the arithmetic (GPUs running too few workgroups to
+   * hide it otherwise); costs a register per vec4 a thread moves. Default false.
+   */
+  prefetch?: boolean;
 }
 
 /**
@@ -220,8 +227,8 @@ export function matmulKernel(gpu: Gpu, args: MatmulArgs): string {
     const { rows, quads } = texelTileOf(p, args);
     return `texel ${rows}x${4 * TEXEL_LANES * quads}`;
   }
-  const { bm, bn, bk, tm, tn, f16Sums } = args.tile ?? chooseMatmulTile(gpu, p);
-  return `tiled ${bm}x${bn}x${bk}/${tm}x${tn}${f16Sums ? " f16 sums" : ""}`;
+  const tile = args.tile ?? chooseMatmulTile(gpu, p);
+  return `tiled${blockingName(tile)}`;
 }
 
 /** Software adapters take the texel kernel unless a tile is forced or the shapes do not fit it. */

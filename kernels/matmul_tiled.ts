@@ -120,10 +120,19 @@ function storage(p: MatmulProblem): StorageDecl[] {
  */
 export function productLabel(kernel: string, p: MatmulProblem, tile: MatmulTile | null): string {
   const form = `${p.transposeA ? "Aᵀ" : "A"}·${p.transposeB ? "Bᵀ" : "B"}${p.accumulate ? " +=" : ""}`;
-  const blocking = tile
-    ? ` ${tile.bm}x${tile.bn}x${tile.bk}/${tile.tm}x${tile.tn}${tile.f16Sums ? " f16 sums" : ""}`
-    : "";
+  const blocking = tile ? blockingName(tile) : "";
   return `${kernel} ${form} ${p.a.dtype}·${p.b.dtype}->${p.out.dtype} ${p.batch}x${p.m}x${p.n}x${p.k}${blocking}`;
+}
+
+/**
+ * A blocking as labels show it, with a leading space: " 64x64x16/8x8", then its options.
+ *
+ * @param tile The blocking.
+ * @returns The name.
+ */
+export function blockingName(tile: MatmulTile): string {
+  const options = [tile.f16Sums ? " f16 sums" : "", tile.prefetch ? " prefetch" : ""].join("");
+  return ` ${tile.bm}x${tile.bn}x${tile.bk}/${tile.tm}x${tile.tn}${options}`;
 }
 
 /**
@@ -176,15 +185,16 @@ function slabs(p: MatmulProblem, tile: MatmulTile): [Slab, Slab] {
 }
 
 /**
- * WGSL that copies one slab from storage into workgroup memory: each thread moves
- * whole vec4s (neighbouring threads, neighbouring vec4s), zero-filling past the
- * matrix edge. Bounds tests appear only for a dimension that is not a multiple of
- * its tile. The copy stays a loop: its indexes depend on the thread anyway, and
- * unrolled copies of the guarded scalar loads mostly cost compile time.
+ * WGSL that reads the vec4 of slab unit `v` from storage into `x` (a `var` of
+ * vec4<w> holding zeros): neighbouring units are neighbouring vec4s, and reads
+ * past the matrix edge leave the zeros. Bounds tests appear only for a dimension
+ * that is not a multiple of its tile. `k` is the WGSL expression of the slab's
+ * first depth.
  */
-function loadSlab(s: Slab, threads: number, w: "f32" | "f16"): string {
+function readUnit(s: Slab, w: "f32" | "f16", k: string): string {
   const cols4 = s.tileCols / 4;
-  const units = s.tileRows * cols4;
+  const row0 = s.row0 === "k0" ? k : s.row0;
+  const col0 = s.col0 === "k0" ? k : s.col0;
   const rowCheck = s.rowExtent % s.tileRows !== 0;
   const colCheck = s.colExtent % s.tileCols !== 0;
   let read: string;
@@ -199,13 +209,58 @@ function loadSlab(s: Slab, threads: number, w: "f32" | "f16"): string {
         for (var j = 0u; j < 4u; j++) { ${colCheck ? `if (gc + j < ${s.colExtent}u) { ${one} }` : one} }`;
     if (rowCheck) read = `if (gr < ${s.rowExtent}u) {\n        ${read}\n      }`;
   }
-  return `for (var v = tid; v < ${units}u; v += ${threads}u) {
-      let gr = ${s.row0} + v / ${cols4}u;
-      let gc = ${s.col0} + (v % ${cols4}u) * 4u;
+  return `let gr = ${row0} + v / ${cols4}u;
+      let gc = ${col0} + (v % ${cols4}u) * 4u;
+      ${read}`;
+}
+
+/**
+ * WGSL that copies one slab from storage into workgroup memory, each thread
+ * moving whole vec4s. The copy stays a loop: its indexes depend on the thread
+ * anyway, and unrolled copies of the guarded scalar loads mostly cost compile time.
+ */
+function loadSlab(s: Slab, threads: number, w: "f32" | "f16"): string {
+  const cols4 = s.tileCols / 4;
+  return `for (var v = tid; v < ${s.tileRows * cols4}u; v += ${threads}u) {
       var x = vec4<${w}>();
-      ${read}
+      ${readUnit(s, w, "k0")}
       ${s.shared}[v / ${cols4}u][v % ${cols4}u] = x;
     }`;
+}
+
+/** Vec4 units of a slab each thread moves with `prefetch`: one register apiece. */
+function prefetchUnits(s: Slab, threads: number): number {
+  return Math.ceil((s.tileRows * s.tileCols) / 4 / threads);
+}
+
+/**
+ * With `prefetch`: WGSL that reads this thread's units of the slab at depth `k`
+ * into registers `pf_{name}{u}`, to be stored by {@link storePrefetched} after
+ * the slab before it has been used.
+ */
+function prefetchSlab(s: Slab, threads: number, w: "f32" | "f16", k: string): string {
+  const units = s.tileRows * s.tileCols / 4;
+  return Array.from({ length: prefetchUnits(s, threads) }, (_, u) => {
+    const body = `var x = vec4<${w}>();
+      ${readUnit(s, w, k)}
+      pf_${s.name}${u} = x;`;
+    const guarded = (u + 1) * threads > units ? `if (v < ${units}u) {\n      ${body}\n    }` : body;
+    return `{
+    let v = tid + ${u * threads}u;
+    ${guarded}
+  }`;
+  }).join("\n  ");
+}
+
+/** WGSL that stores the registers {@link prefetchSlab} filled into workgroup memory. */
+function storePrefetched(s: Slab, threads: number): string {
+  const cols4 = s.tileCols / 4;
+  const units = s.tileRows * cols4;
+  return Array.from({ length: prefetchUnits(s, threads) }, (_, u) => {
+    const v = `tid + ${u * threads}u`;
+    const store = `${s.shared}[(${v}) / ${cols4}u][(${v}) % ${cols4}u] = pf_${s.name}${u};`;
+    return (u + 1) * threads > units ? `if (${v} < ${units}u) { ${store} }` : store;
+  }).join("\n    ");
 }
 
 /**
@@ -319,6 +374,25 @@ function tiledKernel(p: MatmulProblem, tile: MatmulTile): string {
   const addSums = tile.f16Sums ? blocks.map((x) => `acc${x} += vec4<f32>(sum${x});`) : [];
   const shared = (s: Slab) =>
     `var<workgroup> ${s.shared}: array<array<vec4<${w}>, ${s.tileCols / 4 + s.pad}>, ${s.tileRows}>;`;
+  // With prefetch, the next slab's loads are issued before this slab's FMAs, into registers.
+  const threads = tx * ty;
+  const prologue = tile.prefetch
+    ? [a, b].flatMap((s) =>
+      Array.from({ length: prefetchUnits(s, threads) }, (_, u) => `var pf_${s.name}${u} = vec4<${w}>();`)
+    )
+      .concat([prefetchSlab(a, threads, w, "0u"), prefetchSlab(b, threads, w, "0u")]).join("\n  ")
+    : "";
+  const fill = tile.prefetch
+    ? `${storePrefetched(a, threads)}
+    ${storePrefetched(b, threads)}
+    workgroupBarrier();
+    if (k0 + ${bk}u < ${p.k}u) {
+  ${prefetchSlab(a, threads, w, `k0 + ${bk}u`)}
+  ${prefetchSlab(b, threads, w, `k0 + ${bk}u`)}
+    }`
+    : `${loadSlab(a, threads, w)}
+    ${loadSlab(b, threads, w)}
+    workgroupBarrier();`;
   // Tiles are visited GROUP_ROWS tile rows at a time, column by column, so workgroups
   // that run together share slabs of both operands in cache.
   const groupRows = Math.min(8, tilesM);
@@ -348,10 +422,9 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   ${rows.join("\n  ")}
   ${cols.join("\n  ")}
   ${accs.join("\n  ")}
+  ${prologue}
   for (var k0 = 0u; k0 < ${p.k}u; k0 += ${bk}u) {
-    ${loadSlab(a, tx * ty, w)}
-    ${loadSlab(b, tx * ty, w)}
-    workgroupBarrier();${sums.length ? `\n    ${sums.join("\n    ")}` : ""}
+    ${fill}${sums.length ? `\n    ${sums.join("\n    ")}` : ""}
     for (var g = 0u; g < ${bk / 4}u; g++) {
       ${computeGroup(p, tile).join("\n      ")}
     }${addSums.length ? `\n    ${addSums.join("\n    ")}` : ""}

@@ -272,6 +272,37 @@ Deno.test("software adapters take the texel kernel when the shapes allow it, and
   for (const t of [a, b, out, odd, odd2, oddOut, row, narrow, wide, aT]) gpu.release(t);
 });
 
+Deno.test("prefetching the next slab into registers gives the same bits in every form, at edges, in f16 and batched", async () => {
+  const gpu = await testGpu();
+  // The same FMAs in the same order as without prefetch: equal bit for bit. Odd sizes (scalar loads, partial
+  // tiles, a thread with no unit in the last register) and whole tiles (vec4 loads); a shared b; f16 sums.
+  const f16: [DType, DType, DType] = ["f16", "f16", "f32"];
+  const cases: [MatmulTile, Case][] = [
+    ...FORMS.map(([transposeA, transposeB]): [MatmulTile, Case] => [
+      MATMUL_TILES.large,
+      { m: 130, n: 67, k: 129, transposeA, transposeB },
+    ]),
+    [MATMUL_TILES.small, { m: 64, n: 96, k: 48, transposeB: true, accumulate: true }],
+    [{ bm: 32, bn: 64, bk: 4, tm: 4, tn: 8 }, { m: 70, n: 64, k: 30, batch: 2, bBatched: false }],
+    [{ bm: 32, bn: 64, bk: 4, tm: 4, tn: 8 }, { m: 33, n: 65, k: 17, transposeA: true }],
+    ...(gpu.features.f16
+      ? [
+        [{ ...MATMUL_TILES.large, f16Sums: true }, { m: 65, n: 66, k: 40, dtypes: f16 }] as [
+          MatmulTile,
+          Case,
+        ],
+      ]
+      : []),
+  ];
+  for (const [tile, c] of cases) {
+    const plain = await runCase(gpu, { ...c, tile });
+    const prefetched = await runCase(gpu, { ...c, tile: { ...tile, prefetch: true } });
+    const differ = prefetched.got.findIndex((v, i) => !Object.is(v, plain.got[i]));
+    assert.equal(differ, -1, `${describe(c)} ${JSON.stringify(tile)}: element ${differ}`);
+    assertClose(plain.got, plain.want, tile.f16Sums ? F16_SUMS : F32, describe(c));
+  }
+});
+
 Deno.test("f16 sums in the tiled kernel stay within f16 summation error of the reference, in every form", async () => {
   const gpu = await testGpu();
   if (!gpu.features.f16) return;

@@ -17,7 +17,8 @@ import { peakFmaOp } from "./peak.ts";
 
 /**
  * The blockings the sweep times: the two a GPU gets now, bigger ones with more
- * threads a workgroup (each within 16 KiB of workgroup memory), and, for f16,
+ * threads a workgroup (each within 16 KiB of workgroup memory), some of them
+ * prefetching the next slab into registers, and, for f16,
  * blockings that sum products in f16 (the f16-over-f32 target needs f16
  * arithmetic: f16 widened to f32 on the way in runs at f32's rate).
  */
@@ -28,10 +29,15 @@ export const SWEEP_TILES: Readonly<Record<string, Readonly<MatmulTile>>> = Objec
   "128x64/16 8x8": { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8 },
   "64x128/16 8x8": { bm: 64, bn: 128, bk: 16, tm: 8, tn: 8 },
   "64x64/16 4x4": { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+  // The next slab's loads issued before this slab's FMAs (see MatmulTile.prefetch).
+  "64x64/16 8x8 prefetch": { ...MATMUL_TILES.large, prefetch: true },
+  "128x128/8 8x8 prefetch": { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, prefetch: true },
+  "32x32/16 4x4 prefetch": { ...MATMUL_TILES.small, prefetch: true },
   // f16 only: products summed in f16 a slab at a time (see MatmulTile.f16Sums).
   "64x64/16 8x8 f16 sums": { ...MATMUL_TILES.large, f16Sums: true },
   "128x64/16 8x8 f16 sums": { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8, f16Sums: true },
   "64x64/32 8x8 f16 sums": { bm: 64, bn: 64, bk: 32, tm: 8, tn: 8, f16Sums: true },
+  "64x64/16 8x8 f16 sums prefetch": { ...MATMUL_TILES.large, f16Sums: true, prefetch: true },
 });
 
 /** One blocking at one square size and dtype. */
@@ -118,7 +124,7 @@ export function tileSweepTable(results: readonly MatmulTileResult[]): string[] {
     return (r ? `${(100 * r.peak_fraction).toFixed(1)}%` : "-").padStart(12);
   };
   return [
-    `${"blocking".padEnd(24)}${columns.map((c) => c.padStart(12)).join("")}`,
-    ...tiles.map((tile) => `${tile.padEnd(24)}${columns.map((c) => cell(tile, c)).join("")}`),
+    `${"blocking".padEnd(34)}${columns.map((c) => c.padStart(12)).join("")}`,
+    ...tiles.map((tile) => `${tile.padEnd(34)}${columns.map((c) => cell(tile, c)).join("")}`),
   ];
 }
