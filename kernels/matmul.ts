@@ -116,6 +116,13 @@ export interface MatmulTile {
    * hide it otherwise); costs a register per vec4 a thread moves. Default false.
    */
   prefetch?: boolean;
+  /**
+   * Split K into this many ranges, a workgroup each (default 1): for products with
+   * too few output tiles to fill a GPU. Each range writes its partial product to a
+   * scratch buffer, and a second dispatch adds them up in order (and into `out`
+   * with `accumulate`).
+   */
+  splitK?: number;
 }
 
 /**

@@ -11,6 +11,8 @@ import { GpuError } from "./errors.ts";
 import type { MatmulProblem, MatmulTile } from "./matmul.ts";
 import type { Recorder } from "./recorder.ts";
 import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
+import { recordElementwise } from "./elementwise.ts";
+import { scratchTensor } from "./scratch.ts";
 import { expectLoopTrips } from "./selftest.ts";
 import { Tensor } from "./tensor.ts";
 import { declare, type StorageDecl } from "./wgsl.ts";
@@ -32,11 +34,52 @@ export function tiledMatmul(rec: Recorder, p: MatmulProblem, tile: MatmulTile, f
     );
   }
   expectLoopTrips(rec.gpu, "matmul", tiledLoopTrips(p, tile), fix);
-  const total = p.batch * Math.ceil(p.m / tile.bm) * Math.ceil(p.n / tile.bn);
-  if (total === 0) return;
-  const { wgsl, bindings } = declare(storage(p));
-  const pipeline = rec.gpu.pipelines.get(productLabel("matmul", p, tile), wgsl + tiledKernel(p, tile));
-  rec.dispatch(pipeline, bindings, grid(rec.gpu, total));
+  const tiles = p.batch * Math.ceil(p.m / tile.bm) * Math.ceil(p.n / tile.bn);
+  if (tiles === 0) return;
+  const split = splitOf(p, tile);
+  if (split.count === 1) {
+    const { wgsl, bindings } = declare(storage(p));
+    const pipeline = rec.gpu.pipelines.get(
+      productLabel("matmul", p, tile),
+      wgsl + tiledKernel(p, tile, split),
+    );
+    rec.dispatch(pipeline, bindings, grid(rec.gpu, tiles));
+    return;
+  }
+  // Each range of K writes its partial product; a second dispatch adds them (and out, with accumulate).
+  const size = p.batch * p.m * p.n;
+  const bytes = split.count * size * 4;
+  if (bytes > rec.gpu.limits.maxStorageBufferBindingSize) {
+    throw new GpuError(
+      `matmul: split-K's ${split.count} partial products take ${bytes} bytes, past the adapter's ` +
+        `${rec.gpu.limits.maxStorageBufferBindingSize} a binding may hold; use a smaller splitK`,
+    );
+  }
+  const partials = scratchTensor(rec.gpu, "matmul split-K partials", split.count * size);
+  const q: MatmulProblem = { ...p, out: partials, accumulate: false };
+  const { wgsl, bindings } = declare(storage(q));
+  const pipeline = rec.gpu.pipelines.get(productLabel("matmul", p, tile), wgsl + tiledKernel(q, tile, split));
+  rec.dispatch(pipeline, bindings, grid(rec.gpu, tiles * split.count));
+  recordElementwise(rec, {
+    label: `matmul split-K sum ${split.count}x${size}${p.accumulate ? " +=" : ""} ->${p.out.dtype}`,
+    decls: [{ name: "partials", tensor: partials }, { name: "out", tensor: p.out, write: true }],
+    n: size,
+    body: `var sum = 0.0;
+  for (var s = 0u; s < ${split.count}u; s++) { sum += partials[s * N + i]; }
+  out[i] = ${p.out.dtype}(sum${p.accumulate ? " + f32(out[i])" : ""});`,
+  });
+}
+
+/** How K is split: `count` ranges of `depth` (a multiple of bk), the last one possibly shorter. */
+interface Split {
+  count: number;
+  depth: number;
+}
+
+function splitOf(p: MatmulProblem, tile: MatmulTile): Split {
+  const wanted = tile.splitK ?? 1;
+  const depth = Math.ceil(Math.ceil(p.k / wanted) / tile.bk) * tile.bk;
+  return wanted === 1 || p.k === 0 ? { count: 1, depth: p.k } : { count: Math.ceil(p.k / depth), depth };
 }
 
 /**
@@ -60,7 +103,8 @@ function checkTile(tile: MatmulTile, rec: Recorder): void {
   const limits = rec.gpu.limits;
   // Both slabs, plus one vec4 of padding per row of a transposed b.
   const bytes = slabBytes(tile) * (bk * (bm + bn) + 4 * bn);
-  const ok = [bm, bn, bk, tm, tn].every((v) => Number.isInteger(v) && v > 0) && tm % 4 === 0 &&
+  const ok = [bm, bn, bk, tm, tn, tile.splitK ?? 1].every((v) => Number.isInteger(v) && v > 0) &&
+    tm % 4 === 0 &&
     tn % 4 === 0 && bk % 4 === 0 && bm % tm === 0 && bn % tn === 0 &&
     bn / tn <= limits.maxComputeWorkgroupSizeX && bm / tm <= limits.maxComputeWorkgroupSizeY &&
     (bm / tm) * (bn / tn) <= limits.maxComputeInvocationsPerWorkgroup &&
@@ -68,7 +112,8 @@ function checkTile(tile: MatmulTile, rec: Recorder): void {
   if (!ok) {
     throw new GpuError(
       `matmul: tile ${JSON.stringify(tile)} is not usable; tm, tn and bk must be multiples of 4 dividing ` +
-        "bm, bn and the threads and workgroup memory must fit the device; pass one of MATMUL_TILES",
+        "bm, bn, splitK a whole number, and the threads and workgroup memory must fit the device; pass one of " +
+        "MATMUL_TILES",
     );
   }
 }
@@ -131,7 +176,11 @@ export function productLabel(kernel: string, p: MatmulProblem, tile: MatmulTile 
  * @returns The name.
  */
 export function blockingName(tile: MatmulTile): string {
-  const options = [tile.f16Sums ? " f16 sums" : "", tile.prefetch ? " prefetch" : ""].join("");
+  const options = [
+    tile.f16Sums ? " f16 sums" : "",
+    tile.prefetch ? " prefetch" : "",
+    (tile.splitK ?? 1) > 1 ? ` split ${tile.splitK}` : "",
+  ].join("");
   return ` ${tile.bm}x${tile.bn}x${tile.bk}/${tile.tm}x${tile.tn}${options}`;
 }
 
@@ -349,7 +398,7 @@ function storeBlock(p: MatmulProblem, tile: MatmulTile, vector: boolean): string
   return lines;
 }
 
-function tiledKernel(p: MatmulProblem, tile: MatmulTile): string {
+function tiledKernel(p: MatmulProblem, tile: MatmulTile, split: Split): string {
   const { bm, bn, bk, tm, tn } = tile;
   const tx = bn / tn;
   const ty = bm / tm;
@@ -374,19 +423,32 @@ function tiledKernel(p: MatmulProblem, tile: MatmulTile): string {
   const addSums = tile.f16Sums ? blocks.map((x) => `acc${x} += vec4<f32>(sum${x});`) : [];
   const shared = (s: Slab) =>
     `var<workgroup> ${s.shared}: array<array<vec4<${w}>, ${s.tileCols / 4 + s.pad}>, ${s.tileRows}>;`;
+  // With split-K, workgroup (split, batch, tile) takes depths kStart..kEnd and writes its own partial product.
+  const splits = split.count > 1;
+  const kFirst = splits ? "kStart" : "0u";
+  const kLimit = splits ? "kEnd" : `${p.k}u`;
+  const locate = splits
+    ? `if (linear >= ${split.count * p.batch}u * TILES) { return; }
+  let part = linear / (${p.batch}u * TILES);
+  let kStart = part * ${split.depth}u;
+  let kEnd = min(kStart + ${split.depth}u, ${p.k}u);
+  let batch = (linear / TILES) % ${p.batch}u;`
+    : `if (linear >= ${p.batch}u * TILES) { return; }
+  let batch = linear / TILES;`;
+  const outBase = splits ? `(part * ${p.batch}u + batch) * ${p.m * p.n}u` : `batch * ${p.m * p.n}u`;
   // With prefetch, the next slab's loads are issued before this slab's FMAs, into registers.
   const threads = tx * ty;
   const prologue = tile.prefetch
     ? [a, b].flatMap((s) =>
       Array.from({ length: prefetchUnits(s, threads) }, (_, u) => `var pf_${s.name}${u} = vec4<${w}>();`)
     )
-      .concat([prefetchSlab(a, threads, w, "0u"), prefetchSlab(b, threads, w, "0u")]).join("\n  ")
+      .concat([prefetchSlab(a, threads, w, kFirst), prefetchSlab(b, threads, w, kFirst)]).join("\n  ")
     : "";
   const fill = tile.prefetch
     ? `${storePrefetched(a, threads)}
     ${storePrefetched(b, threads)}
     workgroupBarrier();
-    if (k0 + ${bk}u < ${p.k}u) {
+    if (k0 + ${bk}u < ${kLimit}) {
   ${prefetchSlab(a, threads, w, `k0 + ${bk}u`)}
   ${prefetchSlab(b, threads, w, `k0 + ${bk}u`)}
     }`
@@ -406,8 +468,7 @@ ${shared(b)}
 fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
   let linear = ${WGSL_LINEAR_WORKGROUP};
-  if (linear >= ${p.batch}u * TILES) { return; }
-  let batch = linear / TILES;
+  ${locate}
   let tile = linear % TILES;
   let first = (tile / GROUP) * ${groupRows}u;
   let rows = min(${tilesM}u - first, ${groupRows}u);
@@ -418,12 +479,12 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
   let tid = ty * ${tx}u + tx;
   let aBase = batch * ${p.aStride}u;
   let bBase = batch * ${p.bStride}u;
-  let outBase = batch * ${p.m * p.n}u;
+  let outBase = ${outBase};
   ${rows.join("\n  ")}
   ${cols.join("\n  ")}
   ${accs.join("\n  ")}
   ${prologue}
-  for (var k0 = 0u; k0 < ${p.k}u; k0 += ${bk}u) {
+  for (var k0 = ${kFirst}; k0 < ${kLimit}; k0 += ${bk}u) {
     ${fill}${sums.length ? `\n    ${sums.join("\n    ")}` : ""}
     for (var g = 0u; g < ${bk / 4}u; g++) {
       ${computeGroup(p, tile).join("\n      ")}

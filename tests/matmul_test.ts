@@ -303,6 +303,50 @@ Deno.test("prefetching the next slab into registers gives the same bits in every
   }
 });
 
+Deno.test("split-K adds its ranges' partial products to the reference, in every form, into += and f16 outputs", async () => {
+  const gpu = await testGpu();
+  const { large, small } = MATMUL_TILES;
+  // K 129 in 3 ranges of 48 (the last 33, past the 16-deep slabs' edge); 5 asked of K 20 gives 2 of 16; shared b.
+  const cases: [MatmulTile, Case, Tolerance][] = [
+    ...FORMS.map(([transposeA, transposeB]): [MatmulTile, Case, Tolerance] => [
+      { ...large, splitK: 3 },
+      { m: 130, n: 67, k: 129, transposeA, transposeB },
+      F32,
+    ]),
+    [
+      { ...small, splitK: 5 },
+      { m: 36, n: 68, k: 20, accumulate: true, dtypes: ["f32", "f32", "f16"] },
+      F16_OUT,
+    ],
+    [{ ...large, splitK: 2, prefetch: true }, {
+      m: 70,
+      n: 64,
+      k: 64,
+      batch: 3,
+      bBatched: false,
+      accumulate: true,
+    }, F32],
+  ];
+  for (const [tile, c, tolerance] of cases) await check(gpu, { ...c, tile }, tolerance);
+  const [x, out] = [gpu.tensor([4, 4]), gpu.tensor([4, 4])];
+  assert.throws(
+    () => matmul(gpu.recorder(), { out, a: x, b: x, tile: { ...large, splitK: 1.5 } }),
+    /splitK a whole number/,
+  );
+  // 4 ranges of a 4096² product: 256 MiB of partials, past the 128 MiB binding an adapter may stop at.
+  const big = { m: 4096, n: 4096, k: 64 };
+  if (4 * big.m * big.n * 4 > gpu.limits.maxStorageBufferBindingSize) {
+    const [a, b] = [gpu.tensor([big.m, big.k]), gpu.tensor([big.k, big.n])];
+    const o = gpu.tensor([big.m, big.n]);
+    assert.throws(
+      () => matmul(gpu.recorder(), { out: o, a, b, tile: { ...large, splitK: 4 } }),
+      /split-K's 4 partial products take 268435456 bytes, past the adapter's \d+ a binding may hold; use a smaller splitK$/,
+    );
+    for (const t of [a, b, o]) gpu.release(t);
+  }
+  for (const t of [x, out]) gpu.release(t);
+});
+
 Deno.test("f16 sums in the tiled kernel stay within f16 summation error of the reference, in every form", async () => {
   const gpu = await testGpu();
   if (!gpu.features.f16) return;

@@ -18,7 +18,7 @@ import { peakFmaOp } from "./peak.ts";
 /**
  * The blockings the sweep times: the two a GPU gets now, bigger ones with more
  * threads a workgroup (each within 16 KiB of workgroup memory), some of them
- * prefetching the next slab into registers, and, for f16,
+ * prefetching the next slab into registers or splitting K, and, for f16,
  * blockings that sum products in f16 (the f16-over-f32 target needs f16
  * arithmetic: f16 widened to f32 on the way in runs at f32's rate).
  */
@@ -33,6 +33,10 @@ export const SWEEP_TILES: Readonly<Record<string, Readonly<MatmulTile>>> = Objec
   "64x64/16 8x8 prefetch": { ...MATMUL_TILES.large, prefetch: true },
   "128x128/8 8x8 prefetch": { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, prefetch: true },
   "32x32/16 4x4 prefetch": { ...MATMUL_TILES.small, prefetch: true },
+  // K split in 4 ranges, a workgroup each, then summed (see MatmulTile.splitK): 4x the workgroups.
+  "64x64/16 8x8 split 4": { ...MATMUL_TILES.large, splitK: 4 },
+  "64x64/16 4x4 split 4": { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4, splitK: 4 },
+  "64x64/16 8x8 prefetch split 4": { ...MATMUL_TILES.large, prefetch: true, splitK: 4 },
   // f16 only: products summed in f16 a slab at a time (see MatmulTile.f16Sums).
   "64x64/16 8x8 f16 sums": { ...MATMUL_TILES.large, f16Sums: true },
   "128x64/16 8x8 f16 sums": { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8, f16Sums: true },
@@ -56,12 +60,12 @@ export interface MatmulTileResult {
  * (where the adapter has it) f16, in rotating rounds with the FMA peak kernel.
  *
  * @param gpu The device.
- * @param sizes Edges of the products: by default the targets' 1024 and 4096, a size that fills a large GPU.
+ * @param sizes Edges of the products: by default the targets' 512 and 1024, and 4096, a size that fills a large GPU.
  * @returns A row per blocking, size and dtype that the device can run.
  */
 export async function matmulTileSweep(
   gpu: Gpu,
-  sizes: readonly number[] = [1024, 4096],
+  sizes: readonly number[] = [512, 1024, 4096],
 ): Promise<MatmulTileResult[]> {
   const peak = peakFmaOp(gpu);
   const dtypes = gpu.features.f16 ? (["f32", "f16"] as const) : (["f32"] as const);
