@@ -26,8 +26,9 @@
  * f16 operands are loaded as f16 (vec4<f16> where aligned) and widened to f32 in
  * workgroup memory; accumulation is f32, `out` may be f32 or f16. A tile with
  * `f16Sums` keeps f16 in workgroup memory and sums each slab's products in f16
- * before adding them to the f32 accumulators, and one with `prefetch` loads the
- * next slab into registers during this slab's FMAs (options to measure on GPUs).
+ * before adding them to the f32 accumulators, one with `prefetch` loads the
+ * next slab into registers during this slab's FMAs, and one with `splitK` gives
+ * ranges of K workgroups of their own (options to measure on GPUs).
  *
  * Sizes: a is [M, K] ([K, M] with transposeA), b is [K, N] ([N, K] with
  * transposeB), out is [M, N]; a batched call gives all three a leading BATCH
