@@ -167,24 +167,15 @@ Deno.test("cachedAttention refuses texels for a head size not a multiple of 4, a
   const out = gpu.tensor([B, NH * HS]);
   const position = gpu.tensor([1], "u32");
   const rec = gpu.recorder();
+  const args = { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NH };
   assert.throws(
-    () => cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NH, texels: true }),
+    () => cachedAttention(rec, { ...args, texels: true }),
     /^GpuError: cachedAttention: texel reads need a head size that is a multiple of 4 \(got 6\)/,
   );
-  cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NH }); // storage reads
+  cachedAttention(rec, args); // storage reads
   rec.finish();
   assert.throws(
-    () =>
-      cachedAttention(gpu.recorder(), {
-        out,
-        qkv,
-        kCache,
-        vCache,
-        position,
-        nHead: NH,
-        nKvHead: NH,
-        chunk: 0,
-      }),
+    () => cachedAttention(gpu.recorder(), { ...args, chunk: 0 }),
     /^GpuError: cachedAttention: chunk must be a positive whole number of positions, got 0$/,
   );
   for (const x of [kCache, vCache, qkv, out, position]) gpu.release(x);
@@ -240,10 +231,11 @@ Deno.test("a cache longer than workgroup memory holds decodes at its first, midd
   const out = gpu.tensor([B, NH * HS], "f32");
   const position = gpu.tensor([1], "u32");
   const texelBytes = (Tmax + 64) * 4;
+  const args = { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV };
   for (const at of [0, 4500, Tmax - 1]) {
     gpu.write(position, [at]);
     const rec = gpu.recorder();
-    cachedAttention(rec, { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV });
+    cachedAttention(rec, args);
     rec.submit();
     const want = new Float64Array(B * NH * HS);
     for (let b = 0; b < B; b++) {
@@ -267,17 +259,7 @@ Deno.test("a cache longer than workgroup memory holds decodes at its first, midd
   }
   if (texelBytes > gpu.limits.maxComputeWorkgroupStorageSize) {
     assert.throws(
-      () =>
-        cachedAttention(gpu.recorder(), {
-          out,
-          qkv,
-          kCache,
-          vCache,
-          position,
-          nHead: NH,
-          nKvHead: NKV,
-          texels: true,
-        }),
+      () => cachedAttention(gpu.recorder(), { ...args, texels: true }),
       /texel reads need 36256 bytes of workgroup memory for a cache of 9000 positions \(the adapter has \d+\); leave texels unset$/,
     );
   }

@@ -37,19 +37,9 @@ export function decodeAttentionBenches(gpu: Gpu): KernelBench[] {
       gpu.tensor([1], "u32", { label: "bench position", data: [Tmax - 1] }),
     ];
     const [kCache, vCache, qkv, out, position] = tensors;
+    const args = { out, qkv, kCache, vCache, position, nHead: NH, nKvHead: NKV, texels: false };
     return {
-      record: (rec) =>
-        cachedAttention(rec, {
-          out,
-          qkv,
-          kCache,
-          vCache,
-          position,
-          nHead: NH,
-          nKvHead: NKV,
-          texels: false,
-          chunk: chunk ?? Tmax,
-        }),
+      record: (rec) => cachedAttention(rec, { ...args, chunk: chunk ?? Tmax }),
       release: () => tensors.forEach((t) => gpu.release(t)),
     };
   };
