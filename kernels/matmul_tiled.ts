@@ -37,35 +37,36 @@ export function tiledMatmul(rec: Recorder, p: MatmulProblem, tile: MatmulTile, f
   const tiles = p.batch * Math.ceil(p.m / tile.bm) * Math.ceil(p.n / tile.bn);
   if (tiles === 0) return;
   const split = splitOf(p, tile);
-  if (split.count === 1) {
-    const { wgsl, bindings } = declare(storage(p));
-    const pipeline = rec.gpu.pipelines.get(
-      productLabel("matmul", p, tile),
-      wgsl + tiledKernel(p, tile, split),
-    );
-    rec.dispatch(pipeline, bindings, grid(rec.gpu, tiles));
-    return;
-  }
-  // Each range of K writes its partial product; a second dispatch adds them (and out, with accumulate).
-  const size = p.batch * p.m * p.n;
-  const bytes = split.count * size * 4;
-  if (bytes > rec.gpu.limits.maxStorageBufferBindingSize) {
-    throw new GpuError(
-      `matmul: split-K's ${split.count} partial products take ${bytes} bytes, past the adapter's ` +
-        `${rec.gpu.limits.maxStorageBufferBindingSize} a binding may hold; use a smaller splitK`,
-    );
-  }
-  const partials = scratchTensor(rec.gpu, "matmul split-K partials", split.count * size);
-  const q: MatmulProblem = { ...p, out: partials, accumulate: false };
+  // With split-K each range of K writes a partial product, and a second dispatch adds them up.
+  const partials = split.count > 1 ? splitPartials(rec, p, split) : null;
+  const q: MatmulProblem = partials ? { ...p, out: partials, accumulate: false } : p;
   const { wgsl, bindings } = declare(storage(q));
   const pipeline = rec.gpu.pipelines.get(productLabel("matmul", p, tile), wgsl + tiledKernel(q, tile, split));
   rec.dispatch(pipeline, bindings, grid(rec.gpu, tiles * split.count));
+  if (partials) sumPartials(rec, p, partials, split.count);
+}
+
+/** The scratch tensor split-K's partial products go to: (count, batch, M, N) f32. */
+function splitPartials(rec: Recorder, p: MatmulProblem, split: Split): Tensor {
+  const length = split.count * p.batch * p.m * p.n;
+  if (length * 4 > rec.gpu.limits.maxStorageBufferBindingSize) {
+    throw new GpuError(
+      `matmul: split-K's ${split.count} partial products take ${length * 4} bytes, past the adapter's ` +
+        `${rec.gpu.limits.maxStorageBufferBindingSize} a binding may hold; use a smaller splitK`,
+    );
+  }
+  return scratchTensor(rec.gpu, "matmul split-K partials", length);
+}
+
+/** out (+)= the sum of the `count` partial products, in order. */
+function sumPartials(rec: Recorder, p: MatmulProblem, partials: Tensor, count: number): void {
+  const size = p.batch * p.m * p.n;
   recordElementwise(rec, {
-    label: `matmul split-K sum ${split.count}x${size}${p.accumulate ? " +=" : ""} ->${p.out.dtype}`,
+    label: `matmul split-K sum ${count}x${size}${p.accumulate ? " +=" : ""} ->${p.out.dtype}`,
     decls: [{ name: "partials", tensor: partials }, { name: "out", tensor: p.out, write: true }],
     n: size,
     body: `var sum = 0.0;
-  for (var s = 0u; s < ${split.count}u; s++) { sum += partials[s * N + i]; }
+  for (var s = 0u; s < ${count}u; s++) { sum += partials[s * N + i]; }
   out[i] = ${p.out.dtype}(sum${p.accumulate ? " + f32(out[i])" : ""});`,
   });
 }
