@@ -61,6 +61,10 @@ export type { Recorder, RecorderOptions, Workgroups } from "./kernels/recorder.t
 export type { StagedTexels } from "./kernels/texels.ts";
 export type { TexelCache } from "./kernels/texel_cache.ts";
 export type { GpuTimer, KernelTime } from "./kernels/timer.ts";
+export type { MatmulTuning, TuneOptions } from "./kernels/matmul_tune.ts";
+export type { MatmulChoice } from "./kernels/matmul_choice.ts";
+export type { MatmulProblem, MatmulTile } from "./kernels/matmul.ts";
+export type { TexelTile } from "./kernels/matmul_texel.ts";
 export type { BindGroupCache, Binding, PipelineCache } from "./kernels/pipeline.ts";
 export type { EmbeddingIndexBuffer } from "./kernels/embedding.ts";
 export type { DropoutSeed } from "./kernels/dropout.ts";
@@ -89,7 +93,13 @@ export type { Activations, LayerActivations } from "./model/activations.ts";
 export { Rng } from "./model/rng.ts";
 
 // Training.
-export { learningRate, modelConfigFor, TRAIN_DEFAULTS, trainConfig } from "./model/train_config.ts";
+export {
+  learningRate,
+  modelConfigFor,
+  TRAIN_DEFAULTS,
+  trainConfig,
+  tunesMatmuls,
+} from "./model/train_config.ts";
 export type { TrainConfig } from "./model/train_config.ts";
 export { Trainer } from "./model/trainer.ts";
 export type { StepResult, TrainingData } from "./model/trainer.ts";

@@ -19,7 +19,9 @@
  * baked as constants; a bounds test is emitted only for a dimension that is not a
  * multiple of its tile, once per loaded vec4 and per stored row or column.
  * Workgroups walk the output in groups of 8 tile rows so that slabs are reused
- * from cache. The blocking ({@link MATMUL_TILES}) depends on the adapter and size.
+ * from cache. The blocking ({@link MATMUL_TILES}) depends on the adapter and size,
+ * unless `tuneMatmuls` (`matmul_tune.ts`) measured a faster one for the product
+ * on this device.
  * `matmul_tiled.ts` generates this kernel; software adapters take the texel
  * kernel of `matmul_texel.ts` instead.
  *
@@ -44,6 +46,7 @@ import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
 import { TEXEL_LANES, texelMatmul, texelMatmulFits, type TexelTile, texelTile } from "./matmul_texel.ts";
 import { blockingName, productLabel, tiledMatmul } from "./matmul_tiled.ts";
+import { type MatmulChoice, noteProduct, problemKey, tunedChoice } from "./matmul_choice.ts";
 import { expectLoopTrips } from "./selftest.ts";
 import { declare, expectDType, expectF16Support, expectShape } from "./wgsl.ts";
 
@@ -170,21 +173,39 @@ export function chooseMatmulTile(
   return tiles(large) >= 4 ? large : small;
 }
 
-/** A validated call: sizes, layouts and dtypes, everything the WGSL bakes in. */
+/**
+ * A validated call: sizes, layouts and dtypes, everything the WGSL bakes in (what
+ * tuning candidates are chosen for).
+ *
+ * @example
+ * ```ts
+ * const candidates = matmulCandidates(gpu, problem, false); // problem.m, .n, .k, ...
+ * ```
+ */
 export interface MatmulProblem {
+  /** Products in the batch (1 unbatched). */
   batch: number;
+  /** Rows of out. */
   m: number;
+  /** Columns of out. */
   n: number;
+  /** The inner size. */
   k: number;
+  /** a is stored [K, M]. */
   transposeA: boolean;
+  /** b is stored [N, K]. */
   transposeB: boolean;
+  /** out += product. */
   accumulate: boolean;
   /** Elements between consecutive batch entries of a (0 when shared). */
   aStride: number;
   /** Elements between consecutive batch entries of b (0 when shared). */
   bStride: number;
+  /** The first operand. */
   a: Tensor;
+  /** The second operand. */
   b: Tensor;
+  /** The output. */
   out: Tensor;
 }
 
@@ -208,11 +229,14 @@ export interface MatmulProblem {
 export function matmul(rec: Recorder, args: MatmulArgs): void {
   const p = validate("matmul", rec.gpu, args);
   const fix = `split the product along K (${p.k})`;
-  if (usesTexelKernel(rec.gpu, p, args)) {
+  const texel = usesTexelKernel(rec.gpu, p, args);
+  if (!overridden(args)) noteProduct(rec, problemKey(p, texel), p);
+  const kernel = kernelOf(rec.gpu, p, args, texel);
+  if ("texel" in kernel) {
     expectLoopTrips(rec.gpu, "matmul", Math.ceil(p.k / 4) + 1, fix);
-    return texelMatmul(rec, p, texelTileOf(p, args));
+    return texelMatmul(rec, p, kernel.texel);
   }
-  tiledMatmul(rec, p, args.tile ?? chooseMatmulTile(rec.gpu, p), fix);
+  tiledMatmul(rec, p, kernel.tile, fix);
 }
 
 /**
@@ -231,12 +255,25 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
  */
 export function matmulKernel(gpu: Gpu, args: MatmulArgs): string {
   const p = validate("matmul", gpu, args);
-  if (usesTexelKernel(gpu, p, args)) {
-    const { rows, quads } = texelTileOf(p, args);
-    return `texel ${rows}x${4 * TEXEL_LANES * quads}`;
+  const kernel = kernelOf(gpu, p, args, usesTexelKernel(gpu, p, args));
+  if ("texel" in kernel) return `texel ${kernel.texel.rows}x${4 * TEXEL_LANES * kernel.texel.quads}`;
+  return `tiled${blockingName(kernel.tile)}`;
+}
+
+/** Whether the call forces a kernel or blocking (then tuning neither notes nor changes it). */
+function overridden(args: MatmulArgs): boolean {
+  return args.tile !== undefined || args.texel !== undefined;
+}
+
+/** The kernel and blocking of a call: forced by its arguments, else tuned on this device, else the default. */
+function kernelOf(gpu: Gpu, p: MatmulProblem, args: MatmulArgs, texel: boolean): MatmulChoice {
+  const tuned = overridden(args) ? undefined : tunedChoice(gpu, problemKey(p, texel));
+  if (texel) {
+    if (typeof args.texel === "object") return { texel: args.texel };
+    return tuned && "texel" in tuned ? tuned : { texel: texelTile(p) };
   }
-  const tile = args.tile ?? chooseMatmulTile(gpu, p);
-  return `tiled${blockingName(tile)}`;
+  if (args.tile) return { tile: args.tile };
+  return tuned && "tile" in tuned ? tuned : { tile: chooseMatmulTile(gpu, p) };
 }
 
 /** Software adapters take the texel kernel unless a tile is forced or the shapes do not fit it. */
@@ -251,10 +288,6 @@ function usesTexelKernel(gpu: Gpu, p: MatmulProblem, args: MatmulArgs): boolean 
   }
   if (args.texel !== undefined) return args.texel !== false;
   return gpu.info.fallback && args.tile === undefined && fits;
-}
-
-function texelTileOf(p: MatmulProblem, args: MatmulArgs): TexelTile {
-  return typeof args.texel === "object" ? args.texel : texelTile(p);
 }
 
 /**

@@ -144,6 +144,15 @@ export class GpuTimer {
     await this.#gpu.check();
     return labels.map((label, i) => ({ label, ms: Number(stamps[2 * i + 1] - stamps[2 * i]) / 1e6 }));
   }
+
+  /** Frees the query set and its buffers; read any pending times first. */
+  release(): void {
+    this.#querySet.destroy();
+    for (const buffer of [this.#resolveBuffer, this.#readBuffer]) {
+      this.#gpu.stats.bytes -= buffer.size;
+      buffer.destroy();
+    }
+  }
 }
 
 /**

@@ -12,6 +12,7 @@
 
 import { join } from "node:path";
 import type { Gpu } from "../kernels/device.ts";
+import type { MatmulTuning, TuneOptions } from "../kernels/matmul_tune.ts";
 import type { GpuTimer } from "../kernels/timer.ts";
 import { checkSplit } from "./batches.ts";
 import { ConfigError, type ModelConfig } from "./config.ts";
@@ -200,6 +201,16 @@ export class LoraTrainer {
    */
   evaluate(): Promise<{ train: number; val: number }> {
     return this.#runner.evaluate(this.data, this.iteration);
+  }
+  /**
+   * Tunes the matmuls of a step on this device, as `Trainer.tuneMatmuls` does;
+   * before the first step or evaluation.
+   *
+   * @param options Rounds and candidates.
+   * @returns One row per product tuned.
+   */
+  tuneMatmuls(options?: TuneOptions): Promise<MatmulTuning[]> {
+    return this.#runner.tuneMatmuls(options);
   }
 
   /**

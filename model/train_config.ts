@@ -100,6 +100,12 @@ export interface TrainConfig {
   dtype: string;
   /** Peak FLOP/s used for MFU; 0 measures this adapter's FMA peak at start. */
   peak_flops: number;
+  /**
+   * Time each matmul's blockings on this device before the first step and use the
+   * fastest: "on", "off", or "auto" (on for GPUs, off for software adapters, where
+   * compiling the candidates takes longer than they save). Never changes results.
+   */
+  tune_matmul: string;
 }
 
 /**
@@ -153,6 +159,7 @@ export const TRAIN_DEFAULTS: Readonly<TrainConfig> = Object.freeze({
   seed: 1337,
   dtype: "f32",
   peak_flops: 0,
+  tune_matmul: "auto",
 });
 
 /** Every accepted key. */
@@ -254,6 +261,9 @@ export function validateTrainConfig(config: TrainConfig): void {
   if (config.dtype !== "f32" && config.dtype !== "f16") {
     throw new ConfigError(`dtype must be "f32" or "f16", got "${config.dtype}"`);
   }
+  if (!["auto", "on", "off"].includes(config.tune_matmul)) {
+    throw new ConfigError(`tune_matmul must be "auto", "on" or "off", got "${config.tune_matmul}"`);
+  }
   if (
     config.init_from !== "scratch" && config.init_from !== "resume" && !config.init_from.startsWith("hf:")
   ) {
@@ -262,6 +272,21 @@ export function validateTrainConfig(config: TrainConfig): void {
     );
   }
   if (!Number.isInteger(config.seed)) throw new ConfigError(`seed must be an integer, got ${config.seed}`);
+}
+
+/**
+ * Whether a run with `config` tunes its matmuls (see `tune_matmul`).
+ *
+ * @param config The training config.
+ * @param softwareAdapter Whether the device is a software adapter (a CPU).
+ * @returns True to call `tuneMatmuls` before the first step.
+ * @example
+ * ```ts
+ * if (tunesMatmuls(config, gpu.info.fallback)) await trainer.tuneMatmuls();
+ * ```
+ */
+export function tunesMatmuls(config: TrainConfig, softwareAdapter: boolean): boolean {
+  return config.tune_matmul === "on" || (config.tune_matmul === "auto" && !softwareAdapter);
 }
 
 /**

@@ -133,6 +133,13 @@ await runCli(async () => {
       const parts = Object.entries(r.breakdown).sort((a, b) => b[1] - a[1])
         .map(([family, ms]) => `${family} ${ms.toFixed(1)} ms (${(100 * ms / total).toFixed(0)}%)`);
       if (parts.length) console.log(`  GPU time by kernel family (and copies): ${parts.join(", ")}`);
+      const tuning = r.matmul_tuning;
+      if (tuning) {
+        console.log(
+          `  tuned ${tuning.products} matmul products in ${tuning.seconds.toFixed(1)} s; their timed runs ` +
+            `${tuning.matmul_speedup.toFixed(2)}x as fast as the default blockings`,
+        );
+      }
     }
   }
   let sample: SampleResult[] = [];

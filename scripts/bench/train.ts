@@ -12,6 +12,7 @@
  */
 
 import type { Gpu, GpuStats } from "../../kernels/device.ts";
+import { tunedSpeedup } from "../../kernels/matmul_tune.ts";
 import { GpuTimer } from "../../kernels/timer.ts";
 import type { DatasetMeta } from "../../model/meta.ts";
 import { Rng } from "../../model/rng.ts";
@@ -48,6 +49,8 @@ export interface TrainResult {
   breakdown: Record<string, number>;
   /** ms_per_iter over the sum of the breakdown: 1 means no overhead beyond the kernels and copies. */
   overhead_ratio: number | null;
+  /** For a run whose matmuls were tuned before its first step (see `matmul_tune.ts`): what tuning did; else null. */
+  matmul_tuning: { products: number; seconds: number; matmul_speedup: number } | null;
 }
 
 const FAMILIES: [string, RegExp][] = [
@@ -73,14 +76,21 @@ export function kernelFamily(label: string): string {
 }
 
 /**
- * Times training steps of the shipped baby and shakespeare_char configs.
+ * Times training steps of the shipped baby and shakespeare_char configs; where
+ * `tune` is on, each config again with its matmuls tuned (after its untuned run,
+ * which tuning would otherwise change), so the two rows compare side by side.
  *
  * @param gpu The device (a software adapter gets shakespeare_char at batch 1, and fewer steps).
- * @param options `steps`: timed steps per config.
- * @returns One result per config.
+ * @param options `steps`: timed steps per config; `tune`: add the tuned runs (default on GPUs only,
+ *   as `tune_matmul=auto` does: a software adapter spends a minute compiling the candidates).
+ * @returns One result per config, and per tuned config.
  */
-export async function trainBenchmarks(gpu: Gpu, options: { steps?: number } = {}): Promise<TrainResult[]> {
+export async function trainBenchmarks(
+  gpu: Gpu,
+  options: { steps?: number; tune?: boolean } = {},
+): Promise<TrainResult[]> {
   const software = gpu.info.fallback;
+  const tune = options.tune ?? !software;
   const cases: { file: string; overrides: Partial<TrainConfig>; note: string }[] = [
     { file: "config/baby.json", overrides: {}, note: "" },
     {
@@ -94,7 +104,9 @@ export async function trainBenchmarks(gpu: Gpu, options: { steps?: number } = {}
   for (const { file, overrides, note } of cases) {
     const config: TrainConfig = { ...await loadConfigFile(file, TRAIN_DEFAULTS), ...overrides, dropout: 0 };
     const steps = options.steps ?? (software && file.includes("shakespeare") ? 2 : 5);
-    results.push(await benchConfig(gpu, timer, config, steps, file.replace(/^config\/|\.json$/g, "") + note));
+    const name = file.replace(/^config\/|\.json$/g, "") + note;
+    results.push(await benchConfig(gpu, timer, config, steps, name, false));
+    if (tune) results.push(await benchConfig(gpu, timer, config, steps, `${name}, matmuls tuned`, true));
   }
   return results;
 }
@@ -105,11 +117,19 @@ async function benchConfig(
   config: TrainConfig,
   steps: number,
   name: string,
+  tune: boolean,
 ): Promise<TrainResult> {
   const vocab = 65;
   const model = modelConfigFor(config, vocab);
   const trainer = Trainer.create(gpu, config, model, randomData(vocab, config.block_size));
   try {
+    let matmulTuning: TrainResult["matmul_tuning"] = null;
+    if (tune) {
+      const began = performance.now();
+      const rows = await trainer.tuneMatmuls();
+      const seconds = (performance.now() - began) / 1000;
+      matmulTuning = { products: rows.length, seconds, matmul_speedup: tunedSpeedup(rows) };
+    }
     await trainer.step({ read: true }); // compiles the pipelines and creates the bind groups: all of them
     const wall: number[] = [];
     const encode: number[] = [];
@@ -158,6 +178,7 @@ async function benchConfig(
       cpu_encode_ms: median(encode),
       breakdown,
       overhead_ratio: kernelMs > 0 ? ms / kernelMs : null,
+      matmul_tuning: matmulTuning,
     };
   } finally {
     trainer.release();

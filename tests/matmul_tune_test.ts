@@ -1,0 +1,235 @@
+import assert from "node:assert/strict";
+import type { Gpu } from "../kernels/device.ts";
+import { matmul, type MatmulArgs, matmulKernel, type MatmulProblem } from "../kernels/matmul.ts";
+import type { MatmulChoice } from "../kernels/matmul_choice.ts";
+import { choiceName, matmulCandidates, tunedSpeedup, tuneMatmuls } from "../kernels/matmul_tune.ts";
+import type { Recorder } from "../kernels/recorder.ts";
+import type { Tensor } from "../kernels/tensor.ts";
+import { resolveModelConfig } from "../model/config.ts";
+import type { TokenArray } from "../model/meta.ts";
+import { Rng } from "../model/rng.ts";
+import { Trainer, type TrainingData } from "../model/trainer.ts";
+import { trainConfig, tunesMatmuls } from "../model/train_config.ts";
+import { randomArray, testGpu } from "./harness.ts";
+
+/** The first index where two outputs' bits differ, or -1 (deepEqual on large typed arrays is slow to fail). */
+function firstDifference(a: Float32Array, b: Float32Array): number {
+  const [x, y] = [new Uint32Array(a.buffer), new Uint32Array(b.buffer)];
+  return x.findIndex((bits, i) => bits !== y[i]);
+}
+
+// On a software adapter these go to the texel kernel, except the batched product
+// with K 13 (the texel kernel pads only unbatched operands), which goes tiled.
+function products(gpu: Gpu) {
+  const data = (shape: number[], seed: number) => ({
+    data: Float32Array.from(randomArray(shape.reduce((p, d) => p * d, 1), seed)),
+  });
+  const t = (shape: number[], seed: number) => gpu.tensor(shape, "f32", data(shape, seed));
+  // The += product starts from the same values every run.
+  const start = Float32Array.from(randomArray(24 * 40, 9));
+  const sum = gpu.tensor([24, 40], "f32", { data: start });
+  const calls: MatmulArgs[] = [
+    { out: gpu.tensor([40, 72]), a: t([40, 36], 1), b: t([72, 36], 2), transposeB: true },
+    { out: sum, a: t([52, 24], 3), b: t([52, 40], 4), transposeA: true, accumulate: true },
+    { out: gpu.tensor([2, 20, 24]), a: t([2, 20, 13], 5), b: t([13, 24], 6) },
+  ];
+  return {
+    calls,
+    reset: (out: Tensor) => {
+      if (out === sum) gpu.write(out, start);
+    },
+  };
+}
+
+/** Two blockings per product that are not its default, so a tuned run cannot be the untuned one. */
+function notDefault(gpu: Gpu, p: MatmulProblem, texel: boolean): MatmulChoice[] {
+  const pool: MatmulChoice[] = texel
+    ? [{ texel: { rows: 8, quads: 1 } }, { texel: { rows: 4, quads: 2 } }, { texel: { rows: 8, quads: 2 } }]
+    : [
+      { tile: { bm: 16, bn: 16, bk: 8, tm: 4, tn: 4 } },
+      { tile: { bm: 32, bn: 16, bk: 8, tm: 4, tn: 4 } },
+      { tile: { bm: 16, bn: 32, bk: 8, tm: 4, tn: 4 } },
+    ];
+  const untuned = choiceName(matmulCandidates(gpu, p, texel)[0]);
+  return pool.filter((c) => choiceName(c) !== untuned).slice(0, 2);
+}
+
+/** The product a call makes, as `matmul` sees it. */
+function problemOf(call: MatmulArgs): MatmulProblem {
+  const [transposeA, transposeB] = [call.transposeA ?? false, call.transposeB ?? false];
+  const batch = call.out.shape.length === 3 ? call.out.shape[0] : 1;
+  const [m, n] = call.out.shape.slice(-2);
+  const k = transposeA ? call.a.shape.at(-2)! : call.a.shape.at(-1)!;
+  const stride = (t: Tensor, size: number) => (t.shape.length === 3 ? size : 0);
+  return {
+    batch,
+    m,
+    n,
+    k,
+    transposeA,
+    transposeB,
+    accumulate: call.accumulate ?? false,
+    aStride: stride(call.a, m * k),
+    bStride: stride(call.b, k * n),
+    a: call.a,
+    b: call.b,
+    out: call.out,
+  };
+}
+
+async function run(gpu: Gpu, call: MatmulArgs, reset: (out: Tensor) => void): Promise<Float32Array> {
+  reset(call.out);
+  const rec = gpu.recorder();
+  matmul(rec, call);
+  rec.submit();
+  return await gpu.readFloats(call.out);
+}
+
+Deno.test("tuning keeps a measured blocking per product, and every product gives the same bits", async () => {
+  const gpu = await testGpu();
+  const { calls, reset } = products(gpu);
+  const before: Float32Array[] = [];
+  const defaults = calls.map((call) => matmulKernel(gpu, call));
+  for (const call of calls) before.push(await run(gpu, call, reset));
+  // A clear recorded beside the products shows that the survey is never submitted.
+  const sentinel = gpu.tensor([4], "f32", { data: [1, 2, 3, 4] });
+  const record = (rec: Recorder) => {
+    rec.clear(sentinel);
+    for (const call of calls) matmul(rec, call);
+    matmul(rec, calls[0]); // a second call of a product is counted, not tuned twice
+  };
+  const rows = await tuneMatmuls(gpu, record, { rounds: 2, candidates: notDefault });
+  assert.deepEqual(Array.from(await gpu.readFloats(sentinel)), [1, 2, 3, 4]);
+  assert.equal(rows.length, 3);
+  assert.deepEqual(rows.map((r) => r.calls), [2, 1, 1]);
+  for (const [i, call] of calls.entries()) {
+    const kernel = matmulKernel(gpu, call);
+    assert.equal(kernel, rows[i].choice);
+    assert.notEqual(kernel, defaults[i], "a blocking of the candidates, not the default");
+    assert.ok(rows[i].ms <= rows[i].defaultMs, "the fastest median, the baseline's included");
+    assert.equal(rows[i].product.startsWith(gpu.info.fallback && i < 2 ? "texel " : "tiled "), true);
+    const after = await run(gpu, call, reset);
+    assert.equal(firstDifference(after, before[i]), -1, `product ${i} changed bits with ${kernel}`);
+  }
+  assert.ok(tunedSpeedup(rows) >= 1);
+  assert.equal(tunedSpeedup([]), 1);
+  // Tuned products are not timed again; a forced blocking still wins over a tuned one.
+  assert.deepEqual(await tuneMatmuls(gpu, record, { rounds: 1, candidates: notDefault }), []);
+  const forced = { ...calls[0], texel: { rows: 16, quads: 4 } };
+  assert.equal(matmulKernel(gpu, forced), "texel 16x128");
+  for (const t of [sentinel, ...calls.flatMap((c) => [c.out, c.a, c.b])]) gpu.release(t);
+});
+
+Deno.test("every candidate, tiled or texel, gives the untuned kernel's bits", async () => {
+  const gpu = await testGpu();
+  const { calls, reset } = products(gpu);
+  for (const [i, call] of calls.entries()) {
+    const want = await run(gpu, call, reset);
+    const p = problemOf(call);
+    const routes = gpu.info.fallback && i < 2 ? [true, false] : [false];
+    for (const texel of routes) {
+      for (const choice of matmulCandidates(gpu, p, texel)) {
+        const forced = "texel" in choice ? { texel: choice.texel } : { tile: choice.tile, texel: false };
+        const got = await run(gpu, { ...call, ...forced }, reset);
+        assert.equal(firstDifference(got, want), -1, `product ${i} changed bits with ${choiceName(choice)}`);
+      }
+    }
+  }
+  for (const t of calls.flatMap((c) => [c.out, c.a, c.b])) gpu.release(t);
+});
+
+Deno.test("the default candidates start with the untuned blocking and never repeat", async () => {
+  const gpu = await testGpu();
+  const a = gpu.tensor([64, 32]);
+  const b = gpu.tensor([48, 32]);
+  const out = gpu.tensor([64, 48]);
+  const p = {
+    batch: 1,
+    m: 64,
+    n: 48,
+    k: 32,
+    transposeA: false,
+    transposeB: true,
+    accumulate: false,
+    aStride: 0,
+    bStride: 0,
+    a,
+    b,
+    out,
+  };
+  for (const texel of [true, false]) {
+    const names = matmulCandidates(gpu, p, texel).map(choiceName);
+    assert.equal(
+      names[0],
+      matmulKernel(gpu, { out, a, b, transposeB: true, ...(texel ? {} : { texel: false }) }),
+    );
+    assert.equal(new Set(names).size, names.length);
+    assert.ok(names.length >= 4, names.join(", "));
+  }
+  // A decoding step's few rows keep the texel kernel's own blocking.
+  assert.equal(matmulCandidates(gpu, { ...p, m: 3 }, true).length, 1);
+  for (const t of [a, b, out]) gpu.release(t);
+});
+
+Deno.test("a tuned training run equals an untuned one bit for bit", async () => {
+  const gpu = await testGpu();
+  const rng = new Rng(3);
+  const tokens = (n: number): TokenArray => Uint16Array.from({ length: n }, () => rng.nextU32() % 65);
+  const data: TrainingData = {
+    train: tokens(4000),
+    val: tokens(1000),
+    meta: {
+      tokenizer: "char",
+      vocab_size: 65,
+      dtype: "uint16",
+      eot_id: null,
+      train_tokens: 4000,
+      val_tokens: 1000,
+      val_fraction: 0.2,
+    },
+  };
+  const config = trainConfig({
+    n_layer: 1,
+    n_head: 2,
+    n_embd: 32,
+    block_size: 16,
+    batch_size: 2,
+    dropout: 0.1,
+  });
+  const model = resolveModelConfig({
+    n_layer: 1,
+    n_head: 2,
+    n_embd: 32,
+    block_size: 16,
+    vocab_size: 65,
+    dropout: 0.1,
+  });
+  const train = async (tune: boolean) => {
+    const trainer = Trainer.create(gpu, config, model, data);
+    const rows = tune ? await trainer.tuneMatmuls({ rounds: 1, candidates: notDefault }) : [];
+    for (let i = 0; i < 3; i++) await trainer.step();
+    const weights = await trainer.model.download();
+    trainer.release();
+    return { weights, rows };
+  };
+  const plain = await train(false);
+  const tuned = await train(true);
+  // Every distinct product of the forward and backward, each on a blocking other than its default.
+  assert.ok(tuned.rows.length >= 9, `${tuned.rows.length} products tuned`);
+  assert.ok(tuned.rows.every((r) => r.candidates === 2));
+  assert.equal(firstDifference(tuned.weights, plain.weights), -1, "weights bit-identical");
+});
+
+Deno.test("tune_matmul: on, off, or auto (GPUs only); anything else is refused", () => {
+  const on = trainConfig({ tune_matmul: "on" });
+  const off = trainConfig({ tune_matmul: "off" });
+  const auto = trainConfig();
+  assert.equal(auto.tune_matmul, "auto");
+  assert.deepEqual([true, false].map((software) => tunesMatmuls(auto, software)), [false, true]);
+  assert.deepEqual([true, false].map((software) => tunesMatmuls(on, software)), [true, true]);
+  assert.deepEqual([true, false].map((software) => tunesMatmuls(off, software)), [false, false]);
+  assert.throws(
+    () => trainConfig({ tune_matmul: "yes" }),
+    /tune_matmul must be "auto", "on" or "off", got "yes"/,
+  );
+});
