@@ -46,6 +46,21 @@ const GPU_CANDIDATES: readonly MatmulChoice[] = [
 ];
 
 /**
+ * The tiled blockings tried for a product of at most {@link SKINNY_ROWS} rows (a
+ * decoding step: a row per sequence) instead of the square ones, which would
+ * compute mostly past its last row: 4 or 8 rows by 128 or 256 columns.
+ */
+const SKINNY_CANDIDATES: readonly MatmulChoice[] = [
+  { tile: MATMUL_TILES.small },
+  { tile: { bm: 4, bn: 128, bk: 16, tm: 4, tn: 4 } },
+  { tile: { bm: 4, bn: 256, bk: 8, tm: 4, tn: 4 } },
+  { tile: { bm: 8, bn: 128, bk: 16, tm: 4, tn: 4 } },
+];
+
+/** Products of at most this many rows get {@link SKINNY_CANDIDATES}. */
+const SKINNY_ROWS = 16;
+
+/**
  * The texel blockings tried on a software adapter beside `texelTile`'s (rows ×
  * column quads per lane): fewer rows or quads fetch more per FMA but spill less
  * and waste less past the edges of a small product.
@@ -73,6 +88,61 @@ const TEXEL_CANDIDATES: readonly MatmulChoice[] = [
 export function tunedSpeedup(rows: readonly MatmulTuning[]): number {
   const sum = (time: (r: MatmulTuning) => number) => rows.reduce((s, r) => s + r.calls * time(r), 0);
   return rows.length === 0 ? 1 : sum((r) => r.defaultMs) / sum((r) => r.ms);
+}
+
+/**
+ * What a tuning run did, as reports and benchmarks record it.
+ *
+ * @example
+ * ```ts
+ * const summary: TuningSummary = { products: 15, seconds: 2.4, matmul_speedup: 1.18 };
+ * ```
+ */
+export interface TuningSummary {
+  /** Products tuned. */
+  products: number;
+  /** Wall-clock seconds the tuning took (compiling the candidates, mostly). */
+  seconds: number;
+  /** {@link tunedSpeedup} of the rows. */
+  matmul_speedup: number;
+}
+
+/**
+ * Runs a tuning and summarises it.
+ *
+ * @param tune Starts the tuning, e.g. `() => trainer.tuneMatmuls()`.
+ * @returns How many products, how long, and the speed-up.
+ * @example
+ * ```ts
+ * const { products, seconds, matmul_speedup } = await timeTuning(() => generator.tuneMatmuls());
+ * ```
+ */
+export async function timeTuning(tune: () => Promise<MatmulTuning[]>): Promise<TuningSummary> {
+  const began = performance.now();
+  const rows = await tune();
+  return {
+    products: rows.length,
+    seconds: (performance.now() - began) / 1000,
+    matmul_speedup: tunedSpeedup(rows),
+  };
+}
+
+/**
+ * The line the CLIs print after tuning.
+ *
+ * @param summary From {@link timeTuning}.
+ * @returns E.g. "tuned 15 matmul products in 2.4 s: they run 1.18x as fast as with the default blockings
+ *   (--tune_matmul=off skips this)".
+ * @example
+ * ```ts
+ * console.error(tuningLine(await timeTuning(() => trainer.tuneMatmuls())));
+ * ```
+ */
+export function tuningLine(summary: TuningSummary): string {
+  return `tuned ${summary.products} matmul products in ${summary.seconds.toFixed(1)} s: they run ` +
+    `${
+      summary.matmul_speedup.toFixed(2)
+    }x as fast as with the default blockings (--tune_matmul=off skips this)`;
 }
 
 /**
@@ -123,7 +193,8 @@ export interface TuneOptions {
 
 /**
  * The blockings {@link tuneMatmuls} times for a product, the one used without
- * tuning first: tiled ones on a GPU, texel ones where `matmul` routes the
+ * tuning first: tiled ones on a GPU (a few rows at a time for a product of at
+ * most 16 rows, such as a decoding step's), texel ones where `matmul` routes the
  * product to the texel kernel. A texel product of fewer than 8 rows (a decoding
  * step) keeps its default, which fetches each row once a step.
  *
@@ -141,7 +212,8 @@ export function matmulCandidates(gpu: Gpu, p: MatmulProblem, texel: boolean): Ma
     if (p.m < 8) return [{ texel: texelTile(p) }];
     return unique([{ texel: texelTile(p) }, ...TEXEL_CANDIDATES]);
   }
-  return unique([{ tile: chooseMatmulTile(gpu, p) }, ...GPU_CANDIDATES]);
+  const tiles = p.m <= SKINNY_ROWS ? SKINNY_CANDIDATES : GPU_CANDIDATES;
+  return unique([{ tile: chooseMatmulTile(gpu, p) }, ...tiles]);
 }
 
 /**

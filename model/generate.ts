@@ -23,6 +23,7 @@
 
 import type { Gpu } from "../kernels/device.ts";
 import { selectPosition } from "../kernels/kv_cache.ts";
+import { type MatmulTuning, tuneMatmuls, type TuneOptions } from "../kernels/matmul_tune.ts";
 import { advanceDecodeStep, sampleNextTokens } from "../kernels/draw.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { TexelCache } from "../kernels/texel_cache.ts";
@@ -264,6 +265,29 @@ export class Generator {
         logits = await this.#decode(sequences.map((s) => s[length - 1]), length - 1 - start);
       }
     }
+  }
+
+  /**
+   * Tunes the matmuls of a prefill and of a decoding step on this device (see
+   * `kernels/matmul_tune.ts`): speed only, the tokens drawn are the same. Call it
+   * before generating: timing writes the activations.
+   *
+   * @param options Rounds and candidates.
+   * @returns One row per product tuned.
+   * @example
+   * ```ts
+   * const tuned = await generator.tuneMatmuls();
+   * console.error(`tuned ${tuned.length} products: ${tunedSpeedup(tuned).toFixed(2)}x`);
+   * ```
+   */
+  tuneMatmuls(options?: TuneOptions): Promise<MatmulTuning[]> {
+    return tuneMatmuls(this.gpu, (rec) => {
+      this.#block.forwardHidden(rec, { tokens: this.#blockTokens, cache: this.#cache });
+      selectPosition(rec, { out: this.#hidden, x: this.#block.acts.lnf, position: this.#lastRow });
+      this.#block.head(rec, { out: this.#logits, hidden: this.#hidden });
+      this.#step.forwardHidden(rec, { tokens: this.#stepTokens, cache: this.#cache });
+      this.#step.head(rec, { out: this.#logits, hidden: this.#step.acts.lnf });
+    }, options);
   }
 
   /** Frees every buffer. */

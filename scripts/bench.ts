@@ -157,7 +157,12 @@ await runCli(async () => {
             r.recompute_tokens_per_s.toFixed(2).padStart(12)
           } ` +
           `${(r.decode_tokens_per_s / r.recompute_tokens_per_s).toFixed(1).padStart(18)}x` +
-          `   ${r.decode_dispatches_per_step} dispatches, ${r.decode_copies_per_step} copies`,
+          `   ${r.decode_dispatches_per_step} dispatches, ${r.decode_copies_per_step} copies` +
+          (r.matmul_tuning
+            ? `; matmuls tuned (${r.matmul_tuning.products} products, ${
+              r.matmul_tuning.seconds.toFixed(1)
+            } s)`
+            : ""),
       );
     }
   }

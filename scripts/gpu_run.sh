@@ -25,10 +25,10 @@ run_step() { # name seconds command...
 }
 run_step doctor 30 deno task doctor
 # The bench in its three parts, so a part that runs long cannot cost the others their JSON.
-# The train part times each config untuned and with its matmuls tuned (tuning compiles the candidates).
+# The train and sample parts time each case untuned and with its matmuls tuned (tuning compiles the candidates).
 run_step bench_kernels 150 deno task bench --only kernels --json "$out/bench_kernels.json"
 run_step bench_train 90 deno task bench --only train --json "$out/bench_train.json"
-run_step bench_sample 30 deno task bench --only sample --json "$out/bench_sample.json"
+run_step bench_sample 40 deno task bench --only sample --json "$out/bench_sample.json"
 # The device gets the tracked files only: the token files are made there.
 [ -f data/shakespeare_char/train.bin ] || run_step prepare 20 deno task prepare
 # The same run in f32 and f16: the losses should agree to a few hundredths.
@@ -37,5 +37,5 @@ for dtype in f32 f16; do
     --max_iters "$iters" --lr_decay_iters "$iters" --eval_interval "$iters" --eval_iters 20 --log_interval 20 --dtype "$dtype"
 done
 run_step sample 20 deno task sample --out_dir out-gpu-f32 --max_new_tokens 200
-run_step test 70 deno task test
+run_step test 60 deno task test
 echo "== done ($(date +%T))"

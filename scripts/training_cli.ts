@@ -10,7 +10,7 @@
 
 import { join } from "node:path";
 import { DeviceLostError, GpuError } from "../kernels/errors.ts";
-import { type MatmulTuning, tunedSpeedup } from "../kernels/matmul_tune.ts";
+import { type MatmulTuning, timeTuning, tuningLine } from "../kernels/matmul_tune.ts";
 import { writeLossPlot } from "../model/loss_plot.ts";
 import { type LogMetrics, runTraining, type TrainingOutcome, type TrainingRun } from "../model/train_loop.ts";
 import { tunesMatmuls } from "../model/train_config.ts";
@@ -67,15 +67,9 @@ export async function trainWithProgress(
   let savedAt: number | null = options.resumed ? trainer.iteration : null;
   try {
     if (tunesMatmuls(config, options.softwareAdapter ?? false) && !config.eval_only) {
-      const began = performance.now();
-      const rows = await trainer.tuneMatmuls();
-      const seconds = (performance.now() - began) / 1000;
-      const speedup = tunedSpeedup(rows);
-      bar.print(
-        `tuned ${rows.length} matmul products in ${formatDuration(seconds)}: the step's matmuls run ` +
-          `${speedup.toFixed(2)}x as fast as with the default blockings (--tune_matmul=off skips this)`,
-      );
-      record({ type: "tune", products: rows.length, seconds, matmul_speedup: speedup });
+      const tuning = await timeTuning(() => trainer.tuneMatmuls());
+      bar.print(tuningLine(tuning));
+      record({ type: "tune", ...tuning });
     }
     const outcome = await runTraining(trainer, {
       shouldStop: () => stop,

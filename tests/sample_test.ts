@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { saveCheckpoint } from "../model/checkpoint.ts";
 import { resolveModelConfig } from "../model/config.ts";
 import { DECODE_BURST, Generator } from "../model/generate.ts";
+import type { DatasetMeta } from "../model/meta.ts";
 import { initialParameters, paramLayout } from "../model/params.ts";
 import { Rng } from "../model/rng.ts";
 import { penalize, sampleToken, samplingDistribution } from "../model/sampling.ts";
@@ -227,31 +228,32 @@ Deno.test("temperature, top-k and top-p shape the distribution as specified", ()
   assert.ok(Math.abs(hits[0] / 20000 - p0) < 0.02, `share of token 0: ${hits[0] / 20000} vs ${p0}`);
 });
 
+/** `deno task sample` arguments: two samples of `tokens` characters after "abc". */
+function sampleArgs(ckpt: string, tokens: number): string[] {
+  return ["--ckpt", ckpt, "--start", "abc", "--num_samples", "2", "--max_new_tokens", String(tokens)];
+}
+
+/** A character tokenizer of 23 characters: CONFIG's vocabulary. */
+const CHAR_META: DatasetMeta = {
+  tokenizer: "char",
+  vocab_size: 23,
+  dtype: "uint16",
+  eot_id: null,
+  train_tokens: 0,
+  val_tokens: 0,
+  val_fraction: 0.1,
+  chars: [..."\n abcdefghijklmnopqrstu"],
+};
+
 Deno.test("deno task sample streams the prompt and each sample, and reports tokens/s on stderr", async () => {
   const dir = "tests/tmp/sample";
   await Deno.mkdir(dir, { recursive: true });
-  const chars = [..."\n abcdefghijklmnopqrstu"]; // 23 characters: CONFIG's vocabulary
-  const meta = {
-    tokenizer: "char" as const,
-    vocab_size: 23,
-    dtype: "uint16" as const,
-    eot_id: null,
-    train_tokens: 0,
-    val_tokens: 0,
-    val_fraction: 0.1,
-    chars,
-  };
-  await saveCheckpoint(`${dir}/ckpt.safetensors`, { config: CONFIG, tokenizer: meta, params: params(3) });
-  const args = [
-    "--ckpt",
-    `${dir}/ckpt.safetensors`,
-    "--start",
-    "abc",
-    "--num_samples",
-    "2",
-    "--max_new_tokens",
-    "20",
-  ];
+  await saveCheckpoint(`${dir}/ckpt.safetensors`, {
+    config: CONFIG,
+    tokenizer: CHAR_META,
+    params: params(3),
+  });
+  const args = sampleArgs(`${dir}/ckpt.safetensors`, 20);
   const greedy = await runTask("sample", [...args, "--temperature", "0"]);
   assert.equal(greedy.code, 0, greedy.stderr);
   const samples = greedy.stdout.split("\n---------------\n");
@@ -271,4 +273,26 @@ Deno.test("deno task sample streams the prompt and each sample, and reports toke
   assert.match(unknown.stderr, /cannot be encoded by the model's char tokenizer/);
   const bad = await runTask("sample", [...args, "--top_p", "0"]);
   assert.match(bad.stderr, /--top_p must be in \(0, 1\], got 0/);
+  const badTune = await runTask("sample", [...args, "--tune_matmul", "yes"]);
+  assert.equal(badTune.code, 2);
+  assert.match(badTune.stderr.trim(), /^error: --tune_matmul must be auto, on or off, got "yes"$/);
+});
+
+Deno.test("deno task sample --tune_matmul=on tunes first and prints the same samples", async () => {
+  const dir = "tests/tmp/sample_tune";
+  await Deno.mkdir(dir, { recursive: true });
+  // A model of its own shape (n_embd 48), so no other test's products are among those tuned.
+  const config = resolveModelConfig({ n_layer: 1, n_head: 2, n_embd: 48, block_size: 16, vocab_size: 23 });
+  const weights = initialParameters(paramLayout(config), config, new Rng(8)).map((x) => 10 * x);
+  await saveCheckpoint(`${dir}/ckpt.safetensors`, { config, tokenizer: CHAR_META, params: weights });
+  const args = sampleArgs(`${dir}/ckpt.safetensors`, 24);
+  const plain = await runTask("sample", [...args, "--tune_matmul", "off"]);
+  const tuned = await runTask("sample", [...args, "--tune_matmul", "on"]);
+  assert.equal(tuned.code, 0, tuned.stderr);
+  assert.match(
+    tuned.stderr,
+    /tuned [1-9]\d* matmul products in [\d.]+ s: they run [\d.]+x as fast as with the default blockings/,
+  );
+  assert.doesNotMatch(plain.stderr, /tuned/);
+  assert.equal(tuned.stdout, plain.stdout);
 });

@@ -9,6 +9,7 @@
 
 import type { Gpu } from "../../kernels/device.ts";
 import { resolveModelConfig } from "../../model/config.ts";
+import { timeTuning, type TuningSummary } from "../../kernels/matmul_tune.ts";
 import { Generator } from "../../model/generate.ts";
 import { initialParameters, paramLayout } from "../../model/params.ts";
 import { Rng } from "../../model/rng.ts";
@@ -32,24 +33,33 @@ export interface SampleResult {
   decode_dispatches_per_step: number;
   /** Copies per KV-cache decoding step (texel staging on a software adapter). */
   decode_copies_per_step: number;
+  /** For a run whose matmuls were tuned first (see `matmul_tune.ts`): what tuning did; else null. */
+  matmul_tuning: TuningSummary | null;
 }
 
 /**
- * Measures prefill, cached decode and recompute at each block size.
+ * Measures prefill, cached decode and recompute at each block size; where `tune`
+ * is on, every block size again with the matmuls tuned, after all the untuned
+ * runs (tuning is per device: a decoding step's products are the same at each
+ * block size).
  *
  * @param gpu The device (a CPU fallback gets a smaller model and fewer tokens).
- * @returns One result per block size.
+ * @param options `tune`: add the tuned runs (default on GPUs only, as `sample --tune_matmul=auto` does).
+ * @returns One result per block size, and per tuned block size.
  */
-export async function sampleBenchmarks(gpu: Gpu): Promise<SampleResult[]> {
+export async function sampleBenchmarks(gpu: Gpu, options: { tune?: boolean } = {}): Promise<SampleResult[]> {
   const small = gpu.info.fallback;
   const shape = small ? { n_layer: 4, n_head: 4, n_embd: 128 } : { n_layer: 6, n_head: 6, n_embd: 384 };
   const results: SampleResult[] = [];
-  for (const block of [256, 1024]) {
+  const runs = [256, 1024].map((block) => ({ block, tune: false }));
+  if (options.tune ?? !small) runs.push(...runs.map((r) => ({ ...r, tune: true })));
+  for (const { block, tune } of runs) {
     const config = resolveModelConfig({ ...shape, block_size: block, vocab_size: 65 });
     const params = initialParameters(paramLayout(config), config, new Rng(1));
     const batch = 1;
     const generator = new Generator(gpu, { config, params }, { batchSize: batch });
     try {
+      const matmulTuning = tune ? await timeTuning(() => generator.tuneMatmuls()) : null;
       const prompt = Array.from({ length: block / 2 }, (_, i) => i % 65);
       const run = async (maxNewTokens: number, recompute: boolean) => {
         for await (
@@ -91,6 +101,7 @@ export async function sampleBenchmarks(gpu: Gpu): Promise<SampleResult[]> {
         recompute_tokens_per_s: median(rates.recompute),
         decode_dispatches_per_step: (burst.dispatches - prefillOnly.dispatches) / 16,
         decode_copies_per_step: (burst.copies - prefillOnly.copies) / 16,
+        matmul_tuning: matmulTuning,
       });
     } finally {
       generator.release();

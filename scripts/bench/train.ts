@@ -12,7 +12,7 @@
  */
 
 import type { Gpu, GpuStats } from "../../kernels/device.ts";
-import { tunedSpeedup } from "../../kernels/matmul_tune.ts";
+import { timeTuning, type TuningSummary } from "../../kernels/matmul_tune.ts";
 import { GpuTimer } from "../../kernels/timer.ts";
 import type { DatasetMeta } from "../../model/meta.ts";
 import { Rng } from "../../model/rng.ts";
@@ -50,7 +50,7 @@ export interface TrainResult {
   /** ms_per_iter over the sum of the breakdown: 1 means no overhead beyond the kernels and copies. */
   overhead_ratio: number | null;
   /** For a run whose matmuls were tuned before its first step (see `matmul_tune.ts`): what tuning did; else null. */
-  matmul_tuning: { products: number; seconds: number; matmul_speedup: number } | null;
+  matmul_tuning: TuningSummary | null;
 }
 
 const FAMILIES: [string, RegExp][] = [
@@ -123,13 +123,7 @@ async function benchConfig(
   const model = modelConfigFor(config, vocab);
   const trainer = Trainer.create(gpu, config, model, randomData(vocab, config.block_size));
   try {
-    let matmulTuning: TrainResult["matmul_tuning"] = null;
-    if (tune) {
-      const began = performance.now();
-      const rows = await trainer.tuneMatmuls();
-      const seconds = (performance.now() - began) / 1000;
-      matmulTuning = { products: rows.length, seconds, matmul_speedup: tunedSpeedup(rows) };
-    }
+    const matmulTuning = tune ? await timeTuning(() => trainer.tuneMatmuls()) : null;
     await trainer.step({ read: true }); // compiles the pipelines and creates the bind groups: all of them
     const wall: number[] = [];
     const encode: number[] = [];
