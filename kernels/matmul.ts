@@ -230,7 +230,7 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const p = validate("matmul", rec.gpu, args);
   const fix = `split the product along K (${p.k})`;
   const texel = usesTexelKernel(rec.gpu, p, args);
-  if (!overridden(args)) noteProduct(rec, problemKey(p, texel), p);
+  if (!overridden(args)) noteProduct(rec, p, texel);
   const kernel = kernelOf(rec.gpu, p, args, texel);
   if ("texel" in kernel) {
     expectLoopTrips(rec.gpu, "matmul", Math.ceil(p.k / 4) + 1, fix);

@@ -39,6 +39,8 @@ const surveys = new WeakMap<Recorder, Map<string, SurveyedProduct>>();
 export interface SurveyedProduct {
   /** The first call's product (its tensors are the ones timed). */
   problem: MatmulProblem;
+  /** Whether `matmul` routes it to the texel kernel (else the tiled one). */
+  texel: boolean;
   /** Calls of this product in the recording. */
   calls: number;
 }
@@ -96,15 +98,16 @@ export function beginSurvey(rec: Recorder): void {
  * Notes a product if `rec` is being surveyed: the first call of each key, and a count.
  *
  * @param rec The recorder `matmul` records into.
- * @param key From {@link problemKey}.
  * @param p The product.
+ * @param texel Whether `matmul` runs it with the texel kernel.
  */
-export function noteProduct(rec: Recorder, key: string, p: MatmulProblem): void {
+export function noteProduct(rec: Recorder, p: MatmulProblem, texel: boolean): void {
   const survey = surveys.get(rec);
   if (!survey) return;
+  const key = problemKey(p, texel);
   const seen = survey.get(key);
   if (seen) seen.calls++;
-  else survey.set(key, { problem: p, calls: 1 });
+  else survey.set(key, { problem: p, texel, calls: 1 });
 }
 
 /**

@@ -270,9 +270,9 @@ export async function tuneMatmuls(
   const timer = gpu.features.timestamps ? new GpuTimer(gpu, 64) : null;
   const results: MatmulTuning[] = [];
   try {
-    for (const [key, { problem: p, calls }] of products) {
+    for (const [key, { problem: p, texel, calls }] of products) {
       if (tunedChoice(gpu, key)) continue;
-      const candidates = usable(gpu, p, candidatesOf(gpu, p, key.startsWith("texel ")));
+      const candidates = usable(gpu, p, candidatesOf(gpu, p, texel));
       if (candidates.length < 2) continue;
       const times: number[][] = candidates.map(() => []);
       for (let round = 0; round < rounds; round++) {
