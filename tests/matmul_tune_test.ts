@@ -4,7 +4,7 @@ import { matmul, type MatmulArgs, matmulKernel, type MatmulProblem } from "../ke
 import type { MatmulChoice } from "../kernels/matmul_choice.ts";
 import { choiceName, matmulCandidates, tunedSpeedup, tuneMatmuls } from "../kernels/matmul_tune.ts";
 import type { Recorder } from "../kernels/recorder.ts";
-import type { Tensor } from "../kernels/tensor.ts";
+import type { DType, Tensor } from "../kernels/tensor.ts";
 import { resolveModelConfig } from "../model/config.ts";
 import { Generator } from "../model/generate.ts";
 import type { TokenArray } from "../model/meta.ts";
@@ -26,7 +26,8 @@ function products(gpu: Gpu) {
   const data = (shape: number[], seed: number) => ({
     data: Float32Array.from(randomArray(shape.reduce((p, d) => p * d, 1), seed)),
   });
-  const t = (shape: number[], seed: number) => gpu.tensor(shape, "f32", data(shape, seed));
+  const t = (shape: number[], seed: number, dtype: DType = "f32") =>
+    gpu.tensor(shape, dtype, data(shape, seed));
   // The += product starts from the same values every run.
   const start = Float32Array.from(randomArray(24 * 40, 9));
   const sum = gpu.tensor([24, 40], "f32", { data: start });
@@ -37,6 +38,14 @@ function products(gpu: Gpu) {
     // A decoding step's product: 3 rows, the skinny blockings.
     { out: gpu.tensor([3, 260]), a: t([3, 36], 7), b: t([260, 36], 8), transposeB: true },
   ];
+  if (gpu.features.f16) {
+    calls.push({
+      out: gpu.tensor([36, 44], "f16"),
+      a: t([36, 28], 10, "f16"),
+      b: t([44, 28], 11, "f16"),
+      transposeB: true,
+    });
+  }
   return {
     calls,
     reset: (out: Tensor) => {
@@ -104,8 +113,7 @@ Deno.test("tuning keeps a measured blocking per product, and every product gives
   };
   const rows = await tuneMatmuls(gpu, record, { rounds: 2, candidates: notDefault });
   assert.deepEqual(Array.from(await gpu.readFloats(sentinel)), [1, 2, 3, 4]);
-  assert.equal(rows.length, 4);
-  assert.deepEqual(rows.map((r) => r.calls), [2, 1, 1, 1]);
+  assert.deepEqual(rows.map((r) => r.calls), calls.map((_, i) => (i === 0 ? 2 : 1)));
   for (const [i, call] of calls.entries()) {
     const kernel = matmulKernel(gpu, call);
     assert.equal(kernel, rows[i].choice);
@@ -177,7 +185,7 @@ Deno.test("the default candidates start with the untuned blocking and never repe
   for (const t of [a, b, out]) gpu.release(t);
 });
 
-Deno.test("a tuned training run equals an untuned one bit for bit", async () => {
+Deno.test("a tuned training run equals an untuned one bit for bit, in f32 and f16", async () => {
   const gpu = await testGpu();
   const rng = new Rng(3);
   const tokens = (n: number): TokenArray => Uint16Array.from({ length: n }, () => rng.nextU32() % 65);
@@ -194,36 +202,25 @@ Deno.test("a tuned training run equals an untuned one bit for bit", async () => 
       val_fraction: 0.2,
     },
   };
-  const config = trainConfig({
-    n_layer: 1,
-    n_head: 2,
-    n_embd: 32,
-    block_size: 16,
-    batch_size: 2,
-    dropout: 0.1,
-  });
-  const model = resolveModelConfig({
-    n_layer: 1,
-    n_head: 2,
-    n_embd: 32,
-    block_size: 16,
-    vocab_size: 65,
-    dropout: 0.1,
-  });
-  const train = async (tune: boolean) => {
-    const trainer = Trainer.create(gpu, config, model, data);
-    const rows = tune ? await trainer.tuneMatmuls({ rounds: 1, candidates: notDefault }) : [];
-    for (let i = 0; i < 3; i++) await trainer.step();
-    const weights = await trainer.model.download();
-    trainer.release();
-    return { weights, rows };
-  };
-  const plain = await train(false);
-  const tuned = await train(true);
-  // Every distinct product of the forward and backward, each on a blocking other than its default.
-  assert.ok(tuned.rows.length >= 9, `${tuned.rows.length} products tuned`);
-  assert.ok(tuned.rows.every((r) => r.candidates === 2));
-  assert.equal(firstDifference(tuned.weights, plain.weights), -1, "weights bit-identical");
+  const shape = { n_layer: 1, n_head: 2, n_embd: 32, block_size: 16, dropout: 0.1 };
+  const model = resolveModelConfig({ ...shape, vocab_size: 65 });
+  for (const dtype of gpu.features.f16 ? ["f32", "f16"] : ["f32"]) {
+    const config = trainConfig({ ...shape, batch_size: 2, dtype });
+    const train = async (tune: boolean) => {
+      const trainer = Trainer.create(gpu, config, model, data);
+      const rows = tune ? await trainer.tuneMatmuls({ rounds: 1, candidates: notDefault }) : [];
+      for (let i = 0; i < 3; i++) await trainer.step();
+      const weights = await trainer.model.download();
+      trainer.release();
+      return { weights, rows };
+    };
+    const plain = await train(false);
+    const tuned = await train(true);
+    // Every distinct product of the forward and backward, each on a blocking other than its default.
+    assert.ok(tuned.rows.length >= 9, `${dtype}: ${tuned.rows.length} products tuned`);
+    assert.ok(tuned.rows.every((r) => r.candidates === 2));
+    assert.equal(firstDifference(tuned.weights, plain.weights), -1, `${dtype}: weights bit-identical`);
+  }
 });
 
 Deno.test("a tuned generator draws the tokens of an untuned one", async () => {
