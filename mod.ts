@@ -61,9 +61,9 @@ export type { Recorder, RecorderOptions, Workgroups } from "./kernels/recorder.t
 export type { StagedTexels } from "./kernels/texels.ts";
 export type { TexelCache } from "./kernels/texel_cache.ts";
 export type { GpuTimer, KernelTime } from "./kernels/timer.ts";
-export type { MatmulTuning, TuneOptions } from "./kernels/matmul_tune.ts";
-export type { MatmulChoice } from "./kernels/matmul_choice.ts";
-export type { MatmulProblem, MatmulTile } from "./kernels/matmul.ts";
+export type { KernelTuning, TuneOptions } from "./kernels/tune.ts";
+export type { AttentionPlan } from "./kernels/attention.ts";
+export type { MatmulChoice, MatmulProblem, MatmulTile } from "./kernels/matmul.ts";
 export type { TexelTile } from "./kernels/matmul_texel.ts";
 export type { BindGroupCache, Binding, PipelineCache } from "./kernels/pipeline.ts";
 export type { EmbeddingIndexBuffer } from "./kernels/embedding.ts";
@@ -98,7 +98,7 @@ export {
   modelConfigFor,
   TRAIN_DEFAULTS,
   trainConfig,
-  tunesMatmuls,
+  tunesKernels,
 } from "./model/train_config.ts";
 export type { TrainConfig } from "./model/train_config.ts";
 export { Trainer } from "./model/trainer.ts";

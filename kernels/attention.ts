@@ -62,6 +62,7 @@ import {
 } from "./texels.ts";
 import { scratchTensor } from "./scratch.ts";
 import { expectLoopTrips } from "./selftest.ts";
+import { noteCall, tunedChoice } from "./tuning_state.ts";
 import { declare, expectDType, expectF16Support, expectShape } from "./wgsl.ts";
 import { type AttentionSizes, AttentionWgsl } from "./attention_wgsl.ts";
 
@@ -173,7 +174,7 @@ export interface AttentionForwardArgs {
   nKvHead: number;
   /** Score scale; default 1/√HS. */
   scale?: number;
-  /** Overrides the plan {@link chooseAttentionPlan} picks (tests, benchmarks, tuning). */
+  /** Overrides the plan {@link chooseAttentionPlan} picks, or tuning chose (tests, benchmarks, tuning). */
   plan?: AttentionPlan;
 }
 
@@ -241,7 +242,10 @@ export function attentionForward(rec: Recorder, args: AttentionForwardArgs): voi
   expectShape(kernel, "lse", lse, [B, NH, T]);
   expectF16Support(kernel, rec.gpu.features.f16, [out, qkv]);
   expectDisjoint(kernel, [["out", out], ["lse", lse]], [["qkv", qkv]]);
-  const g = new AttentionWgsl(s, planOf(kernel, rec, s, args.plan, [qkv]));
+  const key = callKey("forward", s, `${qkv.dtype}->${out.dtype}`);
+  if (!args.plan) noteCall(rec, key, { kind: "attention forward", args });
+  const plan = args.plan ?? tunedChoice<AttentionPlan>(rec.gpu, key);
+  const g = new AttentionWgsl(s, planOf(kernel, rec, s, plan, [qkv]));
   expectLoopTrips(rec.gpu, kernel, g.loopTrips(1), "use a shorter sequence");
   const staged = g.plan.textures ? stageTexels(rec, qkv, "attention qkv") : null;
   const { wgsl, bindings } = withTexels(
@@ -286,7 +290,10 @@ export function attentionBackward(rec: Recorder, args: AttentionBackwardArgs): v
   expectShape(kernel, "lse", lse, [B, NH, T]);
   expectF16Support(kernel, rec.gpu.features.f16, [dqkv, dout, out, qkv]);
   expectDisjoint(kernel, [["dqkv", dqkv]], [["qkv", qkv], ["out", out], ["dout", dout], ["lse", lse]]);
-  const g = new AttentionWgsl(s, planOf(kernel, rec, s, args.plan, [qkv, dout, out], B * NH * T));
+  const key = callKey("backward", s, `${qkv.dtype}/${dout.dtype}/${out.dtype}->${dqkv.dtype}`);
+  if (!args.plan) noteCall(rec, key, { kind: "attention backward", args });
+  const plan = args.plan ?? tunedChoice<AttentionPlan>(rec.gpu, key);
+  const g = new AttentionWgsl(s, planOf(kernel, rec, s, plan, [qkv, dout, out], B * NH * T));
   expectLoopTrips(rec.gpu, kernel, g.loopTrips(NH / NKV), "use a shorter sequence");
   const types = `${qkv.dtype}/${dout.dtype}->${dqkv.dtype} HS${HS} ${g.name}`;
   const lseArg = { name: "lse", tensor: lse };
@@ -359,6 +366,11 @@ function withTexels(
     wgsl: [decl.wgsl, ...lines].join("\n"),
     bindings: [...decl.bindings, ...[...reads, ...writes].map(([, staged]) => staged.view)],
   };
+}
+
+/** The key a call's plan is tuned under (see `tune.ts`): its pass, dtypes and sizes. */
+function callKey(pass: "forward" | "backward", s: AttentionSizes, dtypes: string): string {
+  return `attention ${pass} ${dtypes} B${s.B} T${s.T} NH${s.NH} NKV${s.NKV} HS${s.HS}`;
 }
 
 /** Checks qkv and the head counts; returns the sizes with the scale resolved. */

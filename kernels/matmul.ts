@@ -20,8 +20,8 @@
  * multiple of its tile, once per loaded vec4 and per stored row or column.
  * Workgroups walk the output in groups of 8 tile rows so that slabs are reused
  * from cache. The blocking ({@link MATMUL_TILES}) depends on the adapter and size,
- * unless `tuneMatmuls` (`matmul_tune.ts`) measured a faster one for the product
- * on this device.
+ * unless `tuneKernels` (`tune.ts`) measured a faster one for the product on
+ * this device.
  * `matmul_tiled.ts` generates this kernel; software adapters take the texel
  * kernel of `matmul_texel.ts` instead.
  *
@@ -46,7 +46,7 @@ import { grid, WGSL_LINEAR_WORKGROUP } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
 import { TEXEL_LANES, texelMatmul, texelMatmulFits, type TexelTile, texelTile } from "./matmul_texel.ts";
 import { blockingName, productLabel, tiledMatmul } from "./matmul_tiled.ts";
-import { type MatmulChoice, noteProduct, problemKey, tunedChoice } from "./matmul_choice.ts";
+import { noteCall, tunedChoice } from "./tuning_state.ts";
 import { expectLoopTrips } from "./selftest.ts";
 import { declare, expectDType, expectF16Support, expectShape } from "./wgsl.ts";
 
@@ -174,6 +174,20 @@ export function chooseMatmulTile(
 }
 
 /**
+ * How one product is computed: a blocking of the tiled kernel, or of the texel
+ * kernel (software adapters). What kernel tuning (`tune.ts`) chooses among:
+ * every choice it offers sums each output's products in the same order, so all
+ * give the same bits; only their speed differs.
+ *
+ * @example
+ * ```ts
+ * const onGpu: MatmulChoice = { tile: { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8 } };
+ * const onCpu: MatmulChoice = { texel: { rows: 8, quads: 4 } };
+ * ```
+ */
+export type MatmulChoice = { readonly tile: Readonly<MatmulTile> } | { readonly texel: Readonly<TexelTile> };
+
+/**
  * A validated call: sizes, layouts and dtypes, everything the WGSL bakes in (what
  * tuning candidates are chosen for).
  *
@@ -230,7 +244,7 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const p = validate("matmul", rec.gpu, args);
   const fix = `split the product along K (${p.k})`;
   const texel = usesTexelKernel(rec.gpu, p, args);
-  if (!overridden(args)) noteProduct(rec, p, texel);
+  if (!overridden(args)) noteCall(rec, problemKey(p, texel), { kind: "matmul", problem: p, texel });
   const kernel = kernelOf(rec.gpu, p, args, texel);
   if ("texel" in kernel) {
     expectLoopTrips(rec.gpu, "matmul", Math.ceil(p.k / 4) + 1, fix);
@@ -260,6 +274,17 @@ export function matmulKernel(gpu: Gpu, args: MatmulArgs): string {
   return `tiled${blockingName(kernel.tile)}`;
 }
 
+/**
+ * The key products are tuned under: form, dtypes, sizes, batch strides and the
+ * kernel family `matmul` routes them to by default (which also depends on how
+ * the operands' views align), so a choice never crosses families.
+ */
+function problemKey(p: MatmulProblem, texel: boolean): string {
+  const form = `${p.transposeA ? "Aᵀ" : "A"}·${p.transposeB ? "Bᵀ" : "B"}${p.accumulate ? " +=" : ""}`;
+  return `matmul ${texel ? "texel" : "tiled"} ${form} ${p.a.dtype}·${p.b.dtype}->${p.out.dtype} ` +
+    `${p.batch}x${p.m}x${p.n}x${p.k} strides ${p.aStride},${p.bStride}`;
+}
+
 /** Whether the call forces a kernel or blocking (then tuning neither notes nor changes it). */
 function overridden(args: MatmulArgs): boolean {
   return args.tile !== undefined || args.texel !== undefined;
@@ -267,7 +292,7 @@ function overridden(args: MatmulArgs): boolean {
 
 /** The kernel and blocking of a call: forced by its arguments, else tuned on this device, else the default. */
 function kernelOf(gpu: Gpu, p: MatmulProblem, args: MatmulArgs, texel: boolean): MatmulChoice {
-  const tuned = overridden(args) ? undefined : tunedChoice(gpu, problemKey(p, texel));
+  const tuned = overridden(args) ? undefined : tunedChoice<MatmulChoice>(gpu, problemKey(p, texel));
   if (texel) {
     if (typeof args.texel === "object") return { texel: args.texel };
     return tuned && "texel" in tuned ? tuned : { texel: texelTile(p) };

@@ -23,7 +23,7 @@
 
 import type { Gpu } from "../kernels/device.ts";
 import { selectPosition } from "../kernels/kv_cache.ts";
-import { type MatmulTuning, tuneMatmuls, type TuneOptions } from "../kernels/matmul_tune.ts";
+import { type KernelTuning, tuneKernels, type TuneOptions } from "../kernels/tune.ts";
 import { advanceDecodeStep, sampleNextTokens } from "../kernels/draw.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { TexelCache } from "../kernels/texel_cache.ts";
@@ -268,20 +268,20 @@ export class Generator {
   }
 
   /**
-   * Tunes the matmuls of a prefill and of a decoding step on this device (see
-   * `kernels/matmul_tune.ts`): speed only, the tokens drawn are the same. Call it
-   * before generating: timing writes the activations.
+   * Tunes the matmuls and attention of a prefill and of a decoding step on this
+   * device (see `kernels/tune.ts`): speed only, the tokens drawn are the same.
+   * Call it before generating: timing writes the activations.
    *
    * @param options Rounds and candidates.
-   * @returns One row per product tuned.
+   * @returns One row per call tuned.
    * @example
    * ```ts
-   * const tuned = await generator.tuneMatmuls();
-   * console.error(`tuned ${tuned.length} products: ${tunedSpeedup(tuned).toFixed(2)}x`);
+   * const tuned = await generator.tuneKernels();
+   * console.error(`tuned ${tuned.length} calls: ${tunedSpeedup(tuned).toFixed(2)}x`);
    * ```
    */
-  tuneMatmuls(options?: TuneOptions): Promise<MatmulTuning[]> {
-    return tuneMatmuls(this.gpu, (rec) => {
+  tuneKernels(options?: TuneOptions): Promise<KernelTuning[]> {
+    return tuneKernels(this.gpu, (rec) => {
       this.#block.forwardHidden(rec, { tokens: this.#blockTokens, cache: this.#cache });
       selectPosition(rec, { out: this.#hidden, x: this.#block.acts.lnf, position: this.#lastRow });
       this.#block.head(rec, { out: this.#logits, hidden: this.#hidden });

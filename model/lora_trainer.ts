@@ -12,7 +12,7 @@
 
 import { join } from "node:path";
 import type { Gpu } from "../kernels/device.ts";
-import type { MatmulTuning, TuneOptions } from "../kernels/matmul_tune.ts";
+import type { KernelTuning, TuneOptions } from "../kernels/tune.ts";
 import type { GpuTimer } from "../kernels/timer.ts";
 import { checkSplit } from "./batches.ts";
 import { ConfigError, type ModelConfig } from "./config.ts";
@@ -203,14 +203,14 @@ export class LoraTrainer {
     return this.#runner.evaluate(this.data, this.iteration);
   }
   /**
-   * Tunes the matmuls of a step on this device, as `Trainer.tuneMatmuls` does;
+   * Tunes the kernels of a step on this device, as `Trainer.tuneKernels` does;
    * before the first step or evaluation.
    *
    * @param options Rounds and candidates.
    * @returns One row per product tuned.
    */
-  tuneMatmuls(options?: TuneOptions): Promise<MatmulTuning[]> {
-    return this.#runner.tuneMatmuls(options);
+  tuneKernels(options?: TuneOptions): Promise<KernelTuning[]> {
+    return this.#runner.tuneKernels(options);
   }
 
   /**

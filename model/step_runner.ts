@@ -13,7 +13,7 @@ import type { Gpu } from "../kernels/device.ts";
 import { DropoutSeed } from "../kernels/dropout.ts";
 import { EmbeddingIndexBuffer } from "../kernels/embedding.ts";
 import { LossScaler, type LossScalerOptions } from "../kernels/loss_scale.ts";
-import { type MatmulTuning, tuneMatmuls, type TuneOptions } from "../kernels/matmul_tune.ts";
+import { type KernelTuning, tuneKernels, type TuneOptions } from "../kernels/tune.ts";
 import { NonFiniteWatch } from "../kernels/nonfinite.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import { GradNorm } from "../kernels/reduce.ts";
@@ -187,18 +187,18 @@ export class StepRunner {
   }
 
   /**
-   * Tunes the matmuls of a micro-batch's forward and backward on this device
-   * (see `kernels/matmul_tune.ts`); results are bit-identical either way. Call
-   * it before the first step: timing writes the activations and gradients.
+   * Tunes the matmuls and attention of a micro-batch's forward and backward on
+   * this device (see `kernels/tune.ts`); results are bit-identical either way.
+   * Call it before the first step: timing writes the activations and gradients.
    *
    * @param options Rounds and candidates.
-   * @returns One row per product tuned.
+   * @returns One row per call tuned.
    */
-  tuneMatmuls(options?: TuneOptions): Promise<MatmulTuning[]> {
+  tuneKernels(options?: TuneOptions): Promise<KernelTuning[]> {
     const { model } = this.#trainable;
     const batch = this.#micro[0];
     const dropout = this.#dropoutSeed ? { seed: this.#dropoutSeed, micro: 0 } : undefined;
-    return tuneMatmuls(this.#gpu, (rec) => {
+    return tuneKernels(this.#gpu, (rec) => {
       model.forward(rec, { batch, loss: this.#lossSum, dropout });
       model.backward(rec, { batch, dropout, scale: 1 });
     }, options);

@@ -101,11 +101,12 @@ export interface TrainConfig {
   /** Peak FLOP/s used for MFU; 0 measures this adapter's FMA peak at start. */
   peak_flops: number;
   /**
-   * Time each matmul's blockings on this device before the first step and use the
-   * fastest: "on", "off", or "auto" (on for GPUs, off for software adapters, where
-   * compiling the candidates takes longer than they save). Never changes results.
+   * Time each matmul's blockings and the attention's plans on this device before
+   * the first step and use the fastest: "on", "off", or "auto" (on for GPUs, off
+   * for software adapters, where compiling the candidates takes longer than they
+   * save). Never changes results.
    */
-  tune_matmul: string;
+  tune_kernels: string;
 }
 
 /**
@@ -159,7 +160,7 @@ export const TRAIN_DEFAULTS: Readonly<TrainConfig> = Object.freeze({
   seed: 1337,
   dtype: "f32",
   peak_flops: 0,
-  tune_matmul: "auto",
+  tune_kernels: "auto",
 });
 
 /** Every accepted key. */
@@ -261,8 +262,8 @@ export function validateTrainConfig(config: TrainConfig): void {
   if (config.dtype !== "f32" && config.dtype !== "f16") {
     throw new ConfigError(`dtype must be "f32" or "f16", got "${config.dtype}"`);
   }
-  if (!["auto", "on", "off"].includes(config.tune_matmul)) {
-    throw new ConfigError(`tune_matmul must be "auto", "on" or "off", got "${config.tune_matmul}"`);
+  if (!["auto", "on", "off"].includes(config.tune_kernels)) {
+    throw new ConfigError(`tune_kernels must be "auto", "on" or "off", got "${config.tune_kernels}"`);
   }
   if (
     config.init_from !== "scratch" && config.init_from !== "resume" && !config.init_from.startsWith("hf:")
@@ -275,18 +276,18 @@ export function validateTrainConfig(config: TrainConfig): void {
 }
 
 /**
- * Whether a run with `config` tunes its matmuls (see `tune_matmul`).
+ * Whether a run with `config` tunes its kernels (see `tune_kernels`).
  *
  * @param config The training config.
  * @param softwareAdapter Whether the device is a software adapter (a CPU).
- * @returns True to call `tuneMatmuls` before the first step.
+ * @returns True to call `tuneKernels` before the first step.
  * @example
  * ```ts
- * if (tunesMatmuls(config, gpu.info.fallback)) await trainer.tuneMatmuls();
+ * if (tunesKernels(config, gpu.info.fallback)) await trainer.tuneKernels();
  * ```
  */
-export function tunesMatmuls(config: TrainConfig, softwareAdapter: boolean): boolean {
-  return config.tune_matmul === "on" || (config.tune_matmul === "auto" && !softwareAdapter);
+export function tunesKernels(config: TrainConfig, softwareAdapter: boolean): boolean {
+  return config.tune_kernels === "on" || (config.tune_kernels === "auto" && !softwareAdapter);
 }
 
 /**

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { IGNORE_INDEX } from "../kernels/cross_entropy.ts";
 import type { Gpu } from "../kernels/device.ts";
 import type { LossScalerOptions } from "../kernels/loss_scale.ts";
-import type { MatmulTuning, TuneOptions } from "../kernels/matmul_tune.ts";
+import type { KernelTuning, TuneOptions } from "../kernels/tune.ts";
 import type { NonFiniteReport } from "../kernels/nonfinite.ts";
 import type { GpuTimer } from "../kernels/timer.ts";
 import { checkSplit } from "./batches.ts";
@@ -209,21 +209,22 @@ export class Trainer {
   }
 
   /**
-   * Times the blockings of every matmul a training step makes on this device
-   * and keeps the fastest (see `kernels/matmul_tune.ts`). Tuning changes speed,
-   * never results: every candidate gives the same bits. Call it before the
-   * first step or evaluation (timing overwrites activations and gradients).
+   * Times the blockings of every matmul and the plans of the attention a
+   * training step makes on this device, and keeps the fastest (see
+   * `kernels/tune.ts`). Tuning changes speed, never results: every candidate
+   * gives the same bits. Call it before the first step or evaluation (timing
+   * overwrites activations and gradients).
    *
    * @param options Rounds and candidates.
-   * @returns One row per product tuned.
+   * @returns One row per call tuned.
    * @example
    * ```ts
-   * const tuned = await trainer.tuneMatmuls();
-   * for (const t of tuned) console.log(t.product, t.choice, `${(t.defaultMs / t.ms).toFixed(2)}x`);
+   * const tuned = await trainer.tuneKernels();
+   * for (const t of tuned) console.log(t.call, t.choice, `${(t.defaultMs / t.ms).toFixed(2)}x`);
    * ```
    */
-  tuneMatmuls(options?: TuneOptions): Promise<MatmulTuning[]> {
-    return this.#runner.tuneMatmuls(options);
+  tuneKernels(options?: TuneOptions): Promise<KernelTuning[]> {
+    return this.#runner.tuneKernels(options);
   }
 
   /**

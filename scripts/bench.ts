@@ -133,11 +133,12 @@ await runCli(async () => {
       const parts = Object.entries(r.breakdown).sort((a, b) => b[1] - a[1])
         .map(([family, ms]) => `${family} ${ms.toFixed(1)} ms (${(100 * ms / total).toFixed(0)}%)`);
       if (parts.length) console.log(`  GPU time by kernel family (and copies): ${parts.join(", ")}`);
-      const tuning = r.matmul_tuning;
-      if (tuning) {
+      if (r.tuning) {
         console.log(
-          `  tuned ${tuning.products} matmul products in ${tuning.seconds.toFixed(1)} s; their timed runs ` +
-            `${tuning.matmul_speedup.toFixed(2)}x as fast as the default blockings`,
+          `  tuned ${r.tuning.calls} kernel calls in ${
+            r.tuning.seconds.toFixed(1)
+          } s; timed alone, they ran ` +
+            `${r.tuning.speedup.toFixed(2)}x as fast as untuned`,
         );
       }
     }
@@ -158,11 +159,7 @@ await runCli(async () => {
           } ` +
           `${(r.decode_tokens_per_s / r.recompute_tokens_per_s).toFixed(1).padStart(18)}x` +
           `   ${r.decode_dispatches_per_step} dispatches, ${r.decode_copies_per_step} copies` +
-          (r.matmul_tuning
-            ? `; matmuls tuned (${r.matmul_tuning.products} products, ${
-              r.matmul_tuning.seconds.toFixed(1)
-            } s)`
-            : ""),
+          (r.tuning ? `; kernels tuned (${r.tuning.calls} calls, ${r.tuning.seconds.toFixed(1)} s)` : ""),
       );
     }
   }

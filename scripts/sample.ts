@@ -11,7 +11,7 @@ import { requestGpu } from "../kernels/device.ts";
 import { loadCheckpoint } from "../model/checkpoint.ts";
 import { mergeAdapterFile } from "../model/lora_file.ts";
 import { Generator } from "../model/generate.ts";
-import { timeTuning, tuningLine } from "../kernels/matmul_tune.ts";
+import { timeTuning, tuningLine } from "../kernels/tune.ts";
 import { type SamplingOptions, samplingProblem } from "../model/sampling.ts";
 import { generateText, promptTokens } from "../model/text_generation.ts";
 import { hfInitDir, loadHfModel } from "../model/hf.ts";
@@ -52,9 +52,9 @@ await runCli(async () => {
         `Context window, up to the model's (default: the model's; from hf:DIR at most ${HF_DEFAULT_WINDOW})`,
     },
     lora: { type: "string", help: "A LoRA adapter (deno task finetune) to apply to the checkpoint" },
-    tune_matmul: {
+    tune_kernels: {
       type: "string",
-      help: "Time the matmuls' blockings first and keep the fastest: on, off, auto (GPUs only)",
+      help: "Time the matmul blockings and attention plans first, keep the fastest: on, off, auto (GPUs)",
       default: "auto",
     },
   });
@@ -82,9 +82,9 @@ await runCli(async () => {
   if (problem) throw new UsageError(problem);
   const dtype = String(flags.dtype);
   if (dtype !== "f32" && dtype !== "f16") throw new UsageError(`--dtype must be f32 or f16, got "${dtype}"`);
-  const tune = String(flags.tune_matmul);
+  const tune = String(flags.tune_kernels);
   if (!["auto", "on", "off"].includes(tune)) {
-    throw new UsageError(`--tune_matmul must be auto, on or off, got "${tune}"`);
+    throw new UsageError(`--tune_kernels must be auto, on or off, got "${tune}"`);
   }
 
   const { model, tokenizer } = await loadModel(flags);
@@ -116,7 +116,7 @@ await runCli(async () => {
   const separator = "\n---------------\n";
   try {
     if (tune === "on" || (tune === "auto" && !gpu.info.fallback)) {
-      console.error(tuningLine(await timeTuning(() => generator.tuneMatmuls())));
+      console.error(tuningLine(await timeTuning(() => generator.tuneKernels())));
     }
     await print(prompt);
     const pieces = generateText(generator, tokenizer, prompt, {

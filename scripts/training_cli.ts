@@ -10,10 +10,10 @@
 
 import { join } from "node:path";
 import { DeviceLostError, GpuError } from "../kernels/errors.ts";
-import { type MatmulTuning, timeTuning, tuningLine } from "../kernels/matmul_tune.ts";
+import { type KernelTuning, timeTuning, tuningLine } from "../kernels/tune.ts";
 import { writeLossPlot } from "../model/loss_plot.ts";
 import { type LogMetrics, runTraining, type TrainingOutcome, type TrainingRun } from "../model/train_loop.ts";
-import { tunesMatmuls } from "../model/train_config.ts";
+import { tunesKernels } from "../model/train_config.ts";
 import { formatDuration, ProgressBar } from "./progress.ts";
 
 /** How {@link trainWithProgress} reports. */
@@ -44,7 +44,7 @@ export interface ProgressOptions {
  * @returns How the run ended.
  */
 export async function trainWithProgress(
-  trainer: TrainingRun & { tuneMatmuls(): Promise<MatmulTuning[]> },
+  trainer: TrainingRun & { tuneKernels(): Promise<KernelTuning[]> },
   options: ProgressOptions,
 ): Promise<TrainingOutcome> {
   const { config } = trainer;
@@ -66,8 +66,8 @@ export async function trainWithProgress(
   const started = performance.now();
   let savedAt: number | null = options.resumed ? trainer.iteration : null;
   try {
-    if (tunesMatmuls(config, options.softwareAdapter ?? false) && !config.eval_only) {
-      const tuning = await timeTuning(() => trainer.tuneMatmuls());
+    if (tunesKernels(config, options.softwareAdapter ?? false) && !config.eval_only) {
+      const tuning = await timeTuning(() => trainer.tuneKernels());
       bar.print(tuningLine(tuning));
       record({ type: "tune", ...tuning });
     }

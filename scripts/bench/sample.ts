@@ -9,7 +9,7 @@
 
 import type { Gpu } from "../../kernels/device.ts";
 import { resolveModelConfig } from "../../model/config.ts";
-import { timeTuning, type TuningSummary } from "../../kernels/matmul_tune.ts";
+import { timeTuning, type TuningSummary } from "../../kernels/tune.ts";
 import { Generator } from "../../model/generate.ts";
 import { initialParameters, paramLayout } from "../../model/params.ts";
 import { Rng } from "../../model/rng.ts";
@@ -33,18 +33,18 @@ export interface SampleResult {
   decode_dispatches_per_step: number;
   /** Copies per KV-cache decoding step (texel staging on a software adapter). */
   decode_copies_per_step: number;
-  /** For a run whose matmuls were tuned first (see `matmul_tune.ts`): what tuning did; else null. */
-  matmul_tuning: TuningSummary | null;
+  /** For a run whose kernels were tuned first (see `kernels/tune.ts`): what tuning did; else null. */
+  tuning: TuningSummary | null;
 }
 
 /**
  * Measures prefill, cached decode and recompute at each block size; where `tune`
- * is on, every block size again with the matmuls tuned, after all the untuned
+ * is on, every block size again with the kernels tuned, after all the untuned
  * runs (tuning is per device: a decoding step's products are the same at each
  * block size).
  *
  * @param gpu The device (a CPU fallback gets a smaller model and fewer tokens).
- * @param options `tune`: add the tuned runs (default on GPUs only, as `sample --tune_matmul=auto` does).
+ * @param options `tune`: add the tuned runs (default on GPUs only, as `sample --tune_kernels=auto` does).
  * @returns One result per block size, and per tuned block size.
  */
 export async function sampleBenchmarks(gpu: Gpu, options: { tune?: boolean } = {}): Promise<SampleResult[]> {
@@ -59,7 +59,7 @@ export async function sampleBenchmarks(gpu: Gpu, options: { tune?: boolean } = {
     const batch = 1;
     const generator = new Generator(gpu, { config, params }, { batchSize: batch });
     try {
-      const matmulTuning = tune ? await timeTuning(() => generator.tuneMatmuls()) : null;
+      const tuning = tune ? await timeTuning(() => generator.tuneKernels()) : null;
       const prompt = Array.from({ length: block / 2 }, (_, i) => i % 65);
       const run = async (maxNewTokens: number, recompute: boolean) => {
         for await (
@@ -101,7 +101,7 @@ export async function sampleBenchmarks(gpu: Gpu, options: { tune?: boolean } = {
         recompute_tokens_per_s: median(rates.recompute),
         decode_dispatches_per_step: (burst.dispatches - prefillOnly.dispatches) / 16,
         decode_copies_per_step: (burst.copies - prefillOnly.copies) / 16,
-        matmul_tuning: matmulTuning,
+        tuning,
       });
     } finally {
       generator.release();

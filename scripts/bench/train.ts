@@ -12,7 +12,7 @@
  */
 
 import type { Gpu, GpuStats } from "../../kernels/device.ts";
-import { timeTuning, type TuningSummary } from "../../kernels/matmul_tune.ts";
+import { timeTuning, type TuningSummary } from "../../kernels/tune.ts";
 import { GpuTimer } from "../../kernels/timer.ts";
 import type { DatasetMeta } from "../../model/meta.ts";
 import { Rng } from "../../model/rng.ts";
@@ -49,8 +49,8 @@ export interface TrainResult {
   breakdown: Record<string, number>;
   /** ms_per_iter over the sum of the breakdown: 1 means no overhead beyond the kernels and copies. */
   overhead_ratio: number | null;
-  /** For a run whose matmuls were tuned before its first step (see `matmul_tune.ts`): what tuning did; else null. */
-  matmul_tuning: TuningSummary | null;
+  /** For a run whose kernels were tuned before its first step (see `kernels/tune.ts`): what tuning did; else null. */
+  tuning: TuningSummary | null;
 }
 
 const FAMILIES: [string, RegExp][] = [
@@ -77,12 +77,12 @@ export function kernelFamily(label: string): string {
 
 /**
  * Times training steps of the shipped baby and shakespeare_char configs; where
- * `tune` is on, each config again with its matmuls tuned (after its untuned run,
+ * `tune` is on, each config again with its kernels tuned (after its untuned run,
  * which tuning would otherwise change), so the two rows compare side by side.
  *
  * @param gpu The device (a software adapter gets shakespeare_char at batch 1, and fewer steps).
  * @param options `steps`: timed steps per config; `tune`: add the tuned runs (default on GPUs only,
- *   as `tune_matmul=auto` does: a software adapter spends a minute compiling the candidates).
+ *   as `tune_kernels=auto` does: a software adapter spends a minute compiling the candidates).
  * @returns One result per config, and per tuned config.
  */
 export async function trainBenchmarks(
@@ -106,7 +106,7 @@ export async function trainBenchmarks(
     const steps = options.steps ?? (software && file.includes("shakespeare") ? 2 : 5);
     const name = file.replace(/^config\/|\.json$/g, "") + note;
     results.push(await benchConfig(gpu, timer, config, steps, name, false));
-    if (tune) results.push(await benchConfig(gpu, timer, config, steps, `${name}, matmuls tuned`, true));
+    if (tune) results.push(await benchConfig(gpu, timer, config, steps, `${name}, kernels tuned`, true));
   }
   return results;
 }
@@ -123,7 +123,7 @@ async function benchConfig(
   const model = modelConfigFor(config, vocab);
   const trainer = Trainer.create(gpu, config, model, randomData(vocab, config.block_size));
   try {
-    const matmulTuning = tune ? await timeTuning(() => trainer.tuneMatmuls()) : null;
+    const tuning = tune ? await timeTuning(() => trainer.tuneKernels()) : null;
     await trainer.step({ read: true }); // compiles the pipelines and creates the bind groups: all of them
     const wall: number[] = [];
     const encode: number[] = [];
@@ -172,7 +172,7 @@ async function benchConfig(
       cpu_encode_ms: median(encode),
       breakdown,
       overhead_ratio: kernelMs > 0 ? ms / kernelMs : null,
-      matmul_tuning: matmulTuning,
+      tuning,
     };
   } finally {
     trainer.release();

@@ -1,8 +1,22 @@
 import assert from "node:assert/strict";
 import type { Gpu } from "../kernels/device.ts";
-import { matmul, type MatmulArgs, matmulKernel, type MatmulProblem } from "../kernels/matmul.ts";
-import type { MatmulChoice } from "../kernels/matmul_choice.ts";
-import { choiceName, matmulCandidates, tunedSpeedup, tuneMatmuls } from "../kernels/matmul_tune.ts";
+import {
+  matmul,
+  type MatmulArgs,
+  type MatmulChoice,
+  matmulKernel,
+  type MatmulProblem,
+} from "../kernels/matmul.ts";
+import { matmulCandidates, matmulChoiceName } from "../kernels/matmul_tune.ts";
+import { tunedSpeedup, tuneKernels } from "../kernels/tune.ts";
+import {
+  ATTENTION_PLANS,
+  attentionBackward,
+  attentionForward,
+  type AttentionPlan,
+  chooseAttentionPlan,
+} from "../kernels/attention.ts";
+import { attentionCandidates, GPU_ATTENTION_PLANS, planName } from "../kernels/attention_tune.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import type { DType, Tensor } from "../kernels/tensor.ts";
 import { resolveModelConfig } from "../model/config.ts";
@@ -11,7 +25,7 @@ import type { TokenArray } from "../model/meta.ts";
 import { initialParameters, paramLayout } from "../model/params.ts";
 import { Rng } from "../model/rng.ts";
 import { Trainer, type TrainingData } from "../model/trainer.ts";
-import { trainConfig, tunesMatmuls } from "../model/train_config.ts";
+import { trainConfig, tunesKernels } from "../model/train_config.ts";
 import { randomArray, testGpu } from "./harness.ts";
 
 /** The first index where two outputs' bits differ, or -1 (deepEqual on large typed arrays is slow to fail). */
@@ -63,9 +77,24 @@ function notDefault(gpu: Gpu, p: MatmulProblem, texel: boolean): MatmulChoice[] 
       { tile: { bm: 32, bn: 16, bk: 8, tm: 4, tn: 4 } },
       { tile: { bm: 16, bn: 32, bk: 8, tm: 4, tn: 4 } },
     ];
-  const untuned = choiceName(matmulCandidates(gpu, p, texel)[0]);
-  return pool.filter((c) => choiceName(c) !== untuned).slice(0, 2);
+  const untuned = matmulChoiceName(matmulCandidates(gpu, p, texel)[0]);
+  return pool.filter((c) => matmulChoiceName(c) !== untuned).slice(0, 2);
 }
+
+/** Two plans for heads of `headSize` that are not the default: its chunk, rows mapped otherwise. */
+function otherPlans(gpu: Gpu, headSize: number): AttentionPlan[] {
+  const untuned = chooseAttentionPlan(gpu, headSize);
+  const { chunk, textures } = untuned;
+  const pool: AttentionPlan[] = [
+    { rows: 4, threads: 16, chunk, shared: false, textures },
+    { rows: 2, threads: 32, chunk, shared: true },
+    { rows: 8, threads: 8, chunk, shared: false },
+  ];
+  return pool.filter((p) => planName(p) !== planName(untuned)).slice(0, 2);
+}
+
+/** Candidates for every kernel that are not its default. */
+const NOT_DEFAULT = { matmulCandidates: notDefault, attentionCandidates: otherPlans };
 
 /** The product a call makes, as `matmul` sees it. */
 function problemOf(call: MatmulArgs): MatmulProblem {
@@ -111,7 +140,7 @@ Deno.test("tuning keeps a measured blocking per product, and every product gives
     for (const call of calls) matmul(rec, call);
     matmul(rec, calls[0]); // a second call of a product is counted, not tuned twice
   };
-  const rows = await tuneMatmuls(gpu, record, { rounds: 2, candidates: notDefault });
+  const rows = await tuneKernels(gpu, record, { rounds: 2, matmulCandidates: notDefault });
   assert.deepEqual(Array.from(await gpu.readFloats(sentinel)), [1, 2, 3, 4]);
   assert.deepEqual(rows.map((r) => r.calls), calls.map((_, i) => (i === 0 ? 2 : 1)));
   for (const [i, call] of calls.entries()) {
@@ -119,14 +148,17 @@ Deno.test("tuning keeps a measured blocking per product, and every product gives
     assert.equal(kernel, rows[i].choice);
     assert.notEqual(kernel, defaults[i], "a blocking of the candidates, not the default");
     assert.ok(rows[i].ms <= rows[i].defaultMs, "the fastest median, the baseline's included");
-    assert.equal(rows[i].product.split(" ")[0], defaults[i].split(" ")[0], "tuned within its kernel family");
+    assert.ok(
+      rows[i].call.startsWith(`matmul ${defaults[i].split(" ")[0]} `),
+      "tuned within its kernel family",
+    );
     const after = await run(gpu, call, reset);
     assert.equal(firstDifference(after, before[i]), -1, `product ${i} changed bits with ${kernel}`);
   }
   assert.ok(tunedSpeedup(rows) >= 1);
   assert.equal(tunedSpeedup([]), 1);
   // Tuned products are not timed again; a forced blocking still wins over a tuned one.
-  assert.deepEqual(await tuneMatmuls(gpu, record, { rounds: 1, candidates: notDefault }), []);
+  assert.deepEqual(await tuneKernels(gpu, record, { rounds: 1, matmulCandidates: notDefault }), []);
   const forced = { ...calls[0], texel: { rows: 16, quads: 4 } };
   assert.equal(matmulKernel(gpu, forced), "texel 16x128");
   for (const t of [sentinel, ...calls.flatMap((c) => [c.out, c.a, c.b])]) gpu.release(t);
@@ -143,11 +175,45 @@ Deno.test("every candidate, tiled or texel, gives the untuned kernel's bits", as
       for (const choice of matmulCandidates(gpu, p, texel)) {
         const forced = "texel" in choice ? { texel: choice.texel } : { tile: choice.tile, texel: false };
         const got = await run(gpu, { ...call, ...forced }, reset);
-        assert.equal(firstDifference(got, want), -1, `product ${i} changed bits with ${choiceName(choice)}`);
+        assert.equal(
+          firstDifference(got, want),
+          -1,
+          `product ${i} changed bits with ${matmulChoiceName(choice)}`,
+        );
       }
     }
   }
   for (const t of calls.flatMap((c) => [c.out, c.a, c.b])) gpu.release(t);
+});
+
+Deno.test("every attention plan tuning tries on a GPU gives the default GPU plan's bits", async () => {
+  const gpu = await testGpu();
+  const [B, T, NH, NKV, HS] = [2, 37, 4, 2, 16];
+  const width = (NH + 2 * NKV) * HS;
+  const qkv = gpu.tensor([B, T, width], "f32", {
+    data: Float32Array.from(randomArray(B * T * width, 21, 2)),
+  });
+  const dout = gpu.tensor([B, T, NH * HS], "f32", {
+    data: Float32Array.from(randomArray(B * T * NH * HS, 22)),
+  });
+  const tensors = [qkv, dout];
+  const runPlan = async (plan: AttentionPlan) => {
+    const [out, lse, dqkv] = [gpu.tensor([B, T, NH * HS]), gpu.tensor([B, NH, T]), gpu.tensor([B, T, width])];
+    tensors.push(out, lse, dqkv);
+    const rec = gpu.recorder();
+    attentionForward(rec, { out, lse, qkv, nHead: NH, nKvHead: NKV, plan });
+    attentionBackward(rec, { dqkv, dout, out, lse, qkv, nHead: NH, nKvHead: NKV, plan });
+    rec.submit();
+    return [await gpu.readFloats(out), await gpu.readFloats(lse), await gpu.readFloats(dqkv)];
+  };
+  const want = await runPlan(ATTENTION_PLANS.gpu);
+  for (const plan of GPU_ATTENTION_PLANS) {
+    const got = await runPlan(plan);
+    for (const [i, name] of ["out", "lse", "dqkv"].entries()) {
+      assert.equal(firstDifference(got[i], want[i]), -1, `${name} changed bits with ${planName(plan)}`);
+    }
+  }
+  for (const t of tensors) gpu.release(t);
 });
 
 Deno.test("the default candidates start with the untuned blocking and never repeat", async () => {
@@ -170,7 +236,7 @@ Deno.test("the default candidates start with the untuned blocking and never repe
     out,
   };
   for (const texel of [true, false]) {
-    const names = matmulCandidates(gpu, p, texel).map(choiceName);
+    const names = matmulCandidates(gpu, p, texel).map(matmulChoiceName);
     assert.equal(
       names[0],
       matmulKernel(gpu, { out, a, b, transposeB: true, ...(texel ? {} : { texel: false }) }),
@@ -178,10 +244,12 @@ Deno.test("the default candidates start with the untuned blocking and never repe
     assert.equal(new Set(names).size, names.length);
     assert.ok(names.length >= 4, names.join(", "));
   }
+  // A software adapter keeps its attention plan (compiling others takes longer than they save).
+  assert.equal(attentionCandidates(gpu, 64).length, gpu.info.fallback ? 1 : 1 + GPU_ATTENTION_PLANS.length);
   // A decoding step's few rows keep the texel kernel's own blocking, and try tiles of 4 rows on a GPU.
   assert.equal(matmulCandidates(gpu, { ...p, m: 3 }, true).length, 1);
   const skinny = matmulCandidates(gpu, { ...p, m: 3 }, false);
-  assert.ok(skinny.some((c) => "tile" in c && c.tile.bm === 4), skinny.map(choiceName).join(", "));
+  assert.ok(skinny.some((c) => "tile" in c && c.tile.bm === 4), skinny.map(matmulChoiceName).join(", "));
   for (const t of [a, b, out]) gpu.release(t);
 });
 
@@ -208,7 +276,7 @@ Deno.test("a tuned training run equals an untuned one bit for bit, in f32 and f1
     const config = trainConfig({ ...shape, batch_size: 2, dtype });
     const train = async (tune: boolean) => {
       const trainer = Trainer.create(gpu, config, model, data);
-      const rows = tune ? await trainer.tuneMatmuls({ rounds: 1, candidates: notDefault }) : [];
+      const rows = tune ? await trainer.tuneKernels({ rounds: 1, ...NOT_DEFAULT }) : [];
       for (let i = 0; i < 3; i++) await trainer.step();
       const weights = await trainer.model.download();
       trainer.release();
@@ -216,8 +284,14 @@ Deno.test("a tuned training run equals an untuned one bit for bit, in f32 and f1
     };
     const plain = await train(false);
     const tuned = await train(true);
-    // Every distinct product of the forward and backward, each on a blocking other than its default.
-    assert.ok(tuned.rows.length >= 9, `${dtype}: ${tuned.rows.length} products tuned`);
+    // Every distinct product and attention pass of the forward and backward, each on a choice not its default.
+    assert.ok(tuned.rows.length >= 11, `${dtype}: ${tuned.rows.length} calls tuned`);
+    for (const pass of ["forward", "backward"]) {
+      assert.ok(
+        tuned.rows.some((r) => r.call.startsWith(`attention ${pass} `)),
+        `${dtype}: attention ${pass} tuned`,
+      );
+    }
     assert.ok(tuned.rows.every((r) => r.candidates === 2));
     assert.equal(firstDifference(tuned.weights, plain.weights), -1, `${dtype}: weights bit-identical`);
   }
@@ -245,24 +319,25 @@ Deno.test("a tuned generator draws the tokens of an untuned one", async () => {
     return out;
   };
   const plain = await draw();
-  const rows = await generator.tuneMatmuls({ rounds: 1, candidates: notDefault });
-  // The prefill's products and the head of a decoding step at least (its layers may be fused on a CPU);
+  const rows = await generator.tuneKernels({ rounds: 1, ...NOT_DEFAULT });
+  // The prefill's products and attention and the head of a decoding step at least (its layers may be fused on a CPU);
   // shapes of their own, so the tests above have tuned none of them.
-  assert.ok(rows.length >= 4, `${rows.length} products tuned: ${rows.map((r) => r.product).join("; ")}`);
+  assert.ok(rows.length >= 5, `${rows.length} calls tuned: ${rows.map((r) => r.call).join("; ")}`);
+  assert.ok(rows.some((r) => r.call.startsWith("attention forward ")));
   assert.deepEqual(await draw(), plain);
   generator.release();
 });
 
-Deno.test("tune_matmul: on, off, or auto (GPUs only); anything else is refused", () => {
-  const on = trainConfig({ tune_matmul: "on" });
-  const off = trainConfig({ tune_matmul: "off" });
+Deno.test("tune_kernels: on, off, or auto (GPUs only); anything else is refused", () => {
+  const on = trainConfig({ tune_kernels: "on" });
+  const off = trainConfig({ tune_kernels: "off" });
   const auto = trainConfig();
-  assert.equal(auto.tune_matmul, "auto");
-  assert.deepEqual([true, false].map((software) => tunesMatmuls(auto, software)), [false, true]);
-  assert.deepEqual([true, false].map((software) => tunesMatmuls(on, software)), [true, true]);
-  assert.deepEqual([true, false].map((software) => tunesMatmuls(off, software)), [false, false]);
+  assert.equal(auto.tune_kernels, "auto");
+  assert.deepEqual([true, false].map((software) => tunesKernels(auto, software)), [false, true]);
+  assert.deepEqual([true, false].map((software) => tunesKernels(on, software)), [true, true]);
+  assert.deepEqual([true, false].map((software) => tunesKernels(off, software)), [false, false]);
   assert.throws(
-    () => trainConfig({ tune_matmul: "yes" }),
-    /tune_matmul must be "auto", "on" or "off", got "yes"/,
+    () => trainConfig({ tune_kernels: "yes" }),
+    /tune_kernels must be "auto", "on" or "off", got "yes"/,
   );
 });
