@@ -29,9 +29,10 @@ export interface ProgressOptions {
   /**
    * The run is on a software adapter: say that its first steps compile the kernels
    * (up to a minute there the first time on a machine, where a GPU takes moments),
-   * as nanoGPT does when it compiles, so a first run is not a silent wait.
+   * as nanoGPT does when it compiles, so a first run is not a silent wait; and
+   * leave the kernels untuned unless `tune_kernels` is "on".
    */
-  softwareAdapter?: boolean;
+  softwareAdapter: boolean;
   /** More for a log line: text appended to it and fields added to its record (e.g. MFU). */
   logExtras?: (metrics: LogMetrics) => { text: string; fields: Record<string, unknown> };
 }
@@ -66,7 +67,7 @@ export async function trainWithProgress(
   const started = performance.now();
   let savedAt: number | null = options.resumed ? trainer.iteration : null;
   try {
-    if (tunesKernels(config, options.softwareAdapter ?? false) && !config.eval_only) {
+    if (tunesKernels(config, options.softwareAdapter) && !config.eval_only) {
       const tuning = await timeTuning(() => trainer.tuneKernels());
       bar.print(tuningLine(tuning));
       record({ type: "tune", ...tuning });
