@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { Gpu } from "../kernels/device.ts";
+import { type Gpu, requestGpu } from "../kernels/device.ts";
 import {
   matmul,
   type MatmulArgs,
@@ -162,6 +162,23 @@ Deno.test("tuning keeps a measured blocking per product, and every product gives
   const forced = { ...calls[0], texel: { rows: 16, quads: 4 } };
   assert.equal(matmulKernel(gpu, forced), "texel 16x128");
   for (const t of [sentinel, ...calls.flatMap((c) => [c.out, c.a, c.b])]) gpu.release(t);
+});
+
+Deno.test("without timestamp queries, tuning times by the wall clock", async () => {
+  const gpu = await requestGpu({ timestamps: "off" });
+  assert.equal(gpu.features.timestamps, false);
+  const { calls, reset } = products(gpu);
+  const call = calls[0];
+  const before = await run(gpu, call, reset);
+  const rows = await tuneKernels(gpu, (rec) => matmul(rec, call), {
+    rounds: 2,
+    matmulCandidates: notDefault,
+  });
+  assert.equal(rows.length, 1);
+  assert.ok(rows[0].ms > 0 && rows[0].ms <= rows[0].defaultMs, JSON.stringify(rows[0]));
+  assert.equal(matmulKernel(gpu, call), rows[0].choice);
+  assert.equal(firstDifference(await run(gpu, call, reset), before), -1);
+  gpu.device.destroy();
 });
 
 Deno.test("every candidate, tiled or texel, gives the untuned kernel's bits", async () => {
