@@ -56,7 +56,7 @@ export type { MatmulArgs, MatmulChoice, MatmulProblem, MatmulTile } from "./matm
 export type { TexelTile } from "./matmul_texel.ts";
 export { matmulCandidates, matmulChoiceName } from "./matmul_tune.ts";
 export { attentionCandidates, planName } from "./attention_tune.ts";
-export { timeTuning, tunedSpeedup, tuneKernels, tuningLine } from "./tune.ts";
+export { timeTuning, tunedSpeedup, tuneKernels, tuningLine, tuningWanted } from "./tune.ts";
 export type { KernelTuning, TuneOptions, TuningSummary } from "./tune.ts";
 export { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "./rmsnorm.ts";
 export type { RmsnormBackwardArgs, RmsnormForwardArgs } from "./rmsnorm.ts";

@@ -170,6 +170,27 @@ export async function tuneKernels(
 }
 
 /**
+ * What the `tune_kernels` setting of the CLIs means: "on" tunes, "off" does not,
+ * "auto" tunes on GPUs only (on a software adapter compiling the candidates
+ * takes longer than they save).
+ *
+ * @param setting "auto", "on" or "off".
+ * @param softwareAdapter Whether the device is a software adapter (a CPU).
+ * @returns Whether to tune.
+ * @throws {RangeError} On any other setting.
+ * @example
+ * ```ts
+ * if (tuningWanted("auto", gpu.info.fallback)) await trainer.tuneKernels();
+ * ```
+ */
+export function tuningWanted(setting: string, softwareAdapter: boolean): boolean {
+  if (setting !== "auto" && setting !== "on" && setting !== "off") {
+    throw new RangeError(`tune_kernels must be auto, on or off, got "${setting}"`);
+  }
+  return setting === "on" || (setting === "auto" && !softwareAdapter);
+}
+
+/**
  * How much faster tuned calls run than untuned, weighted by how often the work
  * makes each: Σ calls·defaultMs / Σ calls·ms (1 when nothing was tuned).
  *

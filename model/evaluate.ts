@@ -8,6 +8,8 @@
 
 import { IGNORE_INDEX } from "../kernels/cross_entropy.ts";
 import type { Gpu } from "../kernels/device.ts";
+import type { Recorder } from "../kernels/recorder.ts";
+import { timeTuning, tuneKernels, type TuneOptions, type TuningSummary } from "../kernels/tune.ts";
 import { sequentialBatches } from "./batches.ts";
 import type { ModelConfig } from "./config.ts";
 import type { TokenArray } from "./meta.ts";
@@ -29,6 +31,8 @@ export interface SplitLoss {
   loss: number;
   /** Tokens predicted (the split's length minus one). */
   tokens: number;
+  /** What tuning the kernels first did, when asked to; else null. */
+  tuning: TuningSummary | null;
 }
 
 /**
@@ -37,7 +41,8 @@ export interface SplitLoss {
  * @param gpu The device.
  * @param model The architecture and flat parameters.
  * @param data The split's tokens.
- * @param options Sequences per forward pass (default 8).
+ * @param options Sequences per forward pass (default 8); `tune`: tune the forward's
+ *   kernels on this device first (true, or the tuning options), which changes speed, not the loss.
  * @returns The mean loss and the number of tokens predicted.
  * @example
  * ```ts
@@ -48,7 +53,7 @@ export async function splitLoss(
   gpu: Gpu,
   model: { config: ModelConfig; params: Float32Array },
   data: TokenArray,
-  options: { batchSize?: number } = {},
+  options: { batchSize?: number; tune?: boolean | TuneOptions } = {},
 ): Promise<SplitLoss> {
   const batchSize = options.batchSize ?? 8;
   const T = model.config.block_size;
@@ -59,17 +64,20 @@ export async function splitLoss(
   const loss = gpu.tensor([1], "f32", { label: "eval loss" });
   try {
     llama.upload(model.params);
+    const record = (rec: Recorder) => llama.forward(rec, { batch: { tokens, targets: targetTensor }, loss });
+    const tuneOptions = options.tune === true ? {} : options.tune;
+    const tuning = tuneOptions ? await timeTuning(() => tuneKernels(gpu, record, tuneOptions)) : null;
     let sum = 0;
     for (const batch of batches) {
       gpu.write(tokens, batch.tokens);
       gpu.write(targetTensor, batch.targets);
       const rec = gpu.recorder({ label: "split loss" });
-      llama.forward(rec, { batch: { tokens, targets: targetTensor }, loss });
+      record(rec);
       rec.submit();
       const counted = batch.targets.reduce((n, t) => n + (t === IGNORE_INDEX ? 0 : 1), 0);
       sum += (await gpu.readFloats(loss))[0] * counted;
     }
-    return { loss: targets > 0 ? sum / targets : 0, tokens: targets };
+    return { loss: targets > 0 ? sum / targets : 0, tokens: targets, tuning };
   } finally {
     llama.release();
     for (const t of [tokens, targetTensor, loss]) gpu.release(t);

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { tuningWanted } from "../kernels/tune.ts";
 import { ConfigError, MODEL_KEYS, type ModelConfig, resolveModelConfig } from "./config.ts";
 
 /**
@@ -262,8 +263,10 @@ export function validateTrainConfig(config: TrainConfig): void {
   if (config.dtype !== "f32" && config.dtype !== "f16") {
     throw new ConfigError(`dtype must be "f32" or "f16", got "${config.dtype}"`);
   }
-  if (!["auto", "on", "off"].includes(config.tune_kernels)) {
-    throw new ConfigError(`tune_kernels must be "auto", "on" or "off", got "${config.tune_kernels}"`);
+  try {
+    tuningWanted(config.tune_kernels, false);
+  } catch (error) {
+    throw new ConfigError((error as Error).message);
   }
   if (
     config.init_from !== "scratch" && config.init_from !== "resume" && !config.init_from.startsWith("hf:")
@@ -287,7 +290,7 @@ export function validateTrainConfig(config: TrainConfig): void {
  * ```
  */
 export function tunesKernels(config: TrainConfig, softwareAdapter: boolean): boolean {
-  return config.tune_kernels === "on" || (config.tune_kernels === "auto" && !softwareAdapter);
+  return tuningWanted(config.tune_kernels, softwareAdapter);
 }
 
 /**

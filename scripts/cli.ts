@@ -7,6 +7,7 @@
 
 import { parseArgs } from "node:util";
 import { GpuError } from "../kernels/errors.ts";
+import { tuningWanted } from "../kernels/tune.ts";
 
 /** A flag's type, default and help line. */
 export interface FlagSpec {
@@ -18,6 +19,29 @@ export interface FlagSpec {
   default?: string | boolean;
   /** Repeatable flag (values collected in an array). */
   multiple?: boolean;
+}
+
+/** The `--tune_kernels` flag of the CLIs that run a model without training it (sample, eval). */
+export const TUNE_KERNELS_FLAG: FlagSpec = {
+  type: "string",
+  help: "Time the matmul blockings and attention plans first, keep the fastest: on, off, auto (GPUs)",
+  default: "auto",
+};
+
+/**
+ * Checks a `--tune_kernels` value, before any work starts.
+ *
+ * @param value The flag's value.
+ * @returns It, for `tuningWanted`.
+ * @throws {UsageError} On a value other than auto, on or off.
+ */
+export function tuneKernelsSetting(value: unknown): string {
+  try {
+    tuningWanted(String(value), false);
+  } catch (error) {
+    throw new UsageError(`--${(error as Error).message}`);
+  }
+  return String(value);
 }
 
 /** A mistake in how a CLI was called; printed as one line, exit code 2. */

@@ -7,11 +7,12 @@
 
 import { join } from "node:path";
 import { requestGpu } from "../kernels/device.ts";
+import { tuningLine, tuningWanted } from "../kernels/tune.ts";
 import { loadCheckpoint } from "../model/checkpoint.ts";
 import { ConfigError } from "../model/config.ts";
 import { splitLoss } from "../model/evaluate.ts";
 import { readTokens, tokenizerMismatch } from "../model/meta.ts";
-import { parseFlags, runCli, UsageError } from "./cli.ts";
+import { parseFlags, runCli, TUNE_KERNELS_FLAG, tuneKernelsSetting, UsageError } from "./cli.ts";
 import { openDataset } from "./dataset.ts";
 
 await runCli(async () => {
@@ -21,6 +22,7 @@ await runCli(async () => {
     split: { type: "string", help: "train or val", default: "val" },
     dataset: { type: "string", help: "Prepared dataset (default: the one the checkpoint was trained on)" },
     batch_size: { type: "string", help: "Sequences per forward pass", default: "8" },
+    tune_kernels: TUNE_KERNELS_FLAG,
   });
   if (!flags) return;
   const split = String(flags.split);
@@ -31,6 +33,7 @@ await runCli(async () => {
   if (!Number.isInteger(batchSize) || batchSize < 1) {
     throw new UsageError(`--batch_size must be a positive integer, got "${flags.batch_size}"`);
   }
+  const tune = tuneKernelsSetting(flags.tune_kernels);
   const path = (flags.ckpt as string | undefined) ?? join(String(flags.out_dir), "ckpt.safetensors");
   const checkpoint = await loadCheckpoint(path);
   const datasetName = (flags.dataset as string | undefined) ??
@@ -42,6 +45,10 @@ await runCli(async () => {
   }
   const data = await readTokens(dataset.dir, split, dataset.meta);
   const gpu = await requestGpu();
-  const result = await splitLoss(gpu, checkpoint, data, { batchSize });
+  const result = await splitLoss(gpu, checkpoint, data, {
+    batchSize,
+    tune: tuningWanted(tune, gpu.info.fallback),
+  });
+  if (result.tuning) console.error(tuningLine(result.tuning));
   console.log(JSON.stringify({ split, loss: result.loss, tokens: result.tokens }));
 });

@@ -11,13 +11,13 @@ import { requestGpu } from "../kernels/device.ts";
 import { loadCheckpoint } from "../model/checkpoint.ts";
 import { mergeAdapterFile } from "../model/lora_file.ts";
 import { Generator } from "../model/generate.ts";
-import { timeTuning, tuningLine } from "../kernels/tune.ts";
+import { timeTuning, tuningLine, tuningWanted } from "../kernels/tune.ts";
 import { type SamplingOptions, samplingProblem } from "../model/sampling.ts";
 import { generateText, promptTokens } from "../model/text_generation.ts";
 import { hfInitDir, loadHfModel } from "../model/hf.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { isTokenizerName, type Tokenizer, TOKENIZER_NAMES, tokenizerFromMeta } from "../model/tokenizer.ts";
-import { parseFlags, runCli, UsageError } from "./cli.ts";
+import { parseFlags, runCli, TUNE_KERNELS_FLAG, tuneKernelsSetting, UsageError } from "./cli.ts";
 
 /** The longest window sampling from a Hugging Face folder uses unless --block_size asks for more. */
 const HF_DEFAULT_WINDOW = 2048;
@@ -52,11 +52,7 @@ await runCli(async () => {
         `Context window, up to the model's (default: the model's; from hf:DIR at most ${HF_DEFAULT_WINDOW})`,
     },
     lora: { type: "string", help: "A LoRA adapter (deno task finetune) to apply to the checkpoint" },
-    tune_kernels: {
-      type: "string",
-      help: "Time the matmul blockings and attention plans first, keep the fastest: on, off, auto (GPUs)",
-      default: "auto",
-    },
+    tune_kernels: TUNE_KERNELS_FLAG,
   });
   if (!flags) return;
   const number = (name: string, integer = false) => {
@@ -80,12 +76,9 @@ await runCli(async () => {
   };
   const problem = samplingProblem(sampling);
   if (problem) throw new UsageError(problem);
+  const tune = tuneKernelsSetting(flags.tune_kernels);
   const dtype = String(flags.dtype);
   if (dtype !== "f32" && dtype !== "f16") throw new UsageError(`--dtype must be f32 or f16, got "${dtype}"`);
-  const tune = String(flags.tune_kernels);
-  if (!["auto", "on", "off"].includes(tune)) {
-    throw new UsageError(`--tune_kernels must be auto, on or off, got "${tune}"`);
-  }
 
   const { model, tokenizer } = await loadModel(flags);
   if (flags.lora !== undefined) {
@@ -115,7 +108,7 @@ await runCli(async () => {
   const print = (text: string) => Deno.stdout.write(encoder.encode(text));
   const separator = "\n---------------\n";
   try {
-    if (tune === "on" || (tune === "auto" && !gpu.info.fallback)) {
+    if (tuningWanted(tune, gpu.info.fallback)) {
       console.error(tuningLine(await timeTuning(() => generator.tuneKernels())));
     }
     await print(prompt);

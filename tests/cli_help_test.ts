@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { parseFlags } from "../scripts/cli.ts";
+import { parseFlags, tuneKernelsSetting, UsageError } from "../scripts/cli.ts";
 
 Deno.test("--help lines up every flag's description past the longest flag name", () => {
   const printed: string[] = [];
@@ -20,4 +20,13 @@ Deno.test("--help lines up every flag's description past the longest flag name",
   const columns = lines.map((line) => line.search(/ {2}[A-Z]/));
   assert.ok(columns.every((column) => column > 0 && column === columns[0]), lines.join("\n"));
   assert.match(lines[1], /^ {2}--repetition_penalty_of_a_longer_name=VALUE {2}Penalise repeats$/);
+});
+
+Deno.test("--tune_kernels takes auto, on or off, and says so in one line otherwise", () => {
+  for (const value of ["auto", "on", "off"]) assert.equal(tuneKernelsSetting(value), value);
+  assert.throws(() => tuneKernelsSetting("yes"), (error: Error) => {
+    assert.ok(error instanceof UsageError);
+    assert.equal(error.message, '--tune_kernels must be auto, on or off, got "yes"');
+    return true;
+  });
 });

@@ -20,6 +20,7 @@ import { attentionCandidates, GPU_ATTENTION_PLANS, planName } from "../kernels/a
 import type { Recorder } from "../kernels/recorder.ts";
 import type { DType, Tensor } from "../kernels/tensor.ts";
 import { resolveModelConfig } from "../model/config.ts";
+import { splitLoss } from "../model/evaluate.ts";
 import { Generator } from "../model/generate.ts";
 import type { TokenArray } from "../model/meta.ts";
 import { initialParameters, paramLayout } from "../model/params.ts";
@@ -345,6 +346,20 @@ Deno.test("a tuned generator draws the tokens of an untuned one", async () => {
   generator.release();
 });
 
+Deno.test("a tuned evaluation gives the untuned loss", async () => {
+  const gpu = await testGpu();
+  // Shapes of its own (3 sequences of 12), so the tests above have tuned none of its calls.
+  const config = resolveModelConfig({ n_layer: 1, n_head: 2, n_embd: 32, block_size: 12, vocab_size: 30 });
+  const model = { config, params: initialParameters(paramLayout(config), config, new Rng(4)) };
+  const rng = new Rng(6);
+  const data = Uint16Array.from({ length: 500 }, () => rng.nextU32() % 30);
+  const plain = await splitLoss(gpu, model, data, { batchSize: 3 });
+  const tuned = await splitLoss(gpu, model, data, { batchSize: 3, tune: { rounds: 1, ...NOT_DEFAULT } });
+  assert.equal(plain.tuning, null);
+  assert.ok(tuned.tuning !== null && tuned.tuning.calls >= 5, JSON.stringify(tuned.tuning));
+  assert.equal(tuned.loss, plain.loss);
+});
+
 Deno.test("tune_kernels: on, off, or auto (GPUs only); anything else is refused", () => {
   const on = trainConfig({ tune_kernels: "on" });
   const off = trainConfig({ tune_kernels: "off" });
@@ -355,6 +370,6 @@ Deno.test("tune_kernels: on, off, or auto (GPUs only); anything else is refused"
   assert.deepEqual([true, false].map((software) => tunesKernels(off, software)), [false, false]);
   assert.throws(
     () => trainConfig({ tune_kernels: "yes" }),
-    /tune_kernels must be "auto", "on" or "off", got "yes"/,
+    /^ConfigError: tune_kernels must be auto, on or off, got "yes"$/,
   );
 });
