@@ -61,7 +61,7 @@ export type { Recorder, RecorderOptions, Workgroups } from "./kernels/recorder.t
 export type { StagedTexels } from "./kernels/texels.ts";
 export type { TexelCache } from "./kernels/texel_cache.ts";
 export type { GpuTimer, KernelTime } from "./kernels/timer.ts";
-export type { KernelTuning, TuneOptions } from "./kernels/tune.ts";
+export type { KernelTuning, TuneOptions, TuningSummary } from "./kernels/tune.ts";
 export type { AttentionPlan } from "./kernels/attention.ts";
 export type { MatmulChoice, MatmulProblem, MatmulTile } from "./kernels/matmul.ts";
 export type { TexelTile } from "./kernels/matmul_texel.ts";
